@@ -1,0 +1,18 @@
+//! tollgate: an AI-gateway filter for proxy-wasm hosts (Envoy, Kong).
+//!
+//! The data path reads top to bottom through the modules:
+//! request in → [`dialect`] (which API, parse) → features ([`tokens`] count,
+//! later limits/PII/providers) → [`usage`] (what the provider billed) → response out.
+//! [`metering`] ties those together per request with no host calls, so it is
+//! unit-tested natively; [`host`] is the small trait surface the core needs from a
+//! gateway, and [`adapter`] is the only code that touches proxy-wasm.
+
+pub mod config;
+pub mod dialect;
+pub mod host;
+pub mod metering;
+pub mod tokens;
+pub mod usage;
+
+#[cfg(target_arch = "wasm32")]
+pub mod adapter;
