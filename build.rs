@@ -1,0 +1,304 @@
+//! Bakes the tokenizer tables into `OUT_DIR` so a VM starts with zero parsing.
+//!
+//! tiktoken-rs needs ~130 ms per VM to base64-decode its vocabularies and build a
+//! HashMap. Here that work happens once, at build time, and the result is written as
+//! flat little-endian arrays that `src/tokens/vocab.rs` reads in place through
+//! `include_bytes!`. Per vocabulary (`o200k`, `cl100k`):
+//!
+//! * `<enc>_bytes.bin`   every token's bytes, concatenated in rank order;
+//! * `<enc>_offsets.bin` u32 start of each rank in `_bytes` (n + 1 entries);
+//! * `<enc>_table.bin`   open-addressing hash table, u32 slots `rank | tag << 18`;
+//! * `<enc>_split.bin`   u32 pairs: the two tokens BPE merges into each rank;
+//! * `<enc>_prefix.bin`  u32: the longest shorter token that prefixes each rank;
+//! * `<enc>_maxlen2.bin` u8 per first-two-bytes: longest token starting with them.
+//!
+//! plus `unicode_*.bin`, a two-level table of the character classes the
+//! pretokenizer regexes use, and `tables.rs` with the constants.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Must match `vocab.rs`: FNV-1a over the bytes, then a multiplicative finalizer.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+const FINAL_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+const RANK_BITS: u32 = 18;
+const EMPTY: u32 = u32::MAX;
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+    }
+    h.wrapping_mul(FINAL_MUL)
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let out_dir = std::env::var_os("OUT_DIR").expect("OUT_DIR");
+    let out = Path::new(&out_dir);
+    let mut consts = String::new();
+    let o200k = tiktoken_rs::o200k_base().expect("o200k_base");
+    bake_vocab("O200K", "o200k", &o200k, out, &mut consts);
+    drop(o200k);
+    let cl100k = tiktoken_rs::cl100k_base().expect("cl100k_base");
+    bake_vocab("CL100K", "cl100k", &cl100k, out, &mut consts);
+    drop(cl100k);
+    bake_unicode(out, &mut consts);
+    std::fs::write(out.join("tables.rs"), consts).expect("write tables.rs");
+}
+
+fn put_u32s(path: &Path, values: &[u32]) {
+    let mut bytes = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).expect("write table");
+}
+
+fn bake_vocab(upper: &str, lower: &str, bpe: &tiktoken_rs::CoreBPE, out: &Path, consts: &mut String) {
+    // Special tokens are encoded as ordinary text by the caller, so leave them out.
+    let specials: HashSet<u32> = bpe
+        .special_tokens()
+        .into_iter()
+        .flat_map(|s| bpe.encode_with_special_tokens(s))
+        .collect();
+    let mut tokens: Vec<Vec<u8>> = Vec::new();
+    let mut n = 0usize;
+    for rank in 0..(1u32 << RANK_BITS) - 1 {
+        if specials.contains(&rank) {
+            tokens.push(Vec::new());
+            continue;
+        }
+        match bpe.decode_bytes(&[rank]) {
+            Ok(b) if !b.is_empty() => {
+                tokens.push(b);
+                n = rank as usize + 1;
+            }
+            _ => tokens.push(Vec::new()),
+        }
+    }
+    tokens.truncate(n);
+    let by_bytes: HashMap<&[u8], u32> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.is_empty())
+        .map(|(r, t)| (t.as_slice(), r as u32))
+        .collect();
+    let max_len = tokens.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(max_len <= 255, "token longer than 255 bytes");
+
+    // Concatenated bytes + offsets.
+    let mut all = Vec::new();
+    let mut offsets = Vec::with_capacity(n + 1);
+    for t in &tokens {
+        offsets.push(all.len() as u32);
+        all.extend_from_slice(t);
+    }
+    offsets.push(all.len() as u32);
+    std::fs::write(out.join(format!("{lower}_bytes.bin")), &all).expect("write bytes");
+    put_u32s(&out.join(format!("{lower}_offsets.bin")), &offsets);
+
+    // Hash table at load <= 0.5 so misses (the common BPE case) end quickly.
+    let mut bits = 1u32;
+    while (1usize << bits) < by_bytes.len() * 2 {
+        bits += 1;
+    }
+    let mask = (1usize << bits) - 1;
+    let mut table = vec![EMPTY; 1 << bits];
+    for (rank, t) in tokens.iter().enumerate() {
+        if t.is_empty() {
+            continue;
+        }
+        let h = hash(t);
+        let tag = ((h >> 20) as u32) & ((1 << (32 - RANK_BITS)) - 1);
+        let mut slot = (h >> (64 - bits)) as usize;
+        let mut probes = 0;
+        while table[slot] != EMPTY {
+            slot = (slot + 1) & mask;
+            probes += 1;
+        }
+        assert!(probes < 64, "{lower}: hash clustering, pick another FINAL_MUL");
+        table[slot] = rank as u32 | (tag << RANK_BITS);
+    }
+    put_u32s(&out.join(format!("{lower}_table.bin")), &table);
+
+    // Longest token starting with each two-byte prefix bounds the longest-match probe.
+    let mut maxlen2 = vec![0u8; 65536];
+    for t in &tokens {
+        if t.len() >= 2 {
+            let i = usize::from(t[0]) << 8 | usize::from(t[1]);
+            maxlen2[i] = maxlen2[i].max(t.len() as u8);
+        }
+    }
+    std::fs::write(out.join(format!("{lower}_maxlen2.bin")), &maxlen2).expect("write maxlen2");
+
+    let mut byte_rank = [0u32; 256];
+    for (b, r) in byte_rank.iter_mut().enumerate() {
+        *r = *by_bytes.get(&[b as u8][..]).expect("every byte is a token");
+    }
+
+    // Longest proper prefix that is itself a token (the backtracking encoder's fallback).
+    let prefix: Vec<u32> = tokens
+        .iter()
+        .map(|t| {
+            (1..t.len())
+                .rev()
+                .find_map(|l| by_bytes.get(&t[..l]).copied())
+                .unwrap_or(u32::MAX)
+        })
+        .collect();
+
+    // Reverse-engineer the merge that produced each token (as in GitHub's `bpe`
+    // crate): the pair BPE itself would pick when encoding the token's bytes.
+    let mut split: Vec<(u32, u32)> = Vec::with_capacity(n);
+    let mut pair_lookup: HashMap<(u32, u32), u32> = HashMap::new();
+    for (id, t) in tokens.iter().enumerate() {
+        let id = id as u32;
+        let mut found = None;
+        let mut t1 = prefix.get(id as usize).copied().unwrap_or(u32::MAX);
+        while t1 != u32::MAX {
+            let l1 = tokens[t1 as usize].len();
+            if let Some(&t2) = by_bytes.get(&t[l1..]) {
+                if t1 < id && t2 < id && valid_pair(&pair_lookup, &split, t1, t2) {
+                    found = Some((t1, t2));
+                    break;
+                }
+            }
+            t1 = prefix[t1 as usize];
+        }
+        match found {
+            Some(p) => {
+                pair_lookup.insert(p, id);
+                split.push(p);
+            }
+            None => split.push((id, id)),
+        }
+    }
+    let mut flat = Vec::with_capacity(n * 2);
+    for (a, b) in &split {
+        flat.push(*a);
+        flat.push(*b);
+    }
+    put_u32s(&out.join(format!("{lower}_split.bin")), &flat);
+    put_u32s(&out.join(format!("{lower}_prefix.bin")), &prefix);
+
+    let _ = writeln!(consts, "/// Ranks in the {lower} vocabulary (holes for special tokens are empty).");
+    let _ = writeln!(consts, "pub const {upper}_N: usize = {n};");
+    let _ = writeln!(consts, "/// log2 of the {lower} hash table size.");
+    let _ = writeln!(consts, "pub const {upper}_BITS: u32 = {bits};");
+    let _ = writeln!(consts, "/// Longest {lower} token in bytes.");
+    let _ = writeln!(consts, "pub const {upper}_MAX_LEN: usize = {max_len};");
+    let _ = writeln!(consts, "/// Rank of each single byte in {lower}.");
+    let _ = writeln!(consts, "pub const {upper}_BYTE_RANK: [u32; 256] = {byte_rank:?};");
+}
+
+/// Character classes (bit flags) the pretokenizers need; must match `pretokenize.rs`.
+const CLASSES: [(&str, u8); 5] = [
+    (r"\p{L}", 1),
+    (r"\p{N}", 2),
+    (r"\s", 4),
+    (r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", 8),
+    (r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]", 16),
+];
+
+fn class_ranges(pattern: &str) -> Vec<(u32, u32)> {
+    use regex_syntax::hir::{Class, HirKind};
+    let hir = regex_syntax::Parser::new().parse(pattern).expect("class pattern");
+    match hir.kind() {
+        HirKind::Class(Class::Unicode(c)) => c
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect(),
+        other => panic!("unexpected HIR for {pattern}: {other:?}"),
+    }
+}
+
+fn bake_unicode(out: &Path, consts: &mut String) {
+    let mut cls = vec![0u8; 0x11_0000];
+    for (pattern, bit) in CLASSES {
+        for (lo, hi) in class_ranges(pattern) {
+            for c in lo..=hi {
+                cls[c as usize] |= bit;
+            }
+        }
+    }
+    // The contraction suffixes are matched case-insensitively by hand in
+    // pretokenize.rs; fail the build if Unicode case folding ever adds letters.
+    for (letter, expect) in [
+        ('s', &['S', 's', '\u{17f}'][..]),
+        ('t', &['T', 't']),
+        ('d', &['D', 'd']),
+        ('m', &['M', 'm']),
+        ('l', &['L', 'l']),
+        ('v', &['V', 'v']),
+        ('r', &['R', 'r']),
+        ('e', &['E', 'e']),
+    ] {
+        let mut got: Vec<char> = Vec::new();
+        for (lo, hi) in class_ranges(&format!("(?i:[{letter}])")) {
+            for c in lo..=hi {
+                got.extend(char::from_u32(c));
+            }
+        }
+        let mut want = expect.to_vec();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want, "case folding of {letter} changed");
+    }
+    // Two-level table: 256-codepoint blocks, deduplicated.
+    let mut index: Vec<u32> = Vec::with_capacity(0x1100);
+    let mut blocks: Vec<u8> = Vec::new();
+    let mut seen: HashMap<&[u8], u32> = HashMap::new();
+    for block in cls.chunks(256) {
+        let id = *seen.entry(block).or_insert_with(|| {
+            let id = (blocks.len() / 256) as u32;
+            blocks.extend_from_slice(block);
+            id
+        });
+        index.push(id);
+    }
+    let index16: Vec<u8> = index.iter().flat_map(|&i| (i as u16).to_le_bytes()).collect();
+    std::fs::write(out.join("unicode_index.bin"), index16).expect("write unicode index");
+    std::fs::write(out.join("unicode_blocks.bin"), &blocks).expect("write unicode blocks");
+    let ascii: Vec<u8> = cls[..128].to_vec();
+    let _ = writeln!(consts, "/// Character class flags of ASCII (fast path).");
+    let _ = writeln!(consts, "pub const ASCII_CLASS: [u8; 128] = {ascii:?};");
+}
+
+/// Would BPE, run on the bytes of `t1` followed by `t2`, end as exactly `[t1, t2]`?
+/// Undo merges on both sides of the split point and check that no merge across it
+/// could have won first. Same algorithm as `vocab.rs`, over a growing table.
+fn valid_pair(pairs: &HashMap<(u32, u32), u32>, split: &[(u32, u32)], mut t1: u32, mut t2: u32) -> bool {
+    let mut limit = u32::MAX;
+    loop {
+        if let Some(&combined) = pairs.get(&(t1, t2)) {
+            if combined < limit {
+                return false;
+            }
+        }
+        if t1 > t2 {
+            limit = t1;
+            t1 = split[t1 as usize].1;
+            if t1 == limit {
+                limit = t2 + 1;
+                t2 = split[t2 as usize].0;
+                if t2 + 1 == limit {
+                    return true;
+                }
+            }
+        } else {
+            limit = t2 + 1;
+            t2 = split[t2 as usize].0;
+            if t2 + 1 == limit {
+                limit = t1;
+                t1 = split[t1 as usize].1;
+                if t1 == limit {
+                    return true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The outcome of one metered exchange and its renderings: response headers,
+//! filter-state entries for access logs, and the structured debug log line.
+
+use std::rc::Rc;
+
+use serde::Serialize;
+
+use crate::dialect::Api;
+use crate::usage::Usage;
+
+/// Where the reported numbers come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// The provider's own `usage` (what it bills).
+    Provider,
+    /// tollgate's count (the provider reported none).
+    Counted,
+}
+
+/// Everything known about one exchange once it is over.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// API dialect of the request.
+    pub api: Api,
+    /// Host route name (`xds.route_name` / Kong route), or `default`.
+    pub route: Rc<str>,
+    /// Provider label from config.
+    pub provider: String,
+    /// `model` in the request.
+    pub request_model: Option<String>,
+    /// `model` in the response (often a dated version of the requested one).
+    pub response_model: Option<String>,
+    /// The client asked for a stream.
+    pub streaming: bool,
+    /// Upstream HTTP status.
+    pub status: u32,
+    /// tollgate's own prompt count, made before forwarding.
+    pub counted_prompt_tokens: u64,
+    /// That count includes estimated parts (no public tokenizer, or over budget).
+    pub counted_prompt_estimated: bool,
+    /// Final usage: the provider's when it reported one, else tollgate's count.
+    pub usage: Usage,
+    /// Where `usage` comes from.
+    pub source: UsageSource,
+    /// `usage` includes estimated parts.
+    pub estimated: bool,
+}
+
+impl Report {
+    /// The model to label numbers with: what was requested (stable, low
+    /// cardinality), falling back to what the provider said it served.
+    pub fn model(&self) -> &str {
+        self.request_model
+            .as_deref()
+            .or(self.response_model.as_deref())
+            .unwrap_or("unknown")
+    }
+
+    /// `x-llm-*` response headers for non-streaming responses.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            ("x-llm-prompt-tokens", self.usage.prompt_tokens.to_string()),
+            ("x-llm-completion-tokens", self.usage.completion_tokens.to_string()),
+            ("x-llm-total-tokens", self.usage.total().to_string()),
+            ("x-llm-model", self.model().to_string()),
+        ];
+        if self.estimated {
+            h.push(("x-llm-tokens-estimated", "true".to_string()));
+        }
+        h
+    }
+
+    /// Filter-state entries; Envoy exposes `llm.x` as `%FILTER_STATE(wasm.llm.x:PLAIN)%`.
+    pub fn filter_state(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("llm.prompt_tokens", self.usage.prompt_tokens.to_string()),
+            ("llm.completion_tokens", self.usage.completion_tokens.to_string()),
+            ("llm.total_tokens", self.usage.total().to_string()),
+            ("llm.cached_tokens", self.usage.cached_tokens.to_string()),
+            ("llm.reasoning_tokens", self.usage.reasoning_tokens.to_string()),
+            ("llm.counted_prompt_tokens", self.counted_prompt_tokens.to_string()),
+            ("llm.model", self.model().to_string()),
+            ("llm.response_model", self.response_model.clone().unwrap_or_default()),
+            ("llm.provider", self.provider.clone()),
+            ("llm.route", self.route.to_string()),
+            ("llm.api", self.api.name().to_string()),
+            ("llm.estimated", self.estimated.to_string()),
+            (
+                "llm.usage_source",
+                match self.source {
+                    UsageSource::Provider => "provider",
+                    UsageSource::Counted => "counted",
+                }
+                .to_string(),
+            ),
+        ]
+    }
+
+    /// One JSON line per request for debug logs: everything, no prompt content.
+    pub fn log_line(&self) -> String {
+        let v = serde_json::json!({
+            "event": "tollgate.exchange",
+            "route": &*self.route,
+            "api": self.api.name(),
+            "provider": self.provider,
+            "model": self.model(),
+            "response_model": self.response_model,
+            "stream": self.streaming,
+            "status": self.status,
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "total_tokens": self.usage.total(),
+            "cached_tokens": self.usage.cached_tokens,
+            "reasoning_tokens": self.usage.reasoning_tokens,
+            "counted_prompt_tokens": self.counted_prompt_tokens,
+            "usage_source": self.source,
+            "estimated": self.estimated,
+        });
+        v.to_string()
+    }
+}

@@ -1,0 +1,291 @@
+//! The whole exchange flow on recorded OpenAI traffic and documented Anthropic
+//! payloads, natively: what the adapter would be told to do at each step.
+
+use std::rc::Rc;
+
+use serde_json::Value;
+
+use super::*;
+use crate::config::Config;
+use crate::usage::stream::Rewrite;
+
+struct Recording {
+    request: Vec<u8>,
+    response: Vec<u8>,
+    path: String,
+}
+
+fn recording(name: &str) -> Recording {
+    let dir = std::env::var("TOLLGATE_FIXTURES")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/openai-recorded").to_string());
+    let text = std::fs::read_to_string(format!("{dir}/{name}.yaml")).expect("fixture");
+    let doc: serde_norway::Value = serde_norway::from_str(&text).expect("yaml");
+    let i = &doc["interactions"][0];
+    let url = i["request"]["url"].as_str().unwrap_or("");
+    Recording {
+        request: i["request"]["body"].as_str().unwrap_or("").as_bytes().to_vec(),
+        response: i["response"]["body"].as_str().unwrap_or("").as_bytes().to_vec(),
+        path: url.trim_start_matches("https://api.openai.com").to_string(),
+    }
+}
+
+fn exchange(config: &str, route: &str) -> Exchange {
+    let c = Config::parse(config.as_bytes()).unwrap();
+    Exchange::new(c.route(Some(route)), Rc::from(route))
+}
+
+fn start(ex: &mut Exchange, path: &str, body: &[u8]) -> BodyDecision {
+    assert_eq!(
+        ex.on_request_headers("POST", path, Some(body.len() as u64), false),
+        HeadersDecision::WaitForBody
+    );
+    ex.on_request_body(body)
+}
+
+/// Feed a stream in chunks of `size` bytes and return what the client receives.
+fn stream_through(ex: &mut Exchange, body: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let chunks: Vec<&[u8]> = body.chunks(size).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        match ex.on_stream_chunk(c, i + 1 == chunks.len()) {
+            Rewrite::Unchanged => out.extend_from_slice(c),
+            Rewrite::Replace(b) => out.extend_from_slice(&b),
+        }
+    }
+    out
+}
+
+fn billed_prompt(r: &Recording) -> u64 {
+    let v: Value = serde_json::from_slice(&r.response).unwrap();
+    v["usage"]["prompt_tokens"].as_u64().unwrap()
+}
+
+#[test]
+fn non_streaming_chat_reports_billed_usage_and_headers() {
+    let r = recording("chat-basic");
+    let mut ex = exchange("{}", "openai");
+    assert_eq!(start(&mut ex, &r.path, &r.request), BodyDecision::Forward);
+    let mode = ex.on_response_headers(200, Some("application/json"), Some(r.response.len() as u64));
+    assert_eq!(mode, ResponseMode::Buffer);
+    let rep = ex.on_response_complete(Some(&r.response)).expect("report");
+    assert_eq!(rep.source, UsageSource::Provider);
+    assert_eq!(rep.usage.prompt_tokens, billed_prompt(&r));
+    // tollgate's own pre-forward count reproduces the bill.
+    assert_eq!(rep.counted_prompt_tokens, billed_prompt(&r));
+    let h: std::collections::HashMap<_, _> = rep.headers().into_iter().collect();
+    assert_eq!(h["x-llm-prompt-tokens"], rep.usage.prompt_tokens.to_string());
+    assert_eq!(h["x-llm-total-tokens"], rep.usage.total().to_string());
+    assert_eq!(h["x-llm-model"], "gpt-5-nano");
+    assert!(!h.contains_key("x-llm-tokens-estimated"));
+    assert!(ex.finish().is_none(), "reported exactly once");
+}
+
+#[test]
+fn large_or_unsized_json_responses_are_copied_not_held() {
+    let r = recording("chat-basic");
+    let mut ex = exchange("{}", "openai");
+    start(&mut ex, &r.path, &r.request);
+    assert_eq!(ex.on_response_headers(200, Some("application/json"), None), ResponseMode::Copy);
+    for c in r.response.chunks(7) {
+        ex.on_copied_chunk(c);
+    }
+    let rep = ex.on_response_complete(None).unwrap();
+    assert_eq!(rep.usage.prompt_tokens, billed_prompt(&r));
+}
+
+#[test]
+fn stream_without_usage_gets_it_injected_and_stripped_again() {
+    let r = recording("chat-streaming");
+    let mut ex = exchange("{}", "openai");
+    let BodyDecision::Replace(forwarded) = start(&mut ex, &r.path, &r.request) else {
+        panic!("stream_options should be injected")
+    };
+    let fwd: Value = serde_json::from_slice(&forwarded).unwrap();
+    assert_eq!(fwd["stream_options"]["include_usage"], true);
+    let orig: Value = serde_json::from_slice(&r.request).unwrap();
+    let mut fwd_minus = fwd.clone();
+    fwd_minus.as_object_mut().unwrap().remove("stream_options");
+    assert_eq!(fwd_minus, orig, "nothing else changed");
+    assert_eq!(ex.on_response_headers(200, Some("text/event-stream; charset=utf-8"), None), ResponseMode::Stream);
+    // This recording has no usage chunk (it was made without include_usage), so the
+    // client output is byte-identical and the count falls back to the deltas.
+    let out = stream_through(&mut ex, &r.response, 97);
+    assert_eq!(out, r.response);
+    let rep = ex.finish().unwrap();
+    assert_eq!(rep.source, UsageSource::Counted);
+    assert!(rep.estimated);
+    assert!(rep.usage.completion_tokens > 0);
+    assert_eq!(rep.usage.prompt_tokens, rep.counted_prompt_tokens);
+}
+
+#[test]
+fn stream_with_client_requested_usage_passes_untouched_and_reports_it() {
+    let r = recording("chat-streaming-detailed-usage");
+    let req: Value = serde_json::from_slice(&r.request).unwrap();
+    assert_eq!(req["stream_options"]["include_usage"], true, "fixture asks for usage");
+    let mut ex = exchange("{}", "openai");
+    assert_eq!(start(&mut ex, &r.path, &r.request), BodyDecision::Forward);
+    ex.on_response_headers(200, Some("text/event-stream"), None);
+    for size in [1, 13, 4096] {
+        let mut ex2 = exchange("{}", "openai");
+        start(&mut ex2, &r.path, &r.request);
+        ex2.on_response_headers(200, Some("text/event-stream"), None);
+        assert_eq!(stream_through(&mut ex2, &r.response, size), r.response, "chunk size {size}");
+        let rep = ex2.finish().unwrap();
+        assert_eq!(rep.source, UsageSource::Provider);
+        // The last data event before [DONE] carries the billed usage.
+        let text = String::from_utf8_lossy(&r.response);
+        let usage_line = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|v| v["usage"].is_object())
+            .unwrap();
+        assert_eq!(rep.usage.prompt_tokens, usage_line["usage"]["prompt_tokens"].as_u64().unwrap());
+        assert_eq!(rep.usage.completion_tokens, usage_line["usage"]["completion_tokens"].as_u64().unwrap());
+        assert_eq!(rep.usage.prompt_tokens, rep.counted_prompt_tokens, "pre-count matches the bill");
+    }
+}
+
+#[test]
+fn injected_usage_chunk_is_removed_for_the_client() {
+    // What a provider sends once include_usage was injected: `"usage":null` on every
+    // chunk and a final usage-only chunk. The client must see neither.
+    let req = br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let with_usage = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":2,\"total_tokens\":10}}\n\n",
+        "data: [DONE]\n\n"
+    );
+    let expected = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n"
+    );
+    for size in [1, 5, 64, 1000] {
+        let mut ex = exchange("{}", "openai");
+        assert!(matches!(start(&mut ex, "/v1/chat/completions", req), BodyDecision::Replace(_)));
+        ex.on_response_headers(200, Some("text/event-stream"), None);
+        let out = stream_through(&mut ex, with_usage.as_bytes(), size);
+        assert_eq!(String::from_utf8(out).unwrap(), expected, "chunk size {size}");
+        let rep = ex.finish().unwrap();
+        assert_eq!((rep.usage.prompt_tokens, rep.usage.completion_tokens), (8, 2));
+        assert_eq!(rep.source, UsageSource::Provider);
+        assert_eq!(rep.counted_prompt_tokens, 8, "gpt-4o: 3 per message + 3 priming + 'Hi'");
+    }
+}
+
+#[test]
+fn anthropic_stream_usage_is_mapped() {
+    let req = br#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Hello there"}]}"#;
+    let sse = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":3,\"cache_creation_input_tokens\":0,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi!\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":5}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+    );
+    let mut ex = exchange("{}", "anthropic");
+    assert_eq!(start(&mut ex, "/v1/messages", req), BodyDecision::Forward, "never injected into Anthropic");
+    ex.on_response_headers(200, Some("text/event-stream"), None);
+    assert_eq!(stream_through(&mut ex, sse.as_bytes(), 11), sse.as_bytes());
+    let rep = ex.finish().unwrap();
+    assert_eq!(rep.usage.prompt_tokens, 15);
+    assert_eq!(rep.usage.cached_tokens, 3);
+    assert_eq!(rep.usage.completion_tokens, 5);
+    assert!(rep.counted_prompt_estimated, "Claude has no public tokenizer");
+    assert!(!rep.estimated, "but the provider's usage is exact");
+}
+
+#[test]
+fn oversized_bodies_get_413_in_the_clients_dialect() {
+    let mut ex = exchange(r#"{"defaults":{"max_request_bytes":100}}"#, "r");
+    match ex.on_request_headers("POST", "/v1/messages", Some(101), false) {
+        HeadersDecision::Respond(r) => {
+            assert_eq!(r.status, 413);
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "request_too_large");
+        }
+        other => panic!("{other:?}"),
+    }
+    // No content-length (chunked upload): refused as the body grows.
+    let mut ex = exchange(r#"{"defaults":{"max_request_bytes":100}}"#, "r");
+    assert_eq!(ex.on_request_headers("POST", "/v1/chat/completions", None, false), HeadersDecision::WaitForBody);
+    assert!(ex.check_body_size(100).is_none());
+    let r = ex.check_body_size(101).expect("413");
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large");
+}
+
+#[test]
+fn invalid_bodies_pass_or_are_rejected_by_config() {
+    for body in [&b"not json"[..], b"[1,2]", b"{\"model\":", b"\xff\xfe"] {
+        let mut ex = exchange("{}", "r");
+        assert_eq!(start(&mut ex, "/v1/chat/completions", body), BodyDecision::Forward);
+        assert_eq!(ex.on_response_headers(200, Some("application/json"), Some(10)), ResponseMode::PassThrough);
+        assert!(ex.finish().is_none(), "unmetered");
+
+        let mut ex = exchange(r#"{"defaults":{"invalid_body":"reject"}}"#, "r");
+        match start(&mut ex, "/v1/chat/completions", body) {
+            BodyDecision::Respond(r) => {
+                assert_eq!(r.status, 400);
+                let v: Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(v["error"]["type"], "invalid_request_error");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn non_llm_traffic_and_disabled_routes_pass_through() {
+    let mut ex = exchange("{}", "r");
+    assert_eq!(ex.on_request_headers("GET", "/v1/models", None, true), HeadersDecision::PassThrough);
+    let mut ex = exchange("{}", "r");
+    assert_eq!(ex.on_request_headers("POST", "/upload", Some(5), false), HeadersDecision::PassThrough);
+    let mut ex = exchange("{}", "r");
+    assert_eq!(ex.on_request_headers("POST", "/v1/chat/completions", None, true), HeadersDecision::PassThrough);
+    let cfg = r#"{"routes":{"off":{"metering":{"enabled":false}},"dark":{"enabled":false}}}"#;
+    for route in ["off", "dark"] {
+        let mut ex = exchange(cfg, route);
+        assert_eq!(ex.on_request_headers("POST", "/v1/chat/completions", Some(5), false), HeadersDecision::PassThrough);
+    }
+}
+
+#[test]
+fn provider_errors_are_not_billed() {
+    let r = recording("chat-basic");
+    let mut ex = exchange("{}", "openai");
+    start(&mut ex, &r.path, &r.request);
+    assert_eq!(ex.on_response_headers(429, Some("application/json"), Some(50)), ResponseMode::PassThrough);
+    let rep = ex.finish().unwrap();
+    assert_eq!(rep.status, 429);
+    assert_eq!(rep.usage.total(), 0);
+}
+
+#[test]
+fn tokenize_budget_turns_counts_into_labelled_estimates() {
+    let text = "word ".repeat(2000);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o", "messages": [{"role": "user", "content": text}]
+    }))
+    .unwrap();
+    let mut exact = exchange("{}", "r");
+    start(&mut exact, "/v1/chat/completions", &body);
+    exact.on_response_headers(200, Some("application/json"), Some(2));
+    let exact = exact.on_response_complete(Some(b"{}")).unwrap();
+    assert!(!exact.counted_prompt_estimated);
+    let mut capped = exchange(r#"{"defaults":{"metering":{"tokenize_byte_budget":1000}}}"#, "r");
+    start(&mut capped, "/v1/chat/completions", &body);
+    capped.on_response_headers(200, Some("application/json"), Some(2));
+    let capped = capped.on_response_complete(Some(b"{}")).unwrap();
+    assert!(capped.counted_prompt_estimated);
+    assert!(capped.estimated, "no provider usage: the report is an estimate");
+    // 10000 bytes at 4 bytes/token ≈ 2500; exact is ~2000 + overheads. Same ballpark.
+    let (a, b) = (exact.counted_prompt_tokens as f64, capped.counted_prompt_tokens as f64);
+    assert!((b / a - 1.0).abs() < 0.35, "exact {a} vs estimate {b}");
+}

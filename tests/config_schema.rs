@@ -1,0 +1,190 @@
+//! `filters/tollgate.schema.json` is the public contract; the Rust types are what
+//! actually runs. This test walks the schema and checks, object by object and
+//! field by field, that the two accept and refuse the same things and agree on
+//! defaults, so neither can drift from the other.
+
+use serde_json::{json, Value};
+use tollgate::config::{Config, MetricsConfig, RouteSettings};
+
+fn schema() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/tollgate.schema.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("schema file")).expect("schema is JSON")
+}
+
+/// Resolve a `$ref` inside the schema.
+fn deref<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
+    match node.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let ptr = r.trim_start_matches('#');
+            deref(root, root.pointer(ptr).unwrap_or_else(|| panic!("dangling $ref {r}")))
+        }
+        None => node,
+    }
+}
+
+/// A config with `leaf` placed at `path` (dotted, relative to the root).
+fn config_at(path: &[&str], leaf: Value) -> Value {
+    let mut v = leaf;
+    for key in path.iter().rev() {
+        v = json!({ *key: v });
+    }
+    v
+}
+
+fn parse(v: &Value) -> Result<Config, tollgate::config::ConfigError> {
+    Config::parse(v.to_string().as_bytes())
+}
+
+/// The field names Rust accepts in the object at `path`, read from serde's own
+/// "unknown field ..., expected one of ..." message.
+fn rust_fields(path: &[&str]) -> Vec<String> {
+    let err = match parse(&config_at(path, json!({ "__bogus__": 1 }))) {
+        Ok(_) => panic!("unknown field accepted at {path:?}"),
+        Err(e) => e,
+    };
+    let msg = err.message;
+    let list = msg
+        .split_once("expected one of ")
+        .or_else(|| msg.split_once("expected "))
+        .unwrap_or_else(|| panic!("unexpected message at {path:?}: {msg}"))
+        .1;
+    let mut out: Vec<String> = list
+        .split(", ")
+        .map(|s| s.trim().trim_matches('`').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every object location the schema defines, as (config path, schema node).
+fn objects(root: &Value) -> Vec<(Vec<&'static str>, Value)> {
+    let route = deref(root, &root["$defs"]["route_settings"]).clone();
+    let metering = deref(root, &root["$defs"]["metering"]).clone();
+    vec![
+        (vec![], root.clone()),
+        (vec!["defaults"], route.clone()),
+        (vec!["routes", "r1"], route),
+        (vec!["defaults", "metering"], metering.clone()),
+        (vec!["routes", "r1", "metering"], metering),
+        (vec!["metrics"], deref(root, &root["properties"]["metrics"]).clone()),
+    ]
+}
+
+#[test]
+fn schema_and_rust_accept_the_same_fields() {
+    let root = schema();
+    for (path, node) in objects(&root) {
+        assert_eq!(node["additionalProperties"], json!(false), "schema object at {path:?} must refuse unknown fields");
+        let mut schema_fields: Vec<String> = node["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no properties at {path:?}"))
+            .keys()
+            .cloned()
+            .collect();
+        schema_fields.sort();
+        assert_eq!(schema_fields, rust_fields(&path), "fields differ at {path:?}");
+    }
+}
+
+/// The Rust default of every leaf field, as JSON.
+fn rust_defaults() -> Value {
+    json!({
+        "defaults": serde_json::to_value(RouteSettings::default()).unwrap(),
+        "metrics": serde_json::to_value(MetricsConfig::default()).unwrap(),
+    })
+}
+
+#[test]
+fn schema_defaults_match_rust_defaults_and_values_are_checked_alike() {
+    let root = schema();
+    let defaults = rust_defaults();
+    let mut leaves = 0;
+    for (path, node) in objects(&root) {
+        if path.first() == Some(&"routes") {
+            continue; // same definitions as `defaults`, already covered
+        }
+        for (field, prop) in node["properties"].as_object().unwrap() {
+            let prop = deref(&root, prop);
+            if prop.get("properties").is_some() || field == "routes" {
+                continue; // an object, walked on its own
+            }
+            if path.is_empty() {
+                continue;
+            }
+            leaves += 1;
+            let mut full: Vec<&str> = path.clone();
+            full.push(field);
+            let dotted = full.join(".");
+
+            // Default agrees.
+            let rust_default = full.iter().fold(&defaults, |v, k| &v[*k]);
+            let schema_default = prop.get("default").unwrap_or_else(|| panic!("{dotted}: schema has no default"));
+            match (schema_default.as_f64(), rust_default.as_f64()) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{dotted}: default {a} vs {b}"),
+                _ => assert_eq!(schema_default, rust_default, "{dotted}: default"),
+            }
+            // The default is accepted explicitly.
+            parse(&config_at(&full, schema_default.clone())).unwrap_or_else(|e| panic!("{dotted}: default refused: {e}"));
+
+            // A value of the wrong type is refused, naming the path.
+            let wrong = match prop.get("type").and_then(Value::as_str) {
+                Some("string") => json!(12),
+                _ => json!("not-a-valid-value"),
+            };
+            let e = parse(&config_at(&full, wrong)).expect_err(&format!("{dotted}: wrong type accepted"));
+            assert_eq!(e.path, dotted, "{dotted}: error path ({})", e.message);
+
+            // Bounds agree on both sides of each edge.
+            if let Some(min) = prop.get("minimum").and_then(Value::as_f64) {
+                let (ok, bad) = if prop["type"] == "integer" {
+                    (json!(min as i64), json!(min as i64 - 1))
+                } else {
+                    (json!(min), json!(min - 0.01))
+                };
+                parse(&config_at(&full, ok)).unwrap_or_else(|e| panic!("{dotted}: minimum refused: {e}"));
+                let e = parse(&config_at(&full, bad)).expect_err(&format!("{dotted}: below minimum accepted"));
+                assert_eq!(e.path, dotted);
+            }
+            if let Some(max) = prop.get("maximum").and_then(Value::as_f64) {
+                let (ok, bad) = if prop["type"] == "integer" {
+                    (json!(max as u64), json!(max as u64 + 1))
+                } else {
+                    (json!(max), json!(max + 0.01))
+                };
+                parse(&config_at(&full, ok)).unwrap_or_else(|e| panic!("{dotted}: maximum refused: {e}"));
+                let e = parse(&config_at(&full, bad)).expect_err(&format!("{dotted}: above maximum accepted"));
+                assert_eq!(e.path, dotted);
+            }
+            if let Some(values) = prop.get("enum").and_then(Value::as_array) {
+                for v in values {
+                    parse(&config_at(&full, v.clone())).unwrap_or_else(|e| panic!("{dotted}: enum value {v} refused: {e}"));
+                }
+                assert!(parse(&config_at(&full, json!("__nope__"))).is_err(), "{dotted}: bogus enum accepted");
+            }
+            if prop.get("pattern").is_some() {
+                for bad in ["", "has.dot", "has space"] {
+                    let e = parse(&config_at(&full, json!(bad))).expect_err(&format!("{dotted}: {bad:?} accepted"));
+                    assert_eq!(e.path, dotted);
+                }
+            }
+        }
+    }
+    assert!(leaves >= 12, "walked only {leaves} leaf fields");
+}
+
+#[test]
+fn every_example_config_loads() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let text = std::fs::read(&path).unwrap();
+        Config::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 3, "expected example configs, found {n}");
+}
