@@ -34,6 +34,13 @@ fn hash(bytes: &[u8]) -> u64 {
     h.wrapping_mul(FINAL_MUL)
 }
 
+/// Slots per prefix length in `<enc>_maxlen34.bin` (must match `vocab.rs`).
+const PREFIX_SLOTS: usize = 1 << 16;
+
+fn prefix_slot(prefix: &[u8]) -> usize {
+    (hash(prefix) >> 48) as usize
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let out_dir = std::env::var_os("OUT_DIR").expect("OUT_DIR");
@@ -57,7 +64,13 @@ fn put_u32s(path: &Path, values: &[u32]) {
     std::fs::write(path, bytes).expect("write table");
 }
 
-fn bake_vocab(upper: &str, lower: &str, bpe: &tiktoken_rs::CoreBPE, out: &Path, consts: &mut String) {
+fn bake_vocab(
+    upper: &str,
+    lower: &str,
+    bpe: &tiktoken_rs::CoreBPE,
+    out: &Path,
+    consts: &mut String,
+) {
     // Special tokens are encoded as ordinary text by the caller, so leave them out.
     let specials: HashSet<u32> = bpe
         .special_tokens()
@@ -119,7 +132,10 @@ fn bake_vocab(upper: &str, lower: &str, bpe: &tiktoken_rs::CoreBPE, out: &Path, 
             slot = (slot + 1) & mask;
             probes += 1;
         }
-        assert!(probes < 64, "{lower}: hash clustering, pick another FINAL_MUL");
+        assert!(
+            probes < 64,
+            "{lower}: hash clustering, pick another FINAL_MUL"
+        );
         table[slot] = rank as u32 | (tag << RANK_BITS);
     }
     put_u32s(&out.join(format!("{lower}_table.bin")), &table);
@@ -133,6 +149,18 @@ fn bake_vocab(upper: &str, lower: &str, bpe: &tiktoken_rs::CoreBPE, out: &Path, 
         }
     }
     std::fs::write(out.join(format!("{lower}_maxlen2.bin")), &maxlen2).expect("write maxlen2");
+    // Same for 3- and 4-byte prefixes, keyed by a hash (collisions only loosen the
+    // bound): most probes for a longest match are cache misses, so cut them early.
+    let mut maxlen34 = vec![0u8; 2 * PREFIX_SLOTS];
+    for t in &tokens {
+        for k in [3usize, 4] {
+            if t.len() >= k {
+                let i = (k - 3) * PREFIX_SLOTS + prefix_slot(&t[..k]);
+                maxlen34[i] = maxlen34[i].max(t.len() as u8);
+            }
+        }
+    }
+    std::fs::write(out.join(format!("{lower}_maxlen34.bin")), &maxlen34).expect("write maxlen34");
 
     let mut byte_rank = [0u32; 256];
     for (b, r) in byte_rank.iter_mut().enumerate() {
@@ -184,14 +212,20 @@ fn bake_vocab(upper: &str, lower: &str, bpe: &tiktoken_rs::CoreBPE, out: &Path, 
     put_u32s(&out.join(format!("{lower}_split.bin")), &flat);
     put_u32s(&out.join(format!("{lower}_prefix.bin")), &prefix);
 
-    let _ = writeln!(consts, "/// Ranks in the {lower} vocabulary (holes for special tokens are empty).");
+    let _ = writeln!(
+        consts,
+        "/// Ranks in the {lower} vocabulary (holes for special tokens are empty)."
+    );
     let _ = writeln!(consts, "pub const {upper}_N: usize = {n};");
     let _ = writeln!(consts, "/// log2 of the {lower} hash table size.");
     let _ = writeln!(consts, "pub const {upper}_BITS: u32 = {bits};");
     let _ = writeln!(consts, "/// Longest {lower} token in bytes.");
     let _ = writeln!(consts, "pub const {upper}_MAX_LEN: usize = {max_len};");
     let _ = writeln!(consts, "/// Rank of each single byte in {lower}.");
-    let _ = writeln!(consts, "pub const {upper}_BYTE_RANK: [u32; 256] = {byte_rank:?};");
+    let _ = writeln!(
+        consts,
+        "pub const {upper}_BYTE_RANK: [u32; 256] = {byte_rank:?};"
+    );
 }
 
 /// Character classes (bit flags) the pretokenizers need; must match `pretokenize.rs`.
@@ -205,7 +239,9 @@ const CLASSES: [(&str, u8); 5] = [
 
 fn class_ranges(pattern: &str) -> Vec<(u32, u32)> {
     use regex_syntax::hir::{Class, HirKind};
-    let hir = regex_syntax::Parser::new().parse(pattern).expect("class pattern");
+    let hir = regex_syntax::Parser::new()
+        .parse(pattern)
+        .expect("class pattern");
     match hir.kind() {
         HirKind::Class(Class::Unicode(c)) => c
             .ranges()
@@ -260,7 +296,10 @@ fn bake_unicode(out: &Path, consts: &mut String) {
         });
         index.push(id);
     }
-    let index16: Vec<u8> = index.iter().flat_map(|&i| (i as u16).to_le_bytes()).collect();
+    let index16: Vec<u8> = index
+        .iter()
+        .flat_map(|&i| (i as u16).to_le_bytes())
+        .collect();
     std::fs::write(out.join("unicode_index.bin"), index16).expect("write unicode index");
     std::fs::write(out.join("unicode_blocks.bin"), &blocks).expect("write unicode blocks");
     let ascii: Vec<u8> = cls[..128].to_vec();
@@ -271,7 +310,12 @@ fn bake_unicode(out: &Path, consts: &mut String) {
 /// Would BPE, run on the bytes of `t1` followed by `t2`, end as exactly `[t1, t2]`?
 /// Undo merges on both sides of the split point and check that no merge across it
 /// could have won first. Same algorithm as `vocab.rs`, over a growing table.
-fn valid_pair(pairs: &HashMap<(u32, u32), u32>, split: &[(u32, u32)], mut t1: u32, mut t2: u32) -> bool {
+fn valid_pair(
+    pairs: &HashMap<(u32, u32), u32>,
+    split: &[(u32, u32)],
+    mut t1: u32,
+    mut t2: u32,
+) -> bool {
     let mut limit = u32::MAX;
     loop {
         if let Some(&combined) = pairs.get(&(t1, t2)) {

@@ -822,6 +822,10 @@ def phase_throughput(args, variants, bodies, upstream: Envoy, workdir: Path) -> 
                 bad = (w["err_status"] + w["non2xx"] + w["err_connect"] + w["err_read"] + w["err_write"]
                        + w["err_timeout"] + rq["4xx"] + rq["5xx"])
                 w["bad"] = bad
+                w["wall_s"] = wall
+                # A round whose wall time far exceeds its duration was stalled by the host
+                # (seen: load average 35 from other jobs): keep it in the JSON, leave it out of ratios.
+                w["stalled"] = wall > args.duration * 1.5 + 3
                 if bad or w["requests"] == 0:
                     msg = (f"{v['name']} {label} round {rnd + 1}: ERRORS: non-2xx={w['non2xx']} "
                            f"connect={w['err_connect']} read={w['err_read']} write={w['err_write']} "
@@ -841,7 +845,8 @@ def phase_throughput(args, variants, bodies, upstream: Envoy, workdir: Path) -> 
 def summarize_throughput(rounds: dict, names: list[str]) -> dict:
     s = {"per_variant": {}, "ratios": {}}
     for n in names:
-        rs = rounds[n]
+        rs_all = rounds[n]
+        rs = [r for r in rs_all if not r.get("stalled")] or rs_all
         s["per_variant"][n] = {
             "rps": med([r["rps"] for r in rs]),
             "p50_ms": med([r["p50_us"] / 1000 for r in rs]),
@@ -851,8 +856,9 @@ def summarize_throughput(rounds: dict, names: list[str]) -> dict:
             "upstream_cpu_util": med([r["upstream_cpu_util"] for r in rs]),
             "wrk_cpu_util": med([r["wrk_cpu_util"] for r in rs]),
             "upstream_cx_new": sum(r["upstream_cx_new"] for r in rs),
-            "error_rounds": sum(1 for r in rs if r["bad"] or not r["requests"]),
-            "rounds": rs,
+            "error_rounds": sum(1 for r in rs_all if r["bad"] or not r["requests"]),
+            "stalled_rounds": sum(1 for r in rs_all if r.get("stalled")),
+            "rounds": rs_all,
         }
     pairs = []
     for a in names:
@@ -863,13 +869,15 @@ def summarize_throughput(rounds: dict, names: list[str]) -> dict:
                 pairs.append((a, b))
     for a, b in pairs:
         key = f"{a}/{b}"
-        ra, rb = rounds[a], rounds[b]
+        ok = [not (x.get("stalled") or y.get("stalled")) for x, y in zip(rounds[a], rounds[b])]
+        ra = [x if k else None for x, k in zip(rounds[a], ok)]
+        rb = [y if k else None for y, k in zip(rounds[b], ok)]
         per = {
-            "rps": [x["rps"] / y["rps"] if y["rps"] else None for x, y in zip(ra, rb)],
-            "p50": [x["p50_us"] / y["p50_us"] if y["p50_us"] else None for x, y in zip(ra, rb)],
-            "p99": [x["p99_us"] / y["p99_us"] if y["p99_us"] else None for x, y in zip(ra, rb)],
+            "rps": [x["rps"] / y["rps"] if x and y and y["rps"] else None for x, y in zip(ra, rb)],
+            "p50": [x["p50_us"] / y["p50_us"] if x and y and y["p50_us"] else None for x, y in zip(ra, rb)],
+            "p99": [x["p99_us"] / y["p99_us"] if x and y and y["p99_us"] else None for x, y in zip(ra, rb)],
             "cpu_per_req": [x["proxy_cpu_us_per_req"] / y["proxy_cpu_us_per_req"]
-                            if x["proxy_cpu_us_per_req"] and y["proxy_cpu_us_per_req"] else None
+                            if x and y and x["proxy_cpu_us_per_req"] and y["proxy_cpu_us_per_req"] else None
                             for x, y in zip(ra, rb)],
         }
         spread = {}
@@ -903,6 +911,41 @@ def phase_rss(args, variants, bodies, upstream: Envoy, workdir: Path) -> dict:
 
 
 CONFIGURED_RE = re.compile(r"tollgate: configured in ([0-9.]+)\s*ms")
+_LOGLINE_RE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\]\[(\d+)\]")
+
+
+def vm_times_from_log(text: str) -> dict:
+    """VM bring-up read from Envoy's own log timestamps (ms resolution), for a filter that logs
+    'tollgate: configured in' at the end of on_configure:
+    - base_vm_ms: 'loading N listener(s)' -> first configured line on the main thread
+      (module load + V8 compile + canary VM start + on_configure: paid once per process);
+    - worker_vm_ms: 'starting workers' -> each worker thread's configured line
+      (one VM per worker, cloned from the compiled module)."""
+    def ts(line):
+        m = _LOGLINE_RE.match(line)
+        if not m:
+            return None, None
+        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f")
+        return t, m.group(2)
+
+    lines = text.splitlines()
+    main_tid = ts(lines[0])[1] if lines else None
+    t_listeners = t_workers = None
+    base, workers = None, []
+    for ln in lines:
+        if "loading" in ln and "listener(s)" in ln and t_listeners is None:
+            t_listeners = ts(ln)[0]
+        elif "starting workers" in ln and t_workers is None:
+            t_workers = ts(ln)[0]
+        elif CONFIGURED_RE.search(ln):
+            t, tid = ts(ln)
+            if t is None:
+                continue
+            if tid == main_tid and base is None and t_listeners:
+                base = (t - t_listeners).total_seconds() * 1000
+            elif tid != main_tid and t_workers:
+                workers.append((t - t_workers).total_seconds() * 1000)
+    return {"base_vm_ms": base, "worker_vm_ms": workers}
 
 
 def phase_startup(args, variants, bodies, upstream: Envoy, workdir: Path) -> dict:
@@ -910,7 +953,8 @@ def phase_startup(args, variants, bodies, upstream: Envoy, workdir: Path) -> dic
     label = args.sizes[0]
     avail = [v for v in variants if v["available"]]
     for c in (1, 4):
-        samples = {v["name"]: {"live_ms": [], "serve_ms": [], "configured_ms": []} for v in avail}
+        samples = {v["name"]: {"live_ms": [], "serve_ms": [], "configured_ms": [], "base_vm_ms": [],
+                               "worker_vm_ms": []} for v in avail}
         for rep in range(args.startup_repeats):
             for v in avail:
                 e = start_proxy(v, upstream.listen_port, workdir, c)
@@ -918,12 +962,17 @@ def phase_startup(args, variants, bodies, upstream: Envoy, workdir: Path) -> dic
                     live = e.wait_live()
                     serve = e.wait_serving(bodies[v["name"]][label][2])
                     time.sleep(0.05)
-                    conf = [float(x) for x in CONFIGURED_RE.findall(e.log_path.read_text(errors="replace"))]
+                    text = e.log_path.read_text(errors="replace")
+                    conf = [float(x) for x in CONFIGURED_RE.findall(text)]
+                    vmt = vm_times_from_log(text)
                 finally:
                     e.stop()
                 samples[v["name"]]["live_ms"].append(live * 1000)
                 samples[v["name"]]["serve_ms"].append(serve * 1000)
                 samples[v["name"]]["configured_ms"].extend(conf)
+                if vmt["base_vm_ms"] is not None:
+                    samples[v["name"]]["base_vm_ms"].append(vmt["base_vm_ms"])
+                samples[v["name"]]["worker_vm_ms"].extend(vmt["worker_vm_ms"])
         out[c] = {}
         for n, s in samples.items():
             out[c][n] = {
@@ -932,6 +981,9 @@ def phase_startup(args, variants, bodies, upstream: Envoy, workdir: Path) -> dic
                 "configured_ms_median": med(s["configured_ms"]),
                 "configured_ms_max": max(s["configured_ms"]) if s["configured_ms"] else None,
                 "configured_lines": len(s["configured_ms"]),
+                "base_vm_ms": med(s["base_vm_ms"]),
+                "worker_vm_ms_median": med(s["worker_vm_ms"]),
+                "worker_vm_ms_max": max(s["worker_vm_ms"]) if s["worker_vm_ms"] else None,
                 "samples": s,
             }
             log(f"startup --concurrency {c} {n:>9}: LIVE {out[c][n]['live_ms']:7.1f} ms, first 200 "
@@ -1030,16 +1082,22 @@ def evaluate_targets(R: dict) -> list[dict]:
     st = R.get("startup", {})
     if st and SUBJECT in st.get(1, {}):
         s1 = st[1][SUBJECT]
-        if s1["configured_ms_max"] is not None:
-            v, how = s1["configured_ms_max"], "max 'tollgate: configured in' over VMs"
-        else:
-            ref = st[1].get(FLOOR) or st[1].get(BASELINE)
-            refname = FLOOR if st[1].get(FLOOR) else BASELINE
-            v = s1["serve_ms"] - ref["serve_ms"] if ref else None
-            how = f"start-to-first-200 minus {refname}'s at --concurrency 1 (no on_configure log line found)"
-        row("VM start", "≤ 30 ms", fmt(v, 1, " ms"), None if v is None else v <= TARGETS["vm_start_ms"], how)
+        ref_name = FLOOR if st[1].get(FLOOR) else BASELINE
+        ref = st[1].get(ref_name)
+        v = s1["serve_ms"] - ref["serve_ms"] if ref else None
+        conf = (f"; on_configure itself (log): max {s1['configured_ms_max']:.2f} ms" if s1["configured_ms_max"] is not None
+                else "; no 'tollgate: configured in' log line")
+        base = f"; base VM (log: listener load → configured) {s1['base_vm_ms']:.0f} ms" if s1.get("base_vm_ms") else ""
+        row("VM start (measured)", "≤ 30 ms", fmt(v, 1, " ms"), None if v is None else v <= TARGETS["vm_start_ms"],
+            f"spawn → first 200, tollgate minus {ref_name}, --concurrency 1{base}{conf}")
+        w = [st[c][SUBJECT].get("worker_vm_ms_max") for c in st if st[c].get(SUBJECT)]
+        w = [x for x in w if x is not None]
+        if w:
+            wmed = [st[c][SUBJECT].get("worker_vm_ms_median") for c in st if st[c].get(SUBJECT)]
+            row("VM start per worker (log)", "≤ 30 ms", f"max {max(w):.0f} ms, median {med(wmed):.0f} ms",
+                max(w) <= TARGETS["vm_start_ms"], "Envoy log: 'starting workers' → each worker's configured line")
     else:
-        row("VM start", "≤ 30 ms", "n/a", None, "tollgate unavailable or not run")
+        row("VM start (measured)", "≤ 30 ms", "n/a", None, "tollgate unavailable or not run")
 
     tk = R.get("tokbench", {})
     if tk.get("typical_mb_s") is not None:
@@ -1092,6 +1150,8 @@ def render(R: dict) -> str:
             L.append("|---|---:|---:|---:|---:|---:|")
             for n, p in s["per_variant"].items():
                 flag = f" **ERRORS in {p['error_rounds']} round(s)**" if p["error_rounds"] else ""
+                if p["stalled_rounds"]:
+                    flag += f" ({p['stalled_rounds']} stalled round(s) left out)"
                 L.append(f"| {n}{flag} | {fmt(p['rps'], 0)} | {fmt(p['p50_ms'], 3)} | {fmt(p['p99_ms'], 3)} | "
                          f"{fmt(p['cpu_us_per_req'], 1)} | {p['proxy_cpu_util']:.0%} / "
                          f"{p['upstream_cpu_util']:.0%} / {p['wrk_cpu_util']:.0%} |")
@@ -1103,8 +1163,8 @@ def render(R: dict) -> str:
             L.append("|---|---:|---:|---:|---:|---|---|")
             for k, r in s["ratios"].items():
                 m = r["median"]
-                per = " ".join(f"{x:.2f}" for x in r["per_round"]["rps"] if x is not None)
-                perc = " ".join(f"{x:.2f}" for x in r["per_round"]["cpu_per_req"] if x is not None)
+                per = " ".join("stalled" if x is None else f"{x:.2f}" for x in r["per_round"]["rps"])
+                perc = " ".join("stalled" if x is None else f"{x:.2f}" for x in r["per_round"]["cpu_per_req"])
                 L.append(f"| {k} | {fmt(m['rps'], 3)} | {fmt(m['p50'], 3)} | {fmt(m['p99'], 3)} | "
                          f"{fmt(m['cpu_per_req'], 3)} | {per} | {perc} |")
             noisy = [k for k, r in s["ratios"].items()
@@ -1143,15 +1203,19 @@ def render(R: dict) -> str:
         L.append(f"## Start-up (median of {a['startup_repeats']} starts; spawn → admin /ready LIVE, spawn → first 200 "
                  "through the listener)")
         L.append("")
-        L.append("| --concurrency | variant | LIVE ms | first 200 ms | Δ first 200 vs plain | on_configure (log) |")
+        L.append("| --concurrency | variant | LIVE ms | first 200 ms | Δ first 200 vs plain | from the log |")
         L.append("|---:|---|---:|---:|---:|---|")
         for c, vs in st.items():
             base = vs.get(BASELINE)
             for n, s in vs.items():
                 delta = s["serve_ms"] - base["serve_ms"] if base and n != BASELINE else None
-                conf = (f"median {s['configured_ms_median']:.1f} ms, max {s['configured_ms_max']:.1f} ms "
+                conf = (f"on_configure median {s['configured_ms_median']:.2f} ms, max {s['configured_ms_max']:.2f} ms "
                         f"({s['configured_lines']} lines)") if s["configured_lines"] else (
                     "no 'tollgate: configured in' line" if n == SUBJECT else "—")
+                if s.get("base_vm_ms") is not None:
+                    conf += f"; base VM {s['base_vm_ms']:.0f} ms"
+                if s.get("worker_vm_ms_max") is not None:
+                    conf += f"; worker VM median {s['worker_vm_ms_median']:.0f} ms, max {s['worker_vm_ms_max']:.0f} ms"
                 L.append(f"| {c} | {n} | {fmt(s['live_ms'], 1)} | {fmt(s['serve_ms'], 1)} | "
                          f"{fmt(delta, 1, ' ms') if delta is not None else '—'} | {conf} |")
         L.append("")

@@ -8,7 +8,8 @@ use tollgate::config::{Config, MetricsConfig, RouteSettings};
 
 fn schema() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/tollgate.schema.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("schema file")).expect("schema is JSON")
+    serde_json::from_str(&std::fs::read_to_string(path).expect("schema file"))
+        .expect("schema is JSON")
 }
 
 /// Resolve a `$ref` inside the schema.
@@ -16,7 +17,11 @@ fn deref<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
     match node.get("$ref").and_then(Value::as_str) {
         Some(r) => {
             let ptr = r.trim_start_matches('#');
-            deref(root, root.pointer(ptr).unwrap_or_else(|| panic!("dangling $ref {r}")))
+            deref(
+                root,
+                root.pointer(ptr)
+                    .unwrap_or_else(|| panic!("dangling $ref {r}")),
+            )
         }
         None => node,
     }
@@ -43,6 +48,8 @@ fn rust_fields(path: &[&str]) -> Vec<String> {
         Err(e) => e,
     };
     let msg = err.message;
+    // serde_json appends " at line L column C" to the message.
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
     let list = msg
         .split_once("expected one of ")
         .or_else(|| msg.split_once("expected "))
@@ -67,7 +74,10 @@ fn objects(root: &Value) -> Vec<(Vec<&'static str>, Value)> {
         (vec!["routes", "r1"], route),
         (vec!["defaults", "metering"], metering.clone()),
         (vec!["routes", "r1", "metering"], metering),
-        (vec!["metrics"], deref(root, &root["properties"]["metrics"]).clone()),
+        (
+            vec!["metrics"],
+            deref(root, &root["properties"]["metrics"]).clone(),
+        ),
     ]
 }
 
@@ -75,7 +85,11 @@ fn objects(root: &Value) -> Vec<(Vec<&'static str>, Value)> {
 fn schema_and_rust_accept_the_same_fields() {
     let root = schema();
     for (path, node) in objects(&root) {
-        assert_eq!(node["additionalProperties"], json!(false), "schema object at {path:?} must refuse unknown fields");
+        assert_eq!(
+            node["additionalProperties"],
+            json!(false),
+            "schema object at {path:?} must refuse unknown fields"
+        );
         let mut schema_fields: Vec<String> = node["properties"]
             .as_object()
             .unwrap_or_else(|| panic!("no properties at {path:?}"))
@@ -83,7 +97,11 @@ fn schema_and_rust_accept_the_same_fields() {
             .cloned()
             .collect();
         schema_fields.sort();
-        assert_eq!(schema_fields, rust_fields(&path), "fields differ at {path:?}");
+        assert_eq!(
+            schema_fields,
+            rust_fields(&path),
+            "fields differ at {path:?}"
+        );
     }
 }
 
@@ -119,20 +137,24 @@ fn schema_defaults_match_rust_defaults_and_values_are_checked_alike() {
 
             // Default agrees.
             let rust_default = full.iter().fold(&defaults, |v, k| &v[*k]);
-            let schema_default = prop.get("default").unwrap_or_else(|| panic!("{dotted}: schema has no default"));
+            let schema_default = prop
+                .get("default")
+                .unwrap_or_else(|| panic!("{dotted}: schema has no default"));
             match (schema_default.as_f64(), rust_default.as_f64()) {
                 (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{dotted}: default {a} vs {b}"),
                 _ => assert_eq!(schema_default, rust_default, "{dotted}: default"),
             }
             // The default is accepted explicitly.
-            parse(&config_at(&full, schema_default.clone())).unwrap_or_else(|e| panic!("{dotted}: default refused: {e}"));
+            parse(&config_at(&full, schema_default.clone()))
+                .unwrap_or_else(|e| panic!("{dotted}: default refused: {e}"));
 
             // A value of the wrong type is refused, naming the path.
             let wrong = match prop.get("type").and_then(Value::as_str) {
                 Some("string") => json!(12),
                 _ => json!("not-a-valid-value"),
             };
-            let e = parse(&config_at(&full, wrong)).expect_err(&format!("{dotted}: wrong type accepted"));
+            let e = parse(&config_at(&full, wrong))
+                .expect_err(&format!("{dotted}: wrong type accepted"));
             assert_eq!(e.path, dotted, "{dotted}: error path ({})", e.message);
 
             // Bounds agree on both sides of each edge.
@@ -142,8 +164,10 @@ fn schema_defaults_match_rust_defaults_and_values_are_checked_alike() {
                 } else {
                     (json!(min), json!(min - 0.01))
                 };
-                parse(&config_at(&full, ok)).unwrap_or_else(|e| panic!("{dotted}: minimum refused: {e}"));
-                let e = parse(&config_at(&full, bad)).expect_err(&format!("{dotted}: below minimum accepted"));
+                parse(&config_at(&full, ok))
+                    .unwrap_or_else(|e| panic!("{dotted}: minimum refused: {e}"));
+                let e = parse(&config_at(&full, bad))
+                    .expect_err(&format!("{dotted}: below minimum accepted"));
                 assert_eq!(e.path, dotted);
             }
             if let Some(max) = prop.get("maximum").and_then(Value::as_f64) {
@@ -152,19 +176,26 @@ fn schema_defaults_match_rust_defaults_and_values_are_checked_alike() {
                 } else {
                     (json!(max), json!(max + 0.01))
                 };
-                parse(&config_at(&full, ok)).unwrap_or_else(|e| panic!("{dotted}: maximum refused: {e}"));
-                let e = parse(&config_at(&full, bad)).expect_err(&format!("{dotted}: above maximum accepted"));
+                parse(&config_at(&full, ok))
+                    .unwrap_or_else(|e| panic!("{dotted}: maximum refused: {e}"));
+                let e = parse(&config_at(&full, bad))
+                    .expect_err(&format!("{dotted}: above maximum accepted"));
                 assert_eq!(e.path, dotted);
             }
             if let Some(values) = prop.get("enum").and_then(Value::as_array) {
                 for v in values {
-                    parse(&config_at(&full, v.clone())).unwrap_or_else(|e| panic!("{dotted}: enum value {v} refused: {e}"));
+                    parse(&config_at(&full, v.clone()))
+                        .unwrap_or_else(|e| panic!("{dotted}: enum value {v} refused: {e}"));
                 }
-                assert!(parse(&config_at(&full, json!("__nope__"))).is_err(), "{dotted}: bogus enum accepted");
+                assert!(
+                    parse(&config_at(&full, json!("__nope__"))).is_err(),
+                    "{dotted}: bogus enum accepted"
+                );
             }
             if prop.get("pattern").is_some() {
                 for bad in ["", "has.dot", "has space"] {
-                    let e = parse(&config_at(&full, json!(bad))).expect_err(&format!("{dotted}: {bad:?} accepted"));
+                    let e = parse(&config_at(&full, json!(bad)))
+                        .expect_err(&format!("{dotted}: {bad:?} accepted"));
                     assert_eq!(e.path, dotted);
                 }
             }

@@ -24,7 +24,11 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> Status;
-    fn proxy_remove_header_map_value(map_type: MapType, key_data: *const u8, key_size: usize) -> Status;
+    fn proxy_remove_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+    ) -> Status;
     fn proxy_get_buffer_bytes(
         buffer_type: BufferType,
         start: usize,
@@ -45,7 +49,12 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> Status;
-    fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> Status;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -89,7 +98,8 @@ pub fn header(map: MapType, key: &str) -> Result<Option<Vec<u8>>, Status> {
     let mut size = 0;
     // SAFETY: pointers are valid for the call; the host hands back an allocation
     // made with our allocator, which `owned` takes ownership of.
-    match unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut data, &mut size) } {
+    match unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut data, &mut size) }
+    {
         Status::Ok => Ok(Some(unsafe { owned(data, size) })),
         Status::NotFound => Ok(None),
         other => Err(other),
@@ -98,13 +108,18 @@ pub fn header(map: MapType, key: &str) -> Result<Option<Vec<u8>>, Status> {
 
 /// A header as text; invalid UTF-8 reads as absent rather than panicking.
 pub fn header_str(map: MapType, key: &str) -> Option<String> {
-    header(map, key).ok().flatten().and_then(|v| String::from_utf8(v).ok())
+    header(map, key)
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
 }
 
 /// Set (replace) a header.
 pub fn set_header(map: MapType, key: &str, value: &str) -> Result<(), Status> {
     // SAFETY: pointers valid for the call.
-    ok(unsafe { proxy_replace_header_map_value(map, key.as_ptr(), key.len(), value.as_ptr(), value.len()) })
+    ok(unsafe {
+        proxy_replace_header_map_value(map, key.as_ptr(), key.len(), value.as_ptr(), value.len())
+    })
 }
 
 /// Remove a header.
@@ -171,7 +186,11 @@ pub fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Resu
             status,
             details.as_ptr(),
             details.len(),
-            if body.is_empty() { null() } else { body.as_ptr() },
+            if body.is_empty() {
+                null()
+            } else {
+                body.as_ptr()
+            },
             body.len(),
             map.as_ptr(),
             map.len(),

@@ -83,7 +83,8 @@ impl RootContext for Root {
         let raw = ffi::buffer(BufferType::PluginConfiguration, 0, usize::MAX).unwrap_or_default();
         match Config::parse(&raw) {
             Ok(config) => {
-                self.metrics.borrow_mut().models = ModelLabels::new(config.metrics.max_model_labels as usize);
+                self.metrics.borrow_mut().models =
+                    ModelLabels::new(config.metrics.max_model_labels as usize);
                 let routes: Vec<&str> = config.route_names().collect();
                 let took_ms = match (started, ffi::now_nanos()) {
                     (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6,
@@ -147,7 +148,10 @@ impl Http {
     }
 
     fn reply(&self, r: &LocalReply) -> Action {
-        let headers = [("content-type", "application/json"), ("x-tollgate", "local-reply")];
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-tollgate", "local-reply"),
+        ];
         if let Err(s) = ffi::send_response(r.status, &headers, &r.body) {
             error!("tollgate: cannot send local reply {}: {s:?}", r.status);
             return Action::Continue;
@@ -179,7 +183,10 @@ impl Http {
             labels::token_usage(TokenType::Output, &model, &report.route, &report.provider),
             u.completion_tokens,
         );
-        m.add(labels::requests(&report.route, &report.provider, report.estimated), 1);
+        m.add(
+            labels::requests(&report.route, &report.provider, report.estimated),
+            1,
+        );
         debug!("{}", report.log_line());
     }
 }
@@ -192,7 +199,8 @@ impl HttpContext for Http {
         let mut ex = Exchange::new(settings, route);
         let method = ffi::header_str(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         let path = ffi::header_str(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
-        let len = ffi::header_str(MapType::HttpRequestHeaders, "content-length").and_then(|v| v.trim().parse().ok());
+        let len = ffi::header_str(MapType::HttpRequestHeaders, "content-length")
+            .and_then(|v| v.trim().parse().ok());
         match ex.on_request_headers(&method, &path, len, end_of_stream) {
             HeadersDecision::PassThrough => Action::Continue,
             HeadersDecision::Respond(r) => {
@@ -238,8 +246,11 @@ impl HttpContext for Http {
                 match ffi::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body) {
                     Ok(()) => {
                         let len = new_body.len().to_string();
-                        if ffi::set_header(MapType::HttpRequestHeaders, "content-length", &len).is_err() {
-                            let _ = ffi::remove_header(MapType::HttpRequestHeaders, "content-length");
+                        if ffi::set_header(MapType::HttpRequestHeaders, "content-length", &len)
+                            .is_err()
+                        {
+                            let _ =
+                                ffi::remove_header(MapType::HttpRequestHeaders, "content-length");
                         }
                     }
                     Err(s) => warn!("tollgate: cannot rewrite request body: {s:?}"),
@@ -261,7 +272,8 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let ct = ffi::header_str(MapType::HttpResponseHeaders, "content-type");
-        let len = ffi::header_str(MapType::HttpResponseHeaders, "content-length").and_then(|v| v.trim().parse().ok());
+        let len = ffi::header_str(MapType::HttpResponseHeaders, "content-length")
+            .and_then(|v| v.trim().parse().ok());
         self.response = ex.on_response_headers(status, ct.as_deref(), len);
         if end_of_stream {
             self.response = ResponseMode::PassThrough;
@@ -291,7 +303,8 @@ impl HttpContext for Http {
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                let body = ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                let body =
+                    ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
                 if let Some(r) = ex.on_response_complete(Some(&body)) {
                     self.emit(&r, true);
                 }
@@ -309,9 +322,12 @@ impl HttpContext for Http {
                 Action::Continue
             }
             ResponseMode::Stream => {
-                let chunk = ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                let chunk =
+                    ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
                 if let Rewrite::Replace(out) = ex.on_stream_chunk(&chunk, end_of_stream) {
-                    if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                    if let Err(s) =
+                        ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out)
+                    {
                         warn!("tollgate: cannot rewrite stream chunk: {s:?}");
                     }
                 }

@@ -114,7 +114,9 @@ pub struct RouteSettings {
     /// Provider label for metrics and logs (the real provider once rewriting lands).
     pub provider: String,
     /// Largest request body accepted; larger gets a 413 in the client's dialect.
-    /// Keep it at or below Envoy's buffer limit for the route.
+    /// The default, 960 KiB, sits one 64 KiB read below Envoy's default 1 MiB
+    /// buffer limit: a chunked upload must cross tollgate's cap before the host's,
+    /// or the client gets the host's plain-text 413 instead of one its SDK parses.
     pub max_request_bytes: u64,
     /// What to do with bodies that are not the API's JSON.
     pub invalid_body: InvalidBody,
@@ -127,7 +129,7 @@ impl Default for RouteSettings {
         RouteSettings {
             enabled: true,
             provider: "openai".to_string(),
-            max_request_bytes: 1024 * 1024,
+            max_request_bytes: 960 * 1024,
             invalid_body: InvalidBody::Pass,
             metering: Metering::default(),
         }
@@ -185,10 +187,15 @@ impl Config {
             return Ok(Config::default());
         }
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("", e))?;
-        de.end().map_err(|e| ConfigError::at("", format!("trailing data after the JSON config: {e}")))?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("", e))?;
+        de.end().map_err(|e| {
+            ConfigError::at("", format!("trailing data after the JSON config: {e}"))
+        })?;
 
-        let defaults_value = raw.defaults.unwrap_or_else(|| Value::Object(Default::default()));
+        let defaults_value = raw
+            .defaults
+            .unwrap_or_else(|| Value::Object(Default::default()));
         if !defaults_value.is_object() {
             return Err(ConfigError::at("defaults", "expected an object"));
         }
@@ -273,10 +280,16 @@ impl RouteSettings {
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let at = |field: &str| format!("{path}.{field}");
         if self.max_request_bytes == 0 {
-            return Err(ConfigError::at(at("max_request_bytes"), "must be greater than 0"));
+            return Err(ConfigError::at(
+                at("max_request_bytes"),
+                "must be greater than 0",
+            ));
         }
         if self.provider.is_empty() || self.provider.len() > 64 {
-            return Err(ConfigError::at(at("provider"), "must be 1 to 64 characters"));
+            return Err(ConfigError::at(
+                at("provider"),
+                "must be 1 to 64 characters",
+            ));
         }
         if !self
             .provider
@@ -297,7 +310,10 @@ impl RouteSettings {
             ));
         }
         if m.max_event_bytes < 1024 {
-            return Err(ConfigError::at(at("metering.max_event_bytes"), "must be at least 1024"));
+            return Err(ConfigError::at(
+                at("metering.max_event_bytes"),
+                "must be at least 1024",
+            ));
         }
         Ok(())
     }
@@ -334,7 +350,10 @@ mod tests {
         assert!(!chat.metering.inject_stream_usage);
         assert_eq!(chat.metering.tokenize_byte_budget, 10);
         let other = c.route(Some("other"));
-        assert_eq!(other.metering.tokenize_byte_budget, Metering::default().tokenize_byte_budget);
+        assert_eq!(
+            other.metering.tokenize_byte_budget,
+            Metering::default().tokenize_byte_budget
+        );
     }
 
     #[test]
@@ -344,8 +363,12 @@ mod tests {
         assert!(e.message.contains("expected u64"), "{}", e.message);
 
         let e = err(r#"{"defaults":{"metering":{"enabeld":true}}}"#);
-        assert_eq!(e.path, "defaults.metering");
-        assert!(e.message.contains("unknown field `enabeld`"), "{}", e.message);
+        assert_eq!(e.path, "defaults.metering.enabeld");
+        assert!(
+            e.message.contains("unknown field `enabeld`"),
+            "{}",
+            e.message
+        );
 
         let e = err(r#"{"routs":{}}"#);
         assert!(e.message.contains("unknown field `routs`"), "{}", e.message);
@@ -374,6 +397,9 @@ mod tests {
     #[test]
     fn display_is_path_then_message() {
         let e = ConfigError::at("routes.chat.provider", "must be 1 to 64 characters");
-        assert_eq!(e.to_string(), "tollgate config: routes.chat.provider: must be 1 to 64 characters");
+        assert_eq!(
+            e.to_string(),
+            "tollgate config: routes.chat.provider: must be 1 to 64 characters"
+        );
     }
 }

@@ -121,8 +121,14 @@ mod tests {
 
     #[test]
     fn paths_map_to_apis() {
-        assert_eq!(Api::from_path("/v1/chat/completions"), Some(Api::ChatCompletions));
-        assert_eq!(Api::from_path("/openai/deployments/gpt/chat/completions?api-version=1"), Some(Api::ChatCompletions));
+        assert_eq!(
+            Api::from_path("/v1/chat/completions"),
+            Some(Api::ChatCompletions)
+        );
+        assert_eq!(
+            Api::from_path("/openai/deployments/gpt/chat/completions?api-version=1"),
+            Some(Api::ChatCompletions)
+        );
         assert_eq!(Api::from_path("/v1/completions"), Some(Api::Completions));
         assert_eq!(Api::from_path("/v1/embeddings/"), Some(Api::Embeddings));
         assert_eq!(Api::from_path("/v1/responses"), Some(Api::Responses));
@@ -132,10 +138,20 @@ mod tests {
 
     #[test]
     fn error_bodies_follow_each_sdk_shape() {
-        let o: serde_json::Value = serde_json::from_slice(&error_body(Family::OpenAi, ErrorKind::RequestTooLarge, "too big")).unwrap();
+        let o: serde_json::Value = serde_json::from_slice(&error_body(
+            Family::OpenAi,
+            ErrorKind::RequestTooLarge,
+            "too big",
+        ))
+        .unwrap();
         assert_eq!(o["error"]["code"], "request_too_large");
         assert_eq!(o["error"]["message"], "too big");
-        let a: serde_json::Value = serde_json::from_slice(&error_body(Family::Anthropic, ErrorKind::RateLimited, "slow")).unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&error_body(
+            Family::Anthropic,
+            ErrorKind::RateLimited,
+            "slow",
+        ))
+        .unwrap();
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "rate_limit_error");
     }

@@ -45,6 +45,28 @@ pub struct SseEvent<'a> {
     complete: bool,
 }
 
+/// The lines of an event block, split at `\r\n`, `\n` or `\r` as the SSE spec
+/// allows, without their terminators.
+pub(crate) fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = block;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .unwrap_or(rest.len());
+        let (line, tail) = rest.split_at(len);
+        rest = match tail {
+            [b'\r', b'\n', more @ ..] => more,
+            [_, more @ ..] => more,
+            [] => tail,
+        };
+        Some(line)
+    })
+}
+
 impl<'a> SseEvent<'a> {
     /// Parse the fields of one raw event block (lines up to and including the blank
     /// line that ends it). Unknown fields (`id:`, `retry:`) and comments are kept in
@@ -57,26 +79,11 @@ impl<'a> SseEvent<'a> {
         }
         let mut name = None;
         let mut data: Option<Cow<'a, [u8]>> = None;
-        let mut i = 0;
-        while i < body.len() {
-            let rest = &body[i..];
-            let len = rest
-                .iter()
-                .position(|&b| b == b'\n' || b == b'\r')
-                .unwrap_or(rest.len());
-            let line = &rest[..len];
-            i += len;
-            if i < body.len() {
-                if body[i] == b'\r' && body.get(i + 1) == Some(&b'\n') {
-                    i += 2;
-                } else {
-                    i += 1;
-                }
-            }
+        for line in lines(body) {
             if line.is_empty() {
                 break;
             }
-            if line[0] == b':' {
+            if line.first() == Some(&b':') {
                 continue;
             }
             let (field, value) = match line.iter().position(|&b| b == b':') {

@@ -47,7 +47,10 @@ pub fn property_u64(raw: &[u8]) -> Option<u64> {
 /// proxy-wasm's header-map wire format: count, then (key len, value len) pairs,
 /// then NUL-terminated keys and values.
 pub fn serialize_header_map(map: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + map.iter().map(|(k, v)| k.len() + v.len() + 10).sum::<usize>();
+    let size = 4 + map
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 10)
+        .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(map.len() as u32).to_le_bytes());
     for (k, v) in map {
@@ -78,7 +81,10 @@ mod tests {
     #[test]
     fn header_map_layout() {
         let m = serialize_header_map(&[("a", "bc")]);
-        assert_eq!(m, [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'b', b'c', 0]);
+        assert_eq!(
+            m,
+            [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'b', b'c', 0]
+        );
         assert_eq!(property_text(Some(b"chat".to_vec())), Some("chat".into()));
         assert_eq!(property_text(Some(vec![0xff])), None);
         assert_eq!(property_text(Some(vec![])), None);

@@ -159,7 +159,10 @@ impl Exchange {
     }
 
     fn too_large(&self) -> LocalReply {
-        let family = self.api.map(Api::family).unwrap_or(crate::dialect::Family::OpenAi);
+        let family = self
+            .api
+            .map(Api::family)
+            .unwrap_or(crate::dialect::Family::OpenAi);
         LocalReply {
             status: ErrorKind::RequestTooLarge.status(),
             body: error_body(
@@ -185,11 +188,16 @@ impl Exchange {
         let parsed: Value = match serde_json::from_slice(body) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => return self.invalid_body(api, "the request body must be a JSON object"),
-            Err(e) => return self.invalid_body(api, &format!("the request body is not valid JSON: {e}")),
+            Err(e) => {
+                return self.invalid_body(api, &format!("the request body is not valid JSON: {e}"))
+            }
         };
         let model = parsed.get("model").and_then(Value::as_str).unwrap_or("");
         self.model = (!model.is_empty()).then(|| model.to_string());
-        self.streaming = parsed.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        self.streaming = parsed
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
 
         let m = &self.settings.metering;
         let profile = models::profile(model);
@@ -339,7 +347,8 @@ impl Exchange {
                 let profile = models::profile(self.model.as_deref().unwrap_or(""));
                 let tokenizer = profile.encoding.map(bpe::tokenizer);
                 let budget = usize::try_from(m.tokenize_byte_budget).unwrap_or(usize::MAX);
-                let mut counter = BudgetedCounter::new(tokenizer, budget, m.estimate_bytes_per_token);
+                let mut counter =
+                    BudgetedCounter::new(tokenizer, budget, m.estimate_bytes_per_token);
                 let mut completion = counter.count(&summary.fallback_text);
                 if summary.fallback_truncated_bytes > 0 {
                     completion += crate::tokens::estimate_tokens(
@@ -387,7 +396,6 @@ impl Exchange {
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -61,7 +61,10 @@ impl Report {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut h = vec![
             ("x-llm-prompt-tokens", self.usage.prompt_tokens.to_string()),
-            ("x-llm-completion-tokens", self.usage.completion_tokens.to_string()),
+            (
+                "x-llm-completion-tokens",
+                self.usage.completion_tokens.to_string(),
+            ),
             ("x-llm-total-tokens", self.usage.total().to_string()),
             ("x-llm-model", self.model().to_string()),
         ];
@@ -75,13 +78,25 @@ impl Report {
     pub fn filter_state(&self) -> Vec<(&'static str, String)> {
         vec![
             ("llm.prompt_tokens", self.usage.prompt_tokens.to_string()),
-            ("llm.completion_tokens", self.usage.completion_tokens.to_string()),
+            (
+                "llm.completion_tokens",
+                self.usage.completion_tokens.to_string(),
+            ),
             ("llm.total_tokens", self.usage.total().to_string()),
             ("llm.cached_tokens", self.usage.cached_tokens.to_string()),
-            ("llm.reasoning_tokens", self.usage.reasoning_tokens.to_string()),
-            ("llm.counted_prompt_tokens", self.counted_prompt_tokens.to_string()),
+            (
+                "llm.reasoning_tokens",
+                self.usage.reasoning_tokens.to_string(),
+            ),
+            (
+                "llm.counted_prompt_tokens",
+                self.counted_prompt_tokens.to_string(),
+            ),
             ("llm.model", self.model().to_string()),
-            ("llm.response_model", self.response_model.clone().unwrap_or_default()),
+            (
+                "llm.response_model",
+                self.response_model.clone().unwrap_or_default(),
+            ),
             ("llm.provider", self.provider.clone()),
             ("llm.route", self.route.to_string()),
             ("llm.api", self.api.name().to_string()),

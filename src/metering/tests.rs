@@ -16,15 +16,28 @@ struct Recording {
 }
 
 fn recording(name: &str) -> Recording {
-    let dir = std::env::var("TOLLGATE_FIXTURES")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/openai-recorded").to_string());
+    let dir = std::env::var("TOLLGATE_FIXTURES").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/openai-recorded"
+        )
+        .to_string()
+    });
     let text = std::fs::read_to_string(format!("{dir}/{name}.yaml")).expect("fixture");
     let doc: serde_norway::Value = serde_norway::from_str(&text).expect("yaml");
     let i = &doc["interactions"][0];
     let url = i["request"]["url"].as_str().unwrap_or("");
     Recording {
-        request: i["request"]["body"].as_str().unwrap_or("").as_bytes().to_vec(),
-        response: i["response"]["body"].as_str().unwrap_or("").as_bytes().to_vec(),
+        request: i["request"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .as_bytes()
+            .to_vec(),
+        response: i["response"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .as_bytes()
+            .to_vec(),
         path: url.trim_start_matches("https://api.openai.com").to_string(),
     }
 }
@@ -73,7 +86,10 @@ fn non_streaming_chat_reports_billed_usage_and_headers() {
     // tollgate's own pre-forward count reproduces the bill.
     assert_eq!(rep.counted_prompt_tokens, billed_prompt(&r));
     let h: std::collections::HashMap<_, _> = rep.headers().into_iter().collect();
-    assert_eq!(h["x-llm-prompt-tokens"], rep.usage.prompt_tokens.to_string());
+    assert_eq!(
+        h["x-llm-prompt-tokens"],
+        rep.usage.prompt_tokens.to_string()
+    );
     assert_eq!(h["x-llm-total-tokens"], rep.usage.total().to_string());
     assert_eq!(h["x-llm-model"], "gpt-5-nano");
     assert!(!h.contains_key("x-llm-tokens-estimated"));
@@ -85,7 +101,10 @@ fn large_or_unsized_json_responses_are_copied_not_held() {
     let r = recording("chat-basic");
     let mut ex = exchange("{}", "openai");
     start(&mut ex, &r.path, &r.request);
-    assert_eq!(ex.on_response_headers(200, Some("application/json"), None), ResponseMode::Copy);
+    assert_eq!(
+        ex.on_response_headers(200, Some("application/json"), None),
+        ResponseMode::Copy
+    );
     for c in r.response.chunks(7) {
         ex.on_copied_chunk(c);
     }
@@ -106,7 +125,10 @@ fn stream_without_usage_gets_it_injected_and_stripped_again() {
     let mut fwd_minus = fwd.clone();
     fwd_minus.as_object_mut().unwrap().remove("stream_options");
     assert_eq!(fwd_minus, orig, "nothing else changed");
-    assert_eq!(ex.on_response_headers(200, Some("text/event-stream; charset=utf-8"), None), ResponseMode::Stream);
+    assert_eq!(
+        ex.on_response_headers(200, Some("text/event-stream; charset=utf-8"), None),
+        ResponseMode::Stream
+    );
     // This recording has no usage chunk (it was made without include_usage), so the
     // client output is byte-identical and the count falls back to the deltas.
     let out = stream_through(&mut ex, &r.response, 97);
@@ -122,7 +144,10 @@ fn stream_without_usage_gets_it_injected_and_stripped_again() {
 fn stream_with_client_requested_usage_passes_untouched_and_reports_it() {
     let r = recording("chat-streaming-detailed-usage");
     let req: Value = serde_json::from_slice(&r.request).unwrap();
-    assert_eq!(req["stream_options"]["include_usage"], true, "fixture asks for usage");
+    assert_eq!(
+        req["stream_options"]["include_usage"], true,
+        "fixture asks for usage"
+    );
     let mut ex = exchange("{}", "openai");
     assert_eq!(start(&mut ex, &r.path, &r.request), BodyDecision::Forward);
     ex.on_response_headers(200, Some("text/event-stream"), None);
@@ -130,7 +155,11 @@ fn stream_with_client_requested_usage_passes_untouched_and_reports_it() {
         let mut ex2 = exchange("{}", "openai");
         start(&mut ex2, &r.path, &r.request);
         ex2.on_response_headers(200, Some("text/event-stream"), None);
-        assert_eq!(stream_through(&mut ex2, &r.response, size), r.response, "chunk size {size}");
+        assert_eq!(
+            stream_through(&mut ex2, &r.response, size),
+            r.response,
+            "chunk size {size}"
+        );
         let rep = ex2.finish().unwrap();
         assert_eq!(rep.source, UsageSource::Provider);
         // The last data event before [DONE] carries the billed usage.
@@ -141,9 +170,18 @@ fn stream_with_client_requested_usage_passes_untouched_and_reports_it() {
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
             .find(|v| v["usage"].is_object())
             .unwrap();
-        assert_eq!(rep.usage.prompt_tokens, usage_line["usage"]["prompt_tokens"].as_u64().unwrap());
-        assert_eq!(rep.usage.completion_tokens, usage_line["usage"]["completion_tokens"].as_u64().unwrap());
-        assert_eq!(rep.usage.prompt_tokens, rep.counted_prompt_tokens, "pre-count matches the bill");
+        assert_eq!(
+            rep.usage.prompt_tokens,
+            usage_line["usage"]["prompt_tokens"].as_u64().unwrap()
+        );
+        assert_eq!(
+            rep.usage.completion_tokens,
+            usage_line["usage"]["completion_tokens"].as_u64().unwrap()
+        );
+        assert_eq!(
+            rep.usage.prompt_tokens, rep.counted_prompt_tokens,
+            "pre-count matches the bill"
+        );
     }
 }
 
@@ -165,14 +203,27 @@ fn injected_usage_chunk_is_removed_for_the_client() {
     );
     for size in [1, 5, 64, 1000] {
         let mut ex = exchange("{}", "openai");
-        assert!(matches!(start(&mut ex, "/v1/chat/completions", req), BodyDecision::Replace(_)));
+        assert!(matches!(
+            start(&mut ex, "/v1/chat/completions", req),
+            BodyDecision::Replace(_)
+        ));
         ex.on_response_headers(200, Some("text/event-stream"), None);
         let out = stream_through(&mut ex, with_usage.as_bytes(), size);
-        assert_eq!(String::from_utf8(out).unwrap(), expected, "chunk size {size}");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            expected,
+            "chunk size {size}"
+        );
         let rep = ex.finish().unwrap();
-        assert_eq!((rep.usage.prompt_tokens, rep.usage.completion_tokens), (8, 2));
+        assert_eq!(
+            (rep.usage.prompt_tokens, rep.usage.completion_tokens),
+            (8, 2)
+        );
         assert_eq!(rep.source, UsageSource::Provider);
-        assert_eq!(rep.counted_prompt_tokens, 8, "gpt-4o: 3 per message + 3 priming + 'Hi'");
+        assert_eq!(
+            rep.counted_prompt_tokens, 8,
+            "gpt-4o: 3 per message + 3 priming + 'Hi'"
+        );
     }
 }
 
@@ -189,14 +240,21 @@ fn anthropic_stream_usage_is_mapped() {
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
     );
     let mut ex = exchange("{}", "anthropic");
-    assert_eq!(start(&mut ex, "/v1/messages", req), BodyDecision::Forward, "never injected into Anthropic");
+    assert_eq!(
+        start(&mut ex, "/v1/messages", req),
+        BodyDecision::Forward,
+        "never injected into Anthropic"
+    );
     ex.on_response_headers(200, Some("text/event-stream"), None);
     assert_eq!(stream_through(&mut ex, sse.as_bytes(), 11), sse.as_bytes());
     let rep = ex.finish().unwrap();
     assert_eq!(rep.usage.prompt_tokens, 15);
     assert_eq!(rep.usage.cached_tokens, 3);
     assert_eq!(rep.usage.completion_tokens, 5);
-    assert!(rep.counted_prompt_estimated, "Claude has no public tokenizer");
+    assert!(
+        rep.counted_prompt_estimated,
+        "Claude has no public tokenizer"
+    );
     assert!(!rep.estimated, "but the provider's usage is exact");
 }
 
@@ -214,7 +272,10 @@ fn oversized_bodies_get_413_in_the_clients_dialect() {
     }
     // No content-length (chunked upload): refused as the body grows.
     let mut ex = exchange(r#"{"defaults":{"max_request_bytes":100}}"#, "r");
-    assert_eq!(ex.on_request_headers("POST", "/v1/chat/completions", None, false), HeadersDecision::WaitForBody);
+    assert_eq!(
+        ex.on_request_headers("POST", "/v1/chat/completions", None, false),
+        HeadersDecision::WaitForBody
+    );
     assert!(ex.check_body_size(100).is_none());
     let r = ex.check_body_size(101).expect("413");
     let v: Value = serde_json::from_slice(&r.body).unwrap();
@@ -225,8 +286,14 @@ fn oversized_bodies_get_413_in_the_clients_dialect() {
 fn invalid_bodies_pass_or_are_rejected_by_config() {
     for body in [&b"not json"[..], b"[1,2]", b"{\"model\":", b"\xff\xfe"] {
         let mut ex = exchange("{}", "r");
-        assert_eq!(start(&mut ex, "/v1/chat/completions", body), BodyDecision::Forward);
-        assert_eq!(ex.on_response_headers(200, Some("application/json"), Some(10)), ResponseMode::PassThrough);
+        assert_eq!(
+            start(&mut ex, "/v1/chat/completions", body),
+            BodyDecision::Forward
+        );
+        assert_eq!(
+            ex.on_response_headers(200, Some("application/json"), Some(10)),
+            ResponseMode::PassThrough
+        );
         assert!(ex.finish().is_none(), "unmetered");
 
         let mut ex = exchange(r#"{"defaults":{"invalid_body":"reject"}}"#, "r");
@@ -244,15 +311,27 @@ fn invalid_bodies_pass_or_are_rejected_by_config() {
 #[test]
 fn non_llm_traffic_and_disabled_routes_pass_through() {
     let mut ex = exchange("{}", "r");
-    assert_eq!(ex.on_request_headers("GET", "/v1/models", None, true), HeadersDecision::PassThrough);
+    assert_eq!(
+        ex.on_request_headers("GET", "/v1/models", None, true),
+        HeadersDecision::PassThrough
+    );
     let mut ex = exchange("{}", "r");
-    assert_eq!(ex.on_request_headers("POST", "/upload", Some(5), false), HeadersDecision::PassThrough);
+    assert_eq!(
+        ex.on_request_headers("POST", "/upload", Some(5), false),
+        HeadersDecision::PassThrough
+    );
     let mut ex = exchange("{}", "r");
-    assert_eq!(ex.on_request_headers("POST", "/v1/chat/completions", None, true), HeadersDecision::PassThrough);
+    assert_eq!(
+        ex.on_request_headers("POST", "/v1/chat/completions", None, true),
+        HeadersDecision::PassThrough
+    );
     let cfg = r#"{"routes":{"off":{"metering":{"enabled":false}},"dark":{"enabled":false}}}"#;
     for route in ["off", "dark"] {
         let mut ex = exchange(cfg, route);
-        assert_eq!(ex.on_request_headers("POST", "/v1/chat/completions", Some(5), false), HeadersDecision::PassThrough);
+        assert_eq!(
+            ex.on_request_headers("POST", "/v1/chat/completions", Some(5), false),
+            HeadersDecision::PassThrough
+        );
     }
 }
 
@@ -261,7 +340,10 @@ fn provider_errors_are_not_billed() {
     let r = recording("chat-basic");
     let mut ex = exchange("{}", "openai");
     start(&mut ex, &r.path, &r.request);
-    assert_eq!(ex.on_response_headers(429, Some("application/json"), Some(50)), ResponseMode::PassThrough);
+    assert_eq!(
+        ex.on_response_headers(429, Some("application/json"), Some(50)),
+        ResponseMode::PassThrough
+    );
     let rep = ex.finish().unwrap();
     assert_eq!(rep.status, 429);
     assert_eq!(rep.usage.total(), 0);
@@ -279,13 +361,22 @@ fn tokenize_budget_turns_counts_into_labelled_estimates() {
     exact.on_response_headers(200, Some("application/json"), Some(2));
     let exact = exact.on_response_complete(Some(b"{}")).unwrap();
     assert!(!exact.counted_prompt_estimated);
-    let mut capped = exchange(r#"{"defaults":{"metering":{"tokenize_byte_budget":1000}}}"#, "r");
+    let mut capped = exchange(
+        r#"{"defaults":{"metering":{"tokenize_byte_budget":1000}}}"#,
+        "r",
+    );
     start(&mut capped, "/v1/chat/completions", &body);
     capped.on_response_headers(200, Some("application/json"), Some(2));
     let capped = capped.on_response_complete(Some(b"{}")).unwrap();
     assert!(capped.counted_prompt_estimated);
-    assert!(capped.estimated, "no provider usage: the report is an estimate");
+    assert!(
+        capped.estimated,
+        "no provider usage: the report is an estimate"
+    );
     // 10000 bytes at 4 bytes/token ≈ 2500; exact is ~2000 + overheads. Same ballpark.
-    let (a, b) = (exact.counted_prompt_tokens as f64, capped.counted_prompt_tokens as f64);
+    let (a, b) = (
+        exact.counted_prompt_tokens as f64,
+        capped.counted_prompt_tokens as f64,
+    );
     assert!((b / a - 1.0).abs() < 0.35, "exact {a} vs estimate {b}");
 }

@@ -67,7 +67,10 @@ impl Sink for Counter {
 impl Sink for Vec<u32> {
     #[inline]
     fn push(&mut self, vocab: &Vocab, piece: &[u8], (s, e): (usize, usize)) {
-        let r = piece.get(s..e).and_then(|t| vocab.lookup(t)).unwrap_or(NONE);
+        let r = piece
+            .get(s..e)
+            .and_then(|t| vocab.lookup(t))
+            .unwrap_or(NONE);
         Vec::push(self, r);
     }
     #[inline]
@@ -81,6 +84,35 @@ impl Sink for Vec<u32> {
 struct Scratch {
     tokens: Vec<u32>,
     dead: Vec<u64>,
+    /// Prefix hashes for [`longest_match`] (kept to avoid re-zeroing a buffer).
+    hashes: Vec<u64>,
+    /// Direct-mapped memo of [`Vocab::is_valid_pair`]: `(t1, t2, valid)`.
+    /// Long pieces are repetitive, so the same pairs are asked again and again.
+    pairs: Vec<(u32, u32, bool)>,
+}
+
+/// Entries in the pair-validity memo (a power of two).
+const PAIR_CACHE: usize = 4096;
+
+impl Scratch {
+    #[inline]
+    fn valid_pair(&mut self, v: &Vocab, t1: u32, t2: u32) -> bool {
+        if self.pairs.is_empty() {
+            self.pairs.resize(PAIR_CACHE, (NONE, NONE, false));
+        }
+        let k = (t1.wrapping_mul(0x9e37_79b1) ^ t2).wrapping_mul(0x85eb_ca6b) as usize >> 7
+            & (PAIR_CACHE - 1);
+        if let Some(&(a, b, ok)) = self.pairs.get(k) {
+            if a == t1 && b == t2 {
+                return ok;
+            }
+        }
+        let ok = v.is_valid_pair(t1, t2);
+        if let Some(e) = self.pairs.get_mut(k) {
+            *e = (t1, t2, ok);
+        }
+        ok
+    }
 }
 
 impl Tokenizer {
@@ -135,12 +167,21 @@ fn small_merge<S: Sink>(v: &Vocab, piece: &[u8], sink: &mut S) {
     let n = piece.len();
     let mut start = [0u32; SMALL + 2];
     let mut rank = [NONE; SMALL + 2];
-    let rank_of = |s: u32, e: u32| piece.get(s as usize..e as usize).and_then(|t| v.lookup(t)).unwrap_or(NONE);
+    let rank_of = |s: u32, e: u32| {
+        piece
+            .get(s as usize..e as usize)
+            .and_then(|t| v.lookup(t))
+            .unwrap_or(NONE)
+    };
     let mut len = n + 1;
     for i in 0..=n.min(SMALL) {
         if let (Some(s), Some(r)) = (start.get_mut(i), rank.get_mut(i)) {
             *s = i as u32;
-            *r = if i + 2 <= n { rank_of(i as u32, i as u32 + 2) } else { NONE };
+            *r = if i + 2 <= n {
+                rank_of(i as u32, i as u32 + 2)
+            } else {
+                NONE
+            };
         }
     }
     loop {
@@ -158,12 +199,20 @@ fn small_merge<S: Sink>(v: &Vocab, piece: &[u8], sink: &mut S) {
         // Part i absorbs part i+1; recompute the ranks of pairs touching it.
         let at = |k: usize| start.get(k).copied().unwrap_or(n as u32);
         if i > 0 {
-            let r = if i + 2 < len { rank_of(at(i - 1), at(i + 2)) } else { NONE };
+            let r = if i + 2 < len {
+                rank_of(at(i - 1), at(i + 2))
+            } else {
+                NONE
+            };
             if let Some(x) = rank.get_mut(i - 1) {
                 *x = r;
             }
         }
-        let r = if i + 3 < len { rank_of(at(i), at(i + 3)) } else { NONE };
+        let r = if i + 3 < len {
+            rank_of(at(i), at(i + 3))
+        } else {
+            NONE
+        };
         if let Some(x) = rank.get_mut(i) {
             *x = r;
         }
@@ -180,21 +229,25 @@ fn small_merge<S: Sink>(v: &Vocab, piece: &[u8], sink: &mut S) {
 
 /// Longest token that is a prefix of `text` (`None` only for empty text).
 #[inline]
-fn longest_match(v: &Vocab, text: &[u8]) -> Option<u32> {
+fn longest_match(v: &Vocab, text: &[u8], hashes: &mut Vec<u64>) -> Option<u32> {
     let (&b0, &b1) = match (text.first(), text.get(1)) {
         (Some(a), Some(b)) => (a, b),
         (Some(a), None) => return Some(v.byte_rank(*a)),
         _ => return None,
     };
-    let bound = v.max_len2(b0, b1).min(text.len());
+    let mut bound = v.max_len2(b0, b1).min(text.len());
+    for k in [3, 4] {
+        if bound >= k {
+            bound = bound.min(text.get(..k).map_or(0, |p| v.max_len_prefix(p)).max(k - 1));
+        }
+    }
     if bound >= 2 {
         // Hash every prefix in one pass, then probe longest first.
-        let mut hashes = [0u64; 256];
+        hashes.clear();
         let mut h = hash_start();
-        for (i, (&b, slot)) in text.iter().zip(hashes.iter_mut()).take(bound).enumerate() {
+        for &b in text.iter().take(bound) {
             h = hash_step(h, b);
-            let _ = i;
-            *slot = h;
+            hashes.push(h);
         }
         for l in (2..=bound).rev() {
             let (Some(&h), Some(want)) = (hashes.get(l - 1), text.get(..l)) else {
@@ -211,15 +264,15 @@ fn longest_match(v: &Vocab, text: &[u8]) -> Option<u32> {
 /// The `bpe` crate's backtracking encoder: linear in practice, exact for these
 /// vocabularies (checked against tiktoken in the tests, long adversarial runs included).
 fn backtrack<S: Sink>(v: &Vocab, text: &[u8], sink: &mut S, scratch: &mut Scratch) {
-    let tokens = &mut scratch.tokens;
+    let mut tokens = std::mem::take(&mut scratch.tokens);
     tokens.clear();
-    let dead = &mut scratch.dead;
+    let mut dead = std::mem::take(&mut scratch.dead);
     dead.clear();
     dead.resize(text.len() / 64 + 1, 0);
     let is_dead = |dead: &[u64], p: usize| dead.get(p / 64).is_some_and(|w| w >> (p % 64) & 1 == 1);
 
     let mut pos = 0usize;
-    let mut next = longest_match(v, text);
+    let mut next = longest_match(v, text, &mut scratch.hashes);
     // Guard against corrupt tables: a correct run takes a few steps per byte.
     let mut budget = text.len().saturating_mul(64).saturating_add(1024);
     while let Some(mut token) = next {
@@ -236,10 +289,13 @@ fn backtrack<S: Sink>(v: &Vocab, text: &[u8], sink: &mut S, scratch: &mut Scratc
         loop {
             let len = v.token_len(token);
             let end = pos + len;
-            if len > 0 && !is_dead(dead, end) && last.is_none_or(|l| v.is_valid_pair(l, token)) {
+            if len > 0
+                && !is_dead(&dead, end)
+                && last.is_none_or(|l| scratch.valid_pair(v, l, token))
+            {
                 tokens.push(token);
                 pos = end;
-                next = longest_match(v, text.get(end..).unwrap_or(&[]));
+                next = longest_match(v, text.get(end..).unwrap_or(&[]), &mut scratch.hashes);
                 break;
             }
             let shorter = v.next_prefix(token);
@@ -261,6 +317,8 @@ fn backtrack<S: Sink>(v: &Vocab, text: &[u8], sink: &mut S, scratch: &mut Scratc
     for &t in tokens.iter() {
         sink.push_rank(t);
     }
+    scratch.tokens = tokens;
+    scratch.dead = dead;
 }
 
 #[cfg(test)]
@@ -280,7 +338,12 @@ mod tests {
             let got = tokenizer(*enc).encode(text);
             if got != want {
                 let show: String = text.chars().take(200).collect();
-                panic!("{enc:?} mismatch on {show:?} (len {}): got {} tokens, want {}", text.len(), got.len(), want.len());
+                panic!(
+                    "{enc:?} mismatch on {show:?} (len {}): got {} tokens, want {}",
+                    text.len(),
+                    got.len(),
+                    want.len()
+                );
             }
             assert_eq!(tokenizer(*enc).count(text), want.len());
         }
@@ -344,7 +407,10 @@ mod tests {
     fn long_runs_match_tiktoken() {
         let refs = refs();
         let n = 20_000;
-        let units = ["_", "a", "ab", " ", "1", "é", "😀", "-=", "\n", " \n", "aB", "ー", "abc ", "Ǆ", "\u{301}"];
+        let units = [
+            "_", "a", "ab", " ", "1", "é", "😀", "-=", "\n", " \n", "aB", "ー", "abc ", "Ǆ",
+            "\u{301}",
+        ];
         for u in units {
             let s = u.repeat(n / u.len());
             check(&refs, &s);
@@ -357,9 +423,61 @@ mod tests {
         let refs = refs();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let atoms = [
-            "the", " quick", " brown", "fox", "'s", "'", " ", "  ", "\n", "\r\n", "\t", "1", "23", "4567", ".", ",", "!", "?", "/",
-            "//", "{", "}", "\"", ":", "_", "__", "-", "Ä", "ö", "ß", "é", "中", "文", "の", "한", "ا", "ह", "्", "ж", "Ж", "😀",
-            "👍🏽", "‍", "\u{301}", "\u{3000}", "\u{a0}", "A", "B", "xyz", "HTTP", "ǅ", "ʰ", "ſ", "K", "<|endoftext|>",
+            "the",
+            " quick",
+            " brown",
+            "fox",
+            "'s",
+            "'",
+            " ",
+            "  ",
+            "\n",
+            "\r\n",
+            "\t",
+            "1",
+            "23",
+            "4567",
+            ".",
+            ",",
+            "!",
+            "?",
+            "/",
+            "//",
+            "{",
+            "}",
+            "\"",
+            ":",
+            "_",
+            "__",
+            "-",
+            "Ä",
+            "ö",
+            "ß",
+            "é",
+            "中",
+            "文",
+            "の",
+            "한",
+            "ا",
+            "ह",
+            "्",
+            "ж",
+            "Ж",
+            "😀",
+            "👍🏽",
+            "‍",
+            "\u{301}",
+            "\u{3000}",
+            "\u{a0}",
+            "A",
+            "B",
+            "xyz",
+            "HTTP",
+            "ǅ",
+            "ʰ",
+            "ſ",
+            "K",
+            "<|endoftext|>",
         ];
         for _ in 0..400 {
             let len = (rng.next() % 60) as usize;
@@ -367,12 +485,18 @@ mod tests {
             check(&refs, &s);
         }
         // Long random pieces exercise the backtracking path.
-        let letters: Vec<String> = ('a'..='z').chain('À'..='ÿ').filter(|c| c.is_alphabetic()).map(String::from).collect();
+        let letters: Vec<String> = ('a'..='z')
+            .chain('À'..='ÿ')
+            .filter(|c| c.is_alphabetic())
+            .map(String::from)
+            .collect();
         let letters: Vec<&str> = letters.iter().map(String::as_str).collect();
         for len in [60, 200, 5_000, 50_000] {
             let s: String = (0..len).map(|_| rng.pick(&letters)).collect();
             check(&refs, &s);
-            let s: String = (0..len).map(|_| rng.pick(&["a", "b", "c", "_", "-", "."])).collect();
+            let s: String = (0..len)
+                .map(|_| rng.pick(&["a", "b", "c", "_", "-", "."]))
+                .collect();
             check(&refs, &s);
         }
     }
@@ -381,7 +505,13 @@ mod tests {
     fn never_panics_on_odd_input() {
         for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
             let t = tokenizer(enc);
-            for s in ["\u{10ffff}", "\u{0}", "\u{feff}", "\u{fffd}\u{fffd}", "\u{e000}"] {
+            for s in [
+                "\u{10ffff}",
+                "\u{0}",
+                "\u{feff}",
+                "\u{fffd}\u{fffd}",
+                "\u{e000}",
+            ] {
                 assert!(t.count(s) >= 1);
             }
         }

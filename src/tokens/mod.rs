@@ -70,7 +70,11 @@ pub struct BudgetedCounter<'a> {
 
 impl<'a> BudgetedCounter<'a> {
     /// `tokenizer: None` means the model has no known vocabulary: everything is estimated.
-    pub fn new(tokenizer: Option<&'a bpe::Tokenizer>, byte_budget: usize, bytes_per_token: f64) -> Self {
+    pub fn new(
+        tokenizer: Option<&'a bpe::Tokenizer>,
+        byte_budget: usize,
+        bytes_per_token: f64,
+    ) -> Self {
         BudgetedCounter {
             tokenizer,
             remaining: byte_budget,

@@ -46,7 +46,10 @@ fn class_of(cp: u32) -> u8 {
         Some(&[a, b]) => usize::from(u16::from_le_bytes([a, b])),
         _ => return 0,
     };
-    UNICODE_BLOCKS.get(block * 256 + (cp & 255) as usize).copied().unwrap_or(0)
+    UNICODE_BLOCKS
+        .get(block * 256 + (cp & 255) as usize)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// The character at byte `i`: (code point, UTF-8 length, class flags).
@@ -66,7 +69,10 @@ fn at(b: &[u8], i: usize) -> (u32, usize, u8) {
     } else if b0 < 0xf0 {
         (u32::from(b0 & 0x0f) << 12 | c(1) << 6 | c(2), 3)
     } else {
-        (u32::from(b0 & 0x07) << 18 | c(1) << 12 | c(2) << 6 | c(3), 4)
+        (
+            u32::from(b0 & 0x07) << 18 | c(1) << 12 | c(2) << 6 | c(3),
+            4,
+        )
     };
     (cp, len, class_of(cp))
 }
@@ -134,8 +140,8 @@ fn contraction(b: &[u8], i: usize) -> Option<usize> {
     match (b.get(i + 1).map(u8::to_ascii_lowercase), b.get(i + 2)) {
         (Some(b's' | b'd' | b'm' | b't'), _) => Some(i + 2),
         (Some(0xc5), Some(0xbf)) => Some(i + 3),
-        (Some(b'l'), Some(c)) if c.to_ascii_lowercase() == b'l' => Some(i + 3),
-        (Some(b'v' | b'r'), Some(c)) if c.to_ascii_lowercase() == b'e' => Some(i + 3),
+        (Some(b'l'), Some(c)) if c.eq_ignore_ascii_case(&b'l') => Some(i + 3),
+        (Some(b'v' | b'r'), Some(c)) if c.eq_ignore_ascii_case(&b'e') => Some(i + 3),
         _ => None,
     }
 }
@@ -185,7 +191,11 @@ fn next_cl100k(b: &[u8], i: usize) -> usize {
         return digits3(b, i);
     }
     //  ?[^\s\p{L}\p{N}]++[\r\n]*+
-    let s = if c0 == u32::from(b' ') && is_p4(at(b, i + 1).2) { i + 1 } else { i };
+    let s = if c0 == u32::from(b' ') && is_p4(at(b, i + 1).2) {
+        i + 1
+    } else {
+        i
+    };
     if is_p4(at(b, s).2) {
         let mut e = run_p4(b, s);
         while let Some(b'\r' | b'\n') = b.get(e) {
@@ -266,7 +276,11 @@ fn next_o200k(b: &[u8], i: usize) -> usize {
         return digits3(b, i);
     }
     //  ?[^\s\p{L}\p{N}]+[\r\n/]*
-    let s = if c0 == u32::from(b' ') && is_p4(at(b, i + 1).2) { i + 1 } else { i };
+    let s = if c0 == u32::from(b' ') && is_p4(at(b, i + 1).2) {
+        i + 1
+    } else {
+        i
+    };
     if is_p4(at(b, s).2) {
         let mut e = run_p4(b, s);
         while let Some(b'\r' | b'\n' | b'/') = b.get(e) {

@@ -20,6 +20,8 @@ const FINAL_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 const RANK_BITS: u32 = 18;
 const RANK_MASK: u32 = (1 << RANK_BITS) - 1;
 const EMPTY: u32 = u32::MAX;
+/// Slots per prefix length in the 3/4-byte bound table (must match `build.rs`).
+const PREFIX_SLOTS: usize = 1 << 16;
 /// No token (a missing prefix or merge).
 pub const NONE: u32 = u32::MAX;
 
@@ -58,6 +60,7 @@ pub struct Vocab {
     split: &'static [u8],
     prefix: &'static [u8],
     maxlen2: &'static [u8],
+    maxlen34: &'static [u8],
     byte_rank: [u32; 256],
     bits: u32,
     mask: usize,
@@ -73,6 +76,7 @@ pub static O200K: Vocab = Vocab {
     split: include_bytes!(concat!(env!("OUT_DIR"), "/o200k_split.bin")),
     prefix: include_bytes!(concat!(env!("OUT_DIR"), "/o200k_prefix.bin")),
     maxlen2: include_bytes!(concat!(env!("OUT_DIR"), "/o200k_maxlen2.bin")),
+    maxlen34: include_bytes!(concat!(env!("OUT_DIR"), "/o200k_maxlen34.bin")),
     byte_rank: tables::O200K_BYTE_RANK,
     bits: tables::O200K_BITS,
     mask: (1 << tables::O200K_BITS) - 1,
@@ -88,6 +92,7 @@ pub static CL100K: Vocab = Vocab {
     split: include_bytes!(concat!(env!("OUT_DIR"), "/cl100k_split.bin")),
     prefix: include_bytes!(concat!(env!("OUT_DIR"), "/cl100k_prefix.bin")),
     maxlen2: include_bytes!(concat!(env!("OUT_DIR"), "/cl100k_maxlen2.bin")),
+    maxlen34: include_bytes!(concat!(env!("OUT_DIR"), "/cl100k_maxlen34.bin")),
     byte_rank: tables::CL100K_BYTE_RANK,
     bits: tables::CL100K_BITS,
     mask: (1 << tables::CL100K_BITS) - 1,
@@ -116,7 +121,10 @@ impl Vocab {
     #[inline(always)]
     pub fn token(&self, rank: u32) -> &'static [u8] {
         let r = rank as usize;
-        let (s, e) = (u32_at(self.offsets, r) as usize, u32_at(self.offsets, r + 1) as usize);
+        let (s, e) = (
+            u32_at(self.offsets, r) as usize,
+            u32_at(self.offsets, r + 1) as usize,
+        );
         self.bytes.get(s..e).unwrap_or(&[])
     }
 
@@ -169,7 +177,29 @@ impl Vocab {
     /// Longest token length starting with bytes `a`, `b` (0 if none).
     #[inline(always)]
     pub fn max_len2(&self, a: u8, b: u8) -> usize {
-        usize::from(self.maxlen2.get(usize::from(a) << 8 | usize::from(b)).copied().unwrap_or(0))
+        usize::from(
+            self.maxlen2
+                .get(usize::from(a) << 8 | usize::from(b))
+                .copied()
+                .unwrap_or(0),
+        )
+    }
+
+    /// Upper bound on the length of a token starting with `prefix` (3 or 4 bytes;
+    /// the table is hashed, so the bound may be loose but is never too small).
+    #[inline(always)]
+    pub fn max_len_prefix(&self, prefix: &[u8]) -> usize {
+        let k = prefix.len();
+        if !(3..=4).contains(&k) {
+            return self.max_len;
+        }
+        let slot = (hash_bytes(prefix).wrapping_mul(FINAL_MUL) >> 48) as usize;
+        usize::from(
+            self.maxlen34
+                .get((k - 3) * PREFIX_SLOTS + slot)
+                .copied()
+                .unwrap_or(u8::MAX),
+        )
     }
 
     /// Longest token that is a proper prefix of `rank`, or [`NONE`].
@@ -194,7 +224,9 @@ impl Vocab {
         }
         let h = b.iter().fold(hash_bytes(a), |h, &x| hash_step(h, x));
         let r = self.lookup_hashed(h, |t| {
-            t.len() == a.len() + b.len() && t.get(..a.len()) == Some(a) && t.get(a.len()..) == Some(b)
+            t.len() == a.len() + b.len()
+                && t.get(..a.len()) == Some(a)
+                && t.get(a.len()..) == Some(b)
         })?;
         (self.split(r) == (t1, t2)).then_some(r)
     }

@@ -507,20 +507,7 @@ impl Extract {
 fn rebuild_event(raw: &[u8], data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
     let mut wrote_data = false;
-    let mut i = 0;
-    while i < raw.len() {
-        let rest = &raw[i..];
-        let len = rest
-            .iter()
-            .position(|&b| b == b'\n' || b == b'\r')
-            .unwrap_or(rest.len());
-        let line = &rest[..len];
-        i += len;
-        if raw.get(i) == Some(&b'\r') && raw.get(i + 1) == Some(&b'\n') {
-            i += 2;
-        } else {
-            i += 1;
-        }
+    for line in crate::dialect::sse::lines(raw) {
         if line.is_empty() {
             break;
         }

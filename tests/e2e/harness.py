@@ -376,8 +376,22 @@ class Envoy:
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def mark(self) -> int:
-        """Number of access log entries so far; pass it to `new_entries`."""
+    def mark(self, settle: float = 0.2, timeout: float = 3.0) -> int:
+        """Number of access log entries so far; pass it to `new_entries`.
+
+        Envoy writes an entry when the stream ends, which can be just after
+        the client has its response, and flushes the file every 50 ms; so
+        this first waits until the file has not grown for `settle` seconds,
+        so that an earlier request's late entry is not counted as new."""
+        deadline = time.monotonic() + timeout
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now_size = self.access_log_path.stat().st_size
+            if now_size != size:
+                size, since = now_size, time.monotonic()
+            elif time.monotonic() - since >= settle:
+                break
+            time.sleep(0.02)
         return len(self.access_log())
 
     def new_entries(self, mark: int, count: int = 1, timeout: float = 5.0) -> list[dict]:

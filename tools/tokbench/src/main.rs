@@ -38,11 +38,72 @@ fn fill(size: usize, mut part: impl FnMut() -> String) -> String {
 }
 
 const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he",
-    "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they", "you", "were", "their", "one",
-    "all", "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would", "who", "so", "no",
-    "tokenization", "gateway", "requests", "throughput", "latency", "metering", "Envoy", "configuration", "provider",
-    "unbelievably", "extraordinary", "it's", "don't", "we're", "1999", "42", "3.14",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "a",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+    "but",
+    "have",
+    "an",
+    "had",
+    "they",
+    "you",
+    "were",
+    "their",
+    "one",
+    "all",
+    "we",
+    "can",
+    "her",
+    "has",
+    "there",
+    "been",
+    "if",
+    "more",
+    "when",
+    "will",
+    "would",
+    "who",
+    "so",
+    "no",
+    "tokenization",
+    "gateway",
+    "requests",
+    "throughput",
+    "latency",
+    "metering",
+    "Envoy",
+    "configuration",
+    "provider",
+    "unbelievably",
+    "extraordinary",
+    "it's",
+    "don't",
+    "we're",
+    "1999",
+    "42",
+    "3.14",
 ];
 
 const CODE: &str = r#"fn main() {
@@ -65,32 +126,60 @@ const JSON: &str = r#"{"id":"call_8f3k2","type":"function","function":{"name":"s
 "#;
 
 const CJK: &[&str] = &[
-    "東京は日本の首都です。", "我们正在测试分词器的性能，", "한국어 문장도 포함됩니다. ", "Mixed English and 中文 text, ",
-    "価格は1,980円です。", "Привет, как дела? ", "emoji 😀👍🏽 ", "\n",
+    "東京は日本の首都です。",
+    "我们正在测试分词器的性能，",
+    "한국어 문장도 포함됩니다. ",
+    "Mixed English and 中文 text, ",
+    "価格は1,980円です。",
+    "Привет, как дела? ",
+    "emoji 😀👍🏽 ",
+    "\n",
 ];
 
 fn typical(size: usize) -> Vec<(&'static str, String)> {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let prose = fill(size, || {
         let n = 8 + rng.next() % 20;
-        let mut s: String = (0..n).map(|i| format!("{}{}", if i == 0 { "" } else { " " }, rng.pick(WORDS))).collect();
-        s.push_str(if rng.next() % 5 == 0 { ".\n\n" } else { ". " });
+        let mut s: String = (0..n)
+            .map(|i| format!("{}{}", if i == 0 { "" } else { " " }, rng.pick(WORDS)))
+            .collect();
+        s.push_str(if rng.next().is_multiple_of(5) {
+            ".\n\n"
+        } else {
+            ". "
+        });
         s
     });
     let code = fill(size, || CODE.to_string());
     let json = fill(size, || JSON.to_string());
     let cjk = fill(size, || rng.pick(CJK).to_string());
-    vec![("english prose", prose), ("code", code), ("json tool args", json), ("cjk mix", cjk)]
+    vec![
+        ("english prose", prose),
+        ("code", code),
+        ("json tool args", json),
+        ("cjk mix", cjk),
+    ]
 }
 
 fn adversarial(size: usize) -> Vec<(&'static str, String)> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let latin: Vec<String> = (0xc0u32..=0xff).chain(0x61..=0x7a).filter_map(char::from_u32).map(String::from).collect();
+    let latin: Vec<String> = (0xc0u32..=0xff)
+        .chain(0x61..=0x7a)
+        .filter_map(char::from_u32)
+        .map(String::from)
+        .collect();
     let latin: Vec<&str> = latin.iter().map(String::as_str).collect();
     let letters = fill(size, || rng.pick(&latin).to_string());
-    let lower: Vec<&str> = latin.iter().copied().filter(|s| s.chars().all(char::is_lowercase)).collect();
+    let lower: Vec<&str> = latin
+        .iter()
+        .copied()
+        .filter(|s| s.chars().all(char::is_lowercase))
+        .collect();
     let lower = fill(size, || rng.pick(&lower).to_string());
-    let emoji = fill(size, || rng.pick(&["😀", "👍🏽", "👨‍👩‍👧‍👦", "🇺🇸", "🎉", "❤️", "🔥"]).to_string());
+    let emoji = fill(size, || {
+        rng.pick(&["😀", "👍🏽", "👨‍👩‍👧‍👦", "🇺🇸", "🎉", "❤️", "🔥"])
+            .to_string()
+    });
     vec![
         ("1MB '_'", "_".repeat(size)),
         ("1MB 'a'", "a".repeat(size)),
@@ -108,10 +197,9 @@ fn adversarial(size: usize) -> Vec<(&'static str, String)> {
 fn mbps(enc: Encoding, text: &str) -> (f64, usize) {
     let tok = tokenizer(enc);
     let mut iters = 0u32;
-    let mut tokens = 0;
     let start = Instant::now();
     loop {
-        tokens = std::hint::black_box(tok.count(std::hint::black_box(text)));
+        let tokens = std::hint::black_box(tok.count(std::hint::black_box(text)));
         iters += 1;
         let el = start.elapsed().as_secs_f64();
         if el > 0.3 || iters >= 50 {
@@ -121,22 +209,39 @@ fn mbps(enc: Encoding, text: &str) -> (f64, usize) {
 }
 
 fn main() {
-    let size = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
-    let target = if cfg!(target_arch = "wasm32") { "wasm32" } else { "native" };
+    let size = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1 << 20);
+    let target = if cfg!(target_arch = "wasm32") {
+        "wasm32"
+    } else {
+        "native"
+    };
     println!("tokbench ({target}), inputs of {size} bytes");
     for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
         let t = Instant::now();
         let n = tokenizer(enc).count("Hello, world! First call touches the tables: 東京 😀");
-        println!("  first call {:<12} {:>8.3} ms ({n} tokens)", enc.name(), t.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "  first call {:<12} {:>8.3} ms ({n} tokens)",
+            enc.name(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
     let mut worst = f64::MAX;
-    for (group, inputs) in [("typical", typical(size)), ("adversarial", adversarial(size))] {
+    for (group, inputs) in [
+        ("typical", typical(size)),
+        ("adversarial", adversarial(size)),
+    ] {
         println!("{group}:");
         for (name, text) in &inputs {
             for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
                 let (rate, tokens) = mbps(enc, text);
                 worst = worst.min(rate);
-                println!("  {name:<24} {:<12} {rate:>8.1} MB/s  ({tokens} tokens)", enc.name());
+                println!(
+                    "  {name:<24} {:<12} {rate:>8.1} MB/s  ({tokens} tokens)",
+                    enc.name()
+                );
             }
         }
     }
