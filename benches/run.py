@@ -1031,11 +1031,28 @@ def phase_tokbench(args) -> dict:
         res["worst_mb_s"] = parsed.get("worst_mb_s")
         res["parsed"] = "json"
     else:
-        nums = [float(x) for x in re.findall(r"([0-9]+(?:\.[0-9]+)?)\s*MB/s", r.stdout)]
-        if nums:
-            res["typical_mb_s"] = statistics.median(nums)
-            res["worst_mb_s"] = min(nums)
-            res["parsed"] = "heuristic: median and min of every 'N MB/s' in the output"
+        # Text form: sections headed 'typical:' / 'adversarial:' with one 'N MB/s' per line,
+        # and an optional 'slowest: N MB/s' line.
+        section, by_section, slowest = "", {}, None
+        for line in r.stdout.splitlines():
+            m = re.match(r"^\s*slowest:\s*([0-9.]+)\s*MB/s", line)
+            if m:
+                slowest = float(m.group(1))
+                continue
+            if re.match(r"^[A-Za-z][\w ]*:\s*$", line):
+                section = line.strip().rstrip(":").lower()
+                continue
+            m = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*MB/s", line)
+            if m:
+                by_section.setdefault(section, []).append(float(m.group(1)))
+        allv = [x for xs in by_section.values() for x in xs]
+        if allv:
+            typ = by_section.get("typical") or allv
+            res["typical_mb_s"] = statistics.median(typ)
+            res["typical_min_mb_s"] = min(typ)
+            res["worst_mb_s"] = slowest if slowest is not None else min(allv)
+            res["parsed"] = ("typical = median of the 'typical:' lines (min {:.1f}); worst = {}".format(
+                min(typ), "the 'slowest:' line" if slowest is not None else "min of all lines"))
     return res
 
 

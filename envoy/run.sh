@@ -33,7 +33,7 @@ curl -sN http://127.0.0.1:$PORT/v1/chat/completions -H 'content-type: applicatio
 
 # Anthropic Messages, streamed
 curl -sN http://127.0.0.1:$PORT/v1/messages -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' \\
-  -d '{"model":"claude-sonnet-4-5","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
+  -d '{"model":"claude-sonnet-5-5","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Hello!"}]}'
 
 # token counters (Prometheus)
 curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep tollgate_

@@ -7,22 +7,25 @@
 
 use std::ptr::{null, null_mut};
 
-use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
 extern "C" {
-    fn proxy_get_header_map_value(
-        map_type: MapType,
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> Status;
     fn proxy_replace_header_map_value(
         map_type: MapType,
         key_data: *const u8,
         key_size: usize,
         value_data: *const u8,
         value_size: usize,
+    ) -> Status;
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+    fn proxy_set_header_map_pairs(
+        map_type: MapType,
+        map_data: *const u8,
+        map_size: usize,
     ) -> Status;
     fn proxy_remove_header_map_value(
         map_type: MapType,
@@ -75,6 +78,13 @@ extern "C" {
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
 }
 
+extern "C" {
+    // Declared with a plain u32 (same wasm signature as the SDK's enum pointer) so a
+    // level value the SDK's enum does not know cannot become an invalid enum.
+    #[allow(clashing_extern_declarations)]
+    fn proxy_get_log_level(return_level: *mut u32) -> Status;
+}
+
 /// Take ownership of a buffer the host wrote into memory it got from
 /// `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes).
 unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
@@ -92,26 +102,24 @@ fn ok(s: Status) -> Result<(), Status> {
     }
 }
 
-/// A header's raw bytes (`Ok(None)` when absent).
-pub fn header(map: MapType, key: &str) -> Result<Option<Vec<u8>>, Status> {
+/// The whole header map in one call (serialised; parse with
+/// [`crate::host::parse_header_map`]). One call instead of one per header matters:
+/// each hostcall costs about 1.4 µs in Envoy's V8.
+pub fn header_map(map: MapType) -> Result<Vec<u8>, Status> {
     let mut data = null_mut();
     let mut size = 0;
-    // SAFETY: pointers are valid for the call; the host hands back an allocation
-    // made with our allocator, which `owned` takes ownership of.
-    match unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut data, &mut size) }
-    {
-        Status::Ok => Ok(Some(unsafe { owned(data, size) })),
-        Status::NotFound => Ok(None),
+    // SAFETY: as in `header`.
+    match unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) } {
+        Status::Ok => Ok(unsafe { owned(data, size) }),
+        Status::NotFound => Ok(Vec::new()),
         other => Err(other),
     }
 }
 
-/// A header as text; invalid UTF-8 reads as absent rather than panicking.
-pub fn header_str(map: MapType, key: &str) -> Option<String> {
-    header(map, key)
-        .ok()
-        .flatten()
-        .and_then(|v| String::from_utf8(v).ok())
+/// Replace the whole header map in one call.
+pub fn set_header_map(map: MapType, serialized: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointers valid for the call.
+    ok(unsafe { proxy_set_header_map_pairs(map, serialized.as_ptr(), serialized.len()) })
 }
 
 /// Set (replace) a header.
@@ -220,5 +228,17 @@ pub fn now_nanos() -> Option<u64> {
     match unsafe { proxy_get_current_time_nanoseconds(&mut t) } {
         Status::Ok => Some(t),
         _ => None,
+    }
+}
+
+/// The host's current log level for this plugin, so debug-only work (building the
+/// per-request JSON line) is skipped unless someone is listening. Envoy changes it
+/// at runtime via `/logging?wasm=debug`, so it is asked per request (one cheap call).
+pub fn debug_enabled() -> bool {
+    let mut level = LogLevel::Info as u32;
+    // SAFETY: pointer valid for the call.
+    match unsafe { proxy_get_log_level(&mut level) } {
+        Status::Ok => level <= LogLevel::Debug as u32,
+        _ => false,
     }
 }

@@ -15,7 +15,10 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::Config;
-use crate::host::{property_text, HostKind, ROUTE_NAME_PROPERTIES};
+use crate::host::{
+    find_header, parse_header_map, property_text, serialize_header_map_bytes, HostKind,
+    ROUTE_NAME_PROPERTIES,
+};
 use crate::metering::labels::{self, ModelLabels, TokenType};
 use crate::metering::{BodyDecision, Exchange, HeadersDecision, LocalReply, Report, ResponseMode};
 use crate::usage::stream::Rewrite;
@@ -113,6 +116,7 @@ impl RootContext for Root {
             exchange: None,
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
+            held_response_headers: Vec::new(),
         }))
     }
 
@@ -129,6 +133,8 @@ struct Http {
     exchange: Option<Exchange>,
     response: ResponseMode,
     waiting_for_body: bool,
+    /// Response headers read when they were held, written back with `x-llm-*` added.
+    held_response_headers: Vec<u8>,
 }
 
 impl Context for Http {}
@@ -159,12 +165,25 @@ impl Http {
         Action::Pause
     }
 
-    fn emit(&self, report: &Report, add_headers: bool) {
+    fn emit(&mut self, report: &Report, add_headers: bool) {
         if add_headers {
-            for (k, v) in report.headers() {
-                if let Err(s) = ffi::set_header(MapType::HttpResponseHeaders, k, &v) {
-                    debug!("tollgate: cannot set {k}: {s:?}");
-                }
+            // Headers were held: write them back with ours added, in one call.
+            let held = std::mem::take(&mut self.held_response_headers);
+            let ours = report.headers();
+            let mut map: Vec<(&[u8], &[u8])> = parse_header_map(&held)
+                .into_iter()
+                .filter(|(k, _)| {
+                    !ours
+                        .iter()
+                        .any(|(o, _)| k.eq_ignore_ascii_case(o.as_bytes()))
+                })
+                .collect();
+            map.extend(ours.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+            if let Err(s) = ffi::set_header_map(
+                MapType::HttpResponseHeaders,
+                &serialize_header_map_bytes(&map),
+            ) {
+                debug!("cannot set x-llm headers: {s:?}");
             }
         }
         for (k, v) in report.filter_state() {
@@ -187,7 +206,9 @@ impl Http {
             labels::requests(&report.route, &report.provider, report.estimated),
             1,
         );
-        debug!("{}", report.log_line());
+        if ffi::debug_enabled() {
+            debug!("{}", report.log_line());
+        }
     }
 }
 
@@ -197,11 +218,14 @@ impl HttpContext for Http {
         let settings = self.config.route(route.as_deref());
         let route: Rc<str> = Rc::from(route.as_deref().unwrap_or("default"));
         let mut ex = Exchange::new(settings, route);
-        let method = ffi::header_str(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
-        let path = ffi::header_str(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
-        let len = ffi::header_str(MapType::HttpRequestHeaders, "content-length")
-            .and_then(|v| v.trim().parse().ok());
-        match ex.on_request_headers(&method, &path, len, end_of_stream) {
+        let raw = ffi::header_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let headers = parse_header_map(&raw);
+        let text = |name| find_header(&headers, name).and_then(|v| std::str::from_utf8(v).ok());
+        let method = text(":method").unwrap_or("");
+        let path = text(":path").unwrap_or("");
+        let len = text("content-length").and_then(|v| v.trim().parse().ok());
+        let has_accept_encoding = find_header(&headers, "accept-encoding").is_some();
+        match ex.on_request_headers(method, path, len, end_of_stream) {
             HeadersDecision::PassThrough => Action::Continue,
             HeadersDecision::Respond(r) => {
                 self.exchange = Some(ex);
@@ -209,7 +233,9 @@ impl HttpContext for Http {
             }
             HeadersDecision::WaitForBody => {
                 // Usage lives in the response body: it must come back uncompressed.
-                let _ = ffi::remove_header(MapType::HttpRequestHeaders, "accept-encoding");
+                if has_accept_encoding {
+                    let _ = ffi::remove_header(MapType::HttpRequestHeaders, "accept-encoding");
+                }
                 self.exchange = Some(ex);
                 self.waiting_for_body = true;
                 Action::Pause
@@ -265,16 +291,16 @@ impl HttpContext for Http {
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        let status = ffi::header_str(MapType::HttpResponseHeaders, ":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let raw = ffi::header_map(MapType::HttpResponseHeaders).unwrap_or_default();
+        let headers = parse_header_map(&raw);
+        let text = |name| find_header(&headers, name).and_then(|v| std::str::from_utf8(v).ok());
+        let status = text(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         if status == 0 || ex.api().is_none() {
             return Action::Continue;
         }
-        let ct = ffi::header_str(MapType::HttpResponseHeaders, "content-type");
-        let len = ffi::header_str(MapType::HttpResponseHeaders, "content-length")
-            .and_then(|v| v.trim().parse().ok());
-        self.response = ex.on_response_headers(status, ct.as_deref(), len);
+        let ct = text("content-type");
+        let len = text("content-length").and_then(|v| v.trim().parse().ok());
+        self.response = ex.on_response_headers(status, ct, len);
         if end_of_stream {
             self.response = ResponseMode::PassThrough;
             if let Some(r) = ex.finish() {
@@ -283,7 +309,10 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         match self.response {
-            ResponseMode::Buffer => Action::Pause,
+            ResponseMode::Buffer => {
+                self.held_response_headers = raw;
+                Action::Pause
+            }
             ResponseMode::Stream => {
                 // Stripping the injected usage chunk changes the length.
                 let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");

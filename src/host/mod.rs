@@ -90,3 +90,84 @@ mod tests {
         assert_eq!(property_text(Some(vec![])), None);
     }
 }
+
+/// A header map as the host serialises it (the layout of [`serialize_header_map`]),
+/// read without copying. Malformed input yields the pairs read so far, never a panic.
+pub fn parse_header_map(bytes: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let u32_at = |at: usize| -> Option<usize> {
+        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(b) as usize)
+    };
+    let Some(count) = u32_at(0) else {
+        return Vec::new();
+    };
+    let count = count.min(bytes.len() / 8);
+    let mut out = Vec::with_capacity(count);
+    let mut data = 4 + count * 8;
+    for i in 0..count {
+        let (Some(klen), Some(vlen)) = (u32_at(4 + i * 8), u32_at(8 + i * 8)) else {
+            break;
+        };
+        let Some(key) = bytes.get(data..data + klen) else {
+            break;
+        };
+        data += klen + 1;
+        let Some(value) = bytes.get(data..data + vlen) else {
+            break;
+        };
+        data += vlen + 1;
+        out.push((key, value));
+    }
+    out
+}
+
+/// The value of header `name` (lower-case, as hosts store them) in a parsed map.
+pub fn find_header<'a>(map: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
+    map.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| *v)
+}
+
+/// [`serialize_header_map`] for byte values (headers read back from the host may
+/// hold any bytes).
+pub fn serialize_header_map_bytes(map: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let size = 4 + map
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 10)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(map.len() as u32).to_le_bytes());
+    for (k, v) in map {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in map {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    #[test]
+    fn header_maps_round_trip_and_survive_garbage() {
+        let m = serialize_header_map(&[(":status", "200"), ("content-type", "application/json")]);
+        let parsed = parse_header_map(&m);
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(
+            find_header(&parsed, "Content-Type"),
+            Some(&b"application/json"[..])
+        );
+        assert_eq!(serialize_header_map_bytes(&parsed), m);
+        for cut in 0..m.len() {
+            let p = parse_header_map(&m[..cut]);
+            assert!(p.len() <= 2);
+        }
+        assert!(parse_header_map(&[0xff, 0xff, 0xff, 0xff]).is_empty());
+    }
+}

@@ -75,6 +75,8 @@ impl Report {
     }
 
     /// Filter-state entries; Envoy exposes `llm.x` as `%FILTER_STATE(wasm.llm.x:PLAIN)%`.
+    /// Each entry is a hostcall (~1.4 µs in Envoy's V8), so only what the host does
+    /// not already know is written: the route is Envoy's own `%ROUTE_NAME%`.
     pub fn filter_state(&self) -> Vec<(&'static str, String)> {
         vec![
             ("llm.prompt_tokens", self.usage.prompt_tokens.to_string()),

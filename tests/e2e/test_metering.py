@@ -156,7 +156,7 @@ def test_anthropic_sdk_usage_is_mapped(env):
     c = anthropic.Anthropic(base_url=env.base_url, api_key="test", max_retries=0)
     mark = env.mark()
     raw = c.messages.with_raw_response.create(
-        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "Hello, Claude"}])
+        model="claude-sonnet-5-5", max_tokens=64, messages=[{"role": "user", "content": "Hello, Claude"}])
     msg = raw.parse()
     u = msg.usage
     prompt = u.input_tokens + (u.cache_read_input_tokens or 0) + (u.cache_creation_input_tokens or 0)
@@ -167,7 +167,7 @@ def test_anthropic_sdk_usage_is_mapped(env):
     assert e["route"] == "anthropic" and e["provider"] == "anthropic"
 
     mark = env.mark()
-    with c.messages.stream(model="claude-sonnet-4-5", max_tokens=64,
+    with c.messages.stream(model="claude-sonnet-5-5", max_tokens=64,
                            messages=[{"role": "user", "content": "Stream to me"}]) as s:
         text = "".join(s.text_stream)
         final = s.get_final_message()
@@ -177,7 +177,7 @@ def test_anthropic_sdk_usage_is_mapped(env):
     assert e["prompt_tokens"] == str(final.usage.input_tokens + (final.usage.cache_read_input_tokens or 0)
                                      + (final.usage.cache_creation_input_tokens or 0))
     assert int(e["counted_prompt_tokens"]) > 0  # an estimate for Claude, labelled as such below
-    assert token_counter(env, "output", "claude-sonnet-4-5", route="anthropic", provider="anthropic") > 0
+    assert token_counter(env, "output", "claude-sonnet-5-5", route="anthropic", provider="anthropic") > 0
 
 
 def test_prometheus_counters_add_up_per_request(env, client):
@@ -199,7 +199,7 @@ def test_oversized_body_gets_413_in_each_dialect(env, client):
     assert err.value.body["code"] == "request_too_large"
     c = anthropic.Anthropic(base_url=env.base_url, api_key="test", max_retries=0)
     with pytest.raises(anthropic.APIStatusError) as err:
-        c.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": big}])
+        c.messages.create(model="claude-sonnet-5-5", max_tokens=5, messages=[{"role": "user", "content": big}])
     assert err.value.status_code == 413
     assert err.value.body["error"]["type"] == "request_too_large"
 
