@@ -7,6 +7,8 @@
 //! unit-tested natively; [`host`] is the small trait surface the core needs from a
 //! gateway, and [`adapter`] is the only code that touches proxy-wasm.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod dialect;
 pub mod host;
@@ -15,4 +17,4 @@ pub mod tokens;
 pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
-pub mod adapter;
+mod adapter;

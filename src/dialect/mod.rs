@@ -24,7 +24,9 @@ pub enum Api {
 /// Whose error shape and SSE conventions a client expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
+    /// OpenAI and OpenAI-compatible APIs.
     OpenAi,
+    /// Anthropic Messages.
     Anthropic,
 }
 

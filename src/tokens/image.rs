@@ -11,10 +11,18 @@
 pub enum ImagePricing {
     /// gpt-4o, gpt-4.1, gpt-5, o1/o3 …: `base` plus `per_tile` for each 512-px tile
     /// after fitting into 2048×2048 and scaling the shortest side to 768.
-    Tiles { base: u32, per_tile: u32 },
+    Tiles {
+        /// Flat tokens per image.
+        base: u32,
+        /// Tokens per 512-px tile.
+        per_tile: u32,
+    },
     /// gpt-4.1-mini/nano, o4-mini, gpt-5-mini/nano: 32-px patches (capped at 1536)
     /// times a per-model multiplier, in thousandths to stay integer.
-    Patches { multiplier_milli: u32 },
+    Patches {
+        /// Tokens per patch, times 1000.
+        multiplier_milli: u32,
+    },
     /// No published rule for this model: callers use their configured estimate.
     Unknown,
 }
@@ -22,8 +30,11 @@ pub enum ImagePricing {
 /// The `detail` a client asked for; `low` is a flat price on tile models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detail {
+    /// A flat price, whatever the size.
     Low,
+    /// Priced by size.
     High,
+    /// The provider's default, priced as `high`.
     Auto,
 }
 

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
+    /// gpt-4o, gpt-4.1, gpt-5, o-series.
     O200kBase,
+    /// gpt-4, gpt-3.5, text-embedding-3 and ada-002.
     Cl100kBase,
 }
 
