@@ -50,7 +50,14 @@ def rows(schema, node, prefix):
             yield from rows(schema, prop, path + ".")
             continue
         default = json.dumps(prop["default"]) if "default" in prop else ""
-        yield (f"`{path}`", kind(prop), f"`{default}`" if default else "", prop.get("description", ""))
+        t = kind(prop)
+        if name in node.get("required", []):
+            t += ", required"
+        yield (f"`{path}`", t, f"`{default}`" if default else "", prop.get("description", ""))
+        items = deref(schema, prop.get("items", {}))
+        if "properties" in items:
+            # Array of objects: one row per field of an item.
+            yield from rows(schema, items, path + "[].")
 
 
 def render():

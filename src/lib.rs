@@ -2,7 +2,8 @@
 //!
 //! The data path reads top to bottom through the modules:
 //! request in → [`dialect`] (which API, parse) → features ([`tokens`] count,
-//! later limits/PII/providers) → [`usage`] (what the provider billed) → response out.
+//! [`limits`] admission; later PII/providers) → [`usage`] (what the provider billed)
+//! → response out (limits trued up to it).
 //! [`metering`] ties those together per request with no host calls, so it is
 //! unit-tested natively; [`host`] is the small trait surface the core needs from a
 //! gateway, and [`adapter`] is the only code that touches proxy-wasm.
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod dialect;
 pub mod host;
+pub mod limits;
 pub mod metering;
 pub mod tokens;
 pub mod usage;

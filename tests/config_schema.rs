@@ -27,11 +27,16 @@ fn deref<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
     }
 }
 
-/// A config with `leaf` placed at `path` (dotted, relative to the root).
+/// A config with `leaf` placed at `path` (dotted, relative to the root); a `[0]`
+/// segment is the first item of an array.
 fn config_at(path: &[&str], leaf: Value) -> Value {
     let mut v = leaf;
     for key in path.iter().rev() {
-        v = json!({ *key: v });
+        v = if *key == "[0]" {
+            json!([v])
+        } else {
+            json!({ *key: v })
+        };
     }
     v
 }
@@ -68,7 +73,16 @@ fn rust_fields(path: &[&str]) -> Vec<String> {
 fn objects(root: &Value) -> Vec<(Vec<&'static str>, Value)> {
     let route = deref(root, &root["$defs"]["route_settings"]).clone();
     let metering = deref(root, &root["$defs"]["metering"]).clone();
+    let limits = deref(root, &root["$defs"]["limits"]).clone();
+    let consumer = deref(root, &limits["properties"]["consumer"]).clone();
+    let rule = deref(root, &limits["properties"]["rules"]["items"]).clone();
     vec![
+        (vec!["defaults", "limits"], limits.clone()),
+        (vec!["routes", "r1", "limits"], limits),
+        (vec!["defaults", "limits", "consumer"], consumer.clone()),
+        (vec!["routes", "r1", "limits", "consumer"], consumer),
+        (vec!["defaults", "limits", "rules", "[0]"], rule.clone()),
+        (vec!["routes", "r1", "limits", "rules", "[0]"], rule),
         (vec![], root.clone()),
         (vec!["defaults"], route.clone()),
         (vec!["routes", "r1"], route),
@@ -121,6 +135,9 @@ fn schema_defaults_match_rust_defaults_and_values_are_checked_alike() {
     for (path, node) in objects(&root) {
         if path.first() == Some(&"routes") {
             continue; // same definitions as `defaults`, already covered
+        }
+        if path.contains(&"[0]") {
+            continue; // array items have required fields: see limit_rule_fields_are_checked_alike
         }
         for (field, prop) in node["properties"].as_object().unwrap() {
             let prop = deref(&root, prop);
@@ -218,4 +235,79 @@ fn every_example_config_loads() {
         n += 1;
     }
     assert!(n >= 3, "expected example configs, found {n}");
+}
+
+/// Rule items have required fields without defaults, so they are walked here from
+/// a valid base rule: each field's wrong type, bounds and enum are refused by Rust
+/// at the exact `rules[0].<field>` path, as the schema refuses them.
+#[test]
+fn limit_rule_fields_are_checked_alike() {
+    let root = schema();
+    let rule = deref(&root, &root["$defs"]["limit_rule"]).clone();
+    let base =
+        json!({"name": "r", "key": ["consumer"], "window": "1m", "tokens": 10, "count": "total"});
+    let with = |field: &str, v: Value| {
+        let mut r = base.clone();
+        r[field] = v;
+        json!({"routes": {"chat": {"limits": {"rules": [r]}}}})
+    };
+    parse(&json!({"routes": {"chat": {"limits": {"rules": [base.clone()]}}}})).expect("base rule");
+    let required: Vec<&str> = rule["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for (field, prop) in rule["properties"].as_object().unwrap() {
+        let dotted = format!("routes.chat.limits.rules[0].{field}");
+        let wrong = match prop.get("type").and_then(Value::as_str) {
+            Some("string") => json!(12),
+            _ => json!({"not": "valid"}),
+        };
+        let e = parse(&with(field, wrong)).expect_err(&dotted);
+        assert_eq!(e.path, dotted, "{}", e.message);
+        if let Some(min) = prop.get("minimum").and_then(Value::as_i64) {
+            parse(&with(field, json!(min))).unwrap_or_else(|e| panic!("{dotted}: {e}"));
+            assert_eq!(
+                parse(&with(field, json!(min - 1))).unwrap_err().path,
+                dotted
+            );
+        }
+        if let Some(values) = prop.get("enum").and_then(Value::as_array) {
+            for v in values {
+                parse(&with(field, v.clone())).unwrap_or_else(|e| panic!("{dotted}: {e}"));
+            }
+            assert_eq!(
+                parse(&with(field, json!("__nope__"))).unwrap_err().path,
+                dotted
+            );
+        }
+        if prop.get("pattern").is_some() {
+            for bad in ["", "has.dot", "has space"] {
+                assert_eq!(
+                    parse(&with(field, json!(bad))).unwrap_err().path,
+                    dotted,
+                    "{bad:?}"
+                );
+            }
+        }
+        if let Some(d) = prop.get("default") {
+            let mut r = base.clone();
+            r.as_object_mut().unwrap().remove(field.as_str());
+            let c = parse(&json!({"defaults": {"limits": {"rules": [r]}}})).unwrap();
+            let got = serde_json::to_value(&c.route(None).limits.rules[0]).unwrap();
+            assert_eq!(&got[field.as_str()], d, "{dotted}: default");
+        }
+        if required.contains(&field.as_str()) {
+            let mut r = base.clone();
+            r.as_object_mut().unwrap().remove(field.as_str());
+            let e = parse(&json!({"defaults": {"limits": {"rules": [r]}}})).unwrap_err();
+            assert!(
+                e.message.contains(&format!("missing field `{field}`")),
+                "{}",
+                e.message
+            );
+            assert!(prop.get("default").is_none());
+        }
+    }
 }

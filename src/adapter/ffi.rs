@@ -76,6 +76,20 @@ extern "C" {
     ) -> Status;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> Status;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> Status;
 }
 
 extern "C" {
@@ -219,6 +233,41 @@ pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, Status> {
 pub fn increment_metric(id: u32, by: i64) -> Result<(), Status> {
     // SAFETY: plain values.
     ok(unsafe { proxy_increment_metric(id, by) })
+}
+
+/// A shared-data entry (process-wide per vm_id) and its CAS version;
+/// `Ok(None)` when the key does not exist.
+pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    let mut cas = 0u32;
+    // SAFETY: pointers valid for the call; the host allocates the value with
+    // `proxy_on_memory_allocate`, which `owned` takes over.
+    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) }
+    {
+        Status::Ok => Ok(Some((unsafe { owned(data, size) }, cas))),
+        Status::NotFound => Ok(None),
+        other => Err(other),
+    }
+}
+
+/// Write a shared-data entry if it is still at version `cas` (0: unconditionally).
+/// `Err(Status::CasMismatch)` means someone wrote it since it was read.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
+    // SAFETY: pointers valid for the call.
+    ok(unsafe {
+        proxy_set_shared_data(
+            key.as_ptr(),
+            key.len(),
+            if value.is_empty() {
+                null()
+            } else {
+                value.as_ptr()
+            },
+            value.len(),
+            cas,
+        )
+    })
 }
 
 /// Host wall-clock time in nanoseconds, for start-up timing logs.

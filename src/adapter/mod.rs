@@ -12,16 +12,41 @@ use std::rc::Rc;
 
 use log::{debug, error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::Config;
 use crate::host::{
     find_header, parse_header_map, property_text, serialize_header_map_bytes, HostKind,
     ROUTE_NAME_PROPERTIES,
 };
+use crate::limits::{self, Store, StoreError};
 use crate::metering::labels::{self, ModelLabels, TokenType};
 use crate::metering::{BodyDecision, Exchange, HeadersDecision, LocalReply, Report, ResponseMode};
 use crate::usage::stream::Rewrite;
+
+/// Limit counters in proxy-wasm shared data: one store for every worker of the
+/// gateway instance, with the host's compare-and-swap.
+struct SharedData;
+
+impl Store for SharedData {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        ffi::shared_data(key).map_err(|s| {
+            warn!("tollgate: shared data get failed: {s:?}");
+            StoreError::Unavailable
+        })
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        match ffi::set_shared_data(key, value, cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(s) => {
+                warn!("tollgate: shared data set failed: {s:?}");
+                Err(StoreError::Unavailable)
+            }
+        }
+    }
+}
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -97,6 +122,7 @@ impl RootContext for Root {
                     "configured in {took_ms:.2} ms; routes with own settings: {:?}",
                     routes
                 );
+                limits::init_store(&mut SharedData);
                 self.config = Rc::new(config);
                 true
             }
@@ -154,10 +180,11 @@ impl Http {
     }
 
     fn reply(&self, r: &LocalReply) -> Action {
-        let headers = [
+        let mut headers = vec![
             ("content-type", "application/json"),
             ("x-tollgate", "local-reply"),
         ];
+        headers.extend(r.headers.iter().map(|(k, v)| (*k, v.as_str())));
         if let Err(s) = ffi::send_response(r.status, &headers, &r.body) {
             error!("tollgate: cannot send local reply {}: {s:?}", r.status);
             return Action::Continue;
@@ -165,11 +192,54 @@ impl Http {
         Action::Pause
     }
 
+    /// Admission against the route's limits; the 429 reply when refused.
+    fn admit(&mut self) -> Option<LocalReply> {
+        let ex = self.exchange.as_mut()?;
+        if !ex.limits_active() {
+            return None;
+        }
+        let Some(now_ms) = ffi::now_nanos().map(|n| n / 1_000_000) else {
+            warn!("tollgate: no host clock; limits skipped (fail open)");
+            return None;
+        };
+        let reply = ex.admit(&mut SharedData, now_ms);
+        if let Some(a) = ex.admission() {
+            let rule = a.state.as_ref().map_or("none", |s| s.rule.as_str());
+            let decision = match (a.allowed, a.over_limit) {
+                (false, _) => "refused",
+                (true, true) => "would_refuse",
+                (true, false) => "allowed",
+            };
+            if a.store_errors > 0 {
+                warn!(
+                    "tollgate: limit store unusable for {} rule(s); failed open",
+                    a.store_errors
+                );
+            }
+            if a.over_limit {
+                info!(
+                    "{{\"event\":\"tollgate.rate_limit\",\"decision\":\"{decision}\",\"rule\":{},\"remaining\":{}}}",
+                    serde_json::Value::from(rule),
+                    a.state.as_ref().map_or(0, |s| s.remaining)
+                );
+            }
+            let name = labels::rate_limit(ex.route(), rule, decision);
+            self.metrics.borrow_mut().add(name, 1);
+        }
+        reply
+    }
+
     fn emit(&mut self, report: &Report, add_headers: bool) {
+        if let Some(ex) = self.exchange.as_mut() {
+            ex.settle(&mut SharedData, report);
+        }
         if add_headers {
             // Headers were held: write them back with ours added, in one call.
             let held = std::mem::take(&mut self.held_response_headers);
-            let ours = report.headers();
+            let mut ours = report.headers();
+            if let Some(ex) = self.exchange.as_ref() {
+                ours.extend(ex.rate_limit_headers());
+            }
             let mut map: Vec<(&[u8], &[u8])> = parse_header_map(&held)
                 .into_iter()
                 .filter(|(k, _)| {
@@ -225,6 +295,11 @@ impl HttpContext for Http {
         let path = text(":path").unwrap_or("");
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
         let has_accept_encoding = find_header(&headers, "accept-encoding").is_some();
+        if ex.settings().limits.active() {
+            // Trusted only because the edge strips client copies (README).
+            let consumer = text(ex.settings().limits.consumer.header.as_str()).map(str::to_string);
+            ex.set_consumer(consumer);
+        }
         match ex.on_request_headers(method, path, len, end_of_stream) {
             HeadersDecision::PassThrough => Action::Continue,
             HeadersDecision::Respond(r) => {
@@ -266,7 +341,13 @@ impl HttpContext for Http {
                 return Action::Continue;
             }
         };
-        match ex.on_request_body(&body) {
+        let decision = ex.on_request_body(&body);
+        if !matches!(decision, BodyDecision::Respond(_)) {
+            if let Some(r) = self.admit() {
+                return self.reply(&r);
+            }
+        }
+        match decision {
             BodyDecision::Forward => Action::Continue,
             BodyDecision::Replace(new_body) => {
                 match ffi::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body) {
@@ -301,6 +382,32 @@ impl HttpContext for Http {
         let ct = text("content-type");
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
         self.response = ex.on_response_headers(status, ct, len);
+        let stream = self.response == ResponseMode::Stream && !end_of_stream;
+        let mut length_removed = false;
+        if self.response != ResponseMode::Buffer || end_of_stream {
+            // Rate-limit headers, in one write of the whole map (held headers get
+            // them in `emit` instead, with the x-llm ones).
+            let rl = ex.rate_limit_headers();
+            if !rl.is_empty() {
+                let mut map: Vec<(&[u8], &[u8])> = headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        let replaced = rl.iter().any(|(o, _)| k.eq_ignore_ascii_case(o.as_bytes()));
+                        let stale_length = stream && k.eq_ignore_ascii_case(b"content-length");
+                        !(replaced || stale_length)
+                    })
+                    .copied()
+                    .collect();
+                map.extend(rl.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+                match ffi::set_header_map(
+                    MapType::HttpResponseHeaders,
+                    &serialize_header_map_bytes(&map),
+                ) {
+                    Ok(()) => length_removed = stream,
+                    Err(s) => debug!("tollgate: cannot set rate-limit headers: {s:?}"),
+                }
+            }
+        }
         if end_of_stream {
             self.response = ResponseMode::PassThrough;
             if let Some(r) = ex.finish() {
@@ -315,7 +422,9 @@ impl HttpContext for Http {
             }
             ResponseMode::Stream => {
                 // Stripping the injected usage chunk changes the length.
-                let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
+                if !length_removed {
+                    let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
+                }
                 Action::Continue
             }
             ResponseMode::Copy | ResponseMode::PassThrough => Action::Continue,

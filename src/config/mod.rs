@@ -104,6 +104,203 @@ impl Default for Metering {
     }
 }
 
+/// Whether a route's limits refuse requests or only report what they would refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    /// Refuse over-limit requests with a 429 in the client's dialect.
+    #[default]
+    Enforce,
+    /// Count and report (headers, metric, log line) but never refuse: for rolling
+    /// limits out through an existing gateway without breaking anyone.
+    ReportOnly,
+}
+
+/// What a limit rule's counter is keyed by; several parts combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKeyPart {
+    /// The consumer identity from the trusted header (`limits.consumer.header`).
+    Consumer,
+    /// The host's route name.
+    Route,
+    /// The requested model.
+    Model,
+    /// The route's provider label.
+    Provider,
+}
+
+/// Which tokens a rule counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitCount {
+    /// Prompt tokens only.
+    Input,
+    /// Completion tokens only (the reservation before the response).
+    Output,
+    /// Prompt plus completion tokens.
+    #[default]
+    Total,
+}
+
+/// Where the consumer identity comes from. Only a header the host itself sets is
+/// trusted: the edge must strip client-sent copies (see README).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSource {
+    /// Request header carrying the consumer id, set by the host's IAM (Kong
+    /// `x-consumer-id`, Envoy jwt_authn `claim_to_headers`).
+    pub header: String,
+}
+
+impl Default for ConsumerSource {
+    fn default() -> Self {
+        ConsumerSource {
+            header: "x-consumer-id".to_string(),
+        }
+    }
+}
+
+/// One token limit: a budget of `tokens` per fixed `window`, per distinct key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRule {
+    /// Stable name: identifies the counter (with the key values), so a rule in
+    /// `defaults` is one budget across routes unless its key includes `route`.
+    pub name: String,
+    /// Parts the counter is keyed by; empty means one counter for everyone.
+    #[serde(default)]
+    pub key: Vec<LimitKeyPart>,
+    /// Window length: a positive integer and a unit (`s`, `m`, `h`, `d`), e.g. `1m`.
+    pub window: String,
+    /// Tokens allowed per key per window.
+    pub tokens: u64,
+    /// Which tokens count against the budget.
+    #[serde(default)]
+    pub count: LimitCount,
+}
+
+impl LimitRule {
+    /// The window in milliseconds (validated at configure, so 0 never reaches the
+    /// request path).
+    pub fn window_ms(&self) -> u64 {
+        parse_window(&self.window).unwrap_or(60_000)
+    }
+}
+
+/// Longest window accepted: 31 days.
+const MAX_WINDOW_MS: u64 = 31 * 86_400_000;
+
+/// `"30s"`, `"1m"`, `"1h"`, `"7d"` in milliseconds.
+pub fn parse_window(w: &str) -> Option<u64> {
+    let unit = w.chars().last()?;
+    let digits = w.get(..w.len() - unit.len_utf8())?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        _ => return None,
+    };
+    let total = n.checked_mul(ms)?;
+    (total <= MAX_WINDOW_MS).then_some(total)
+}
+
+/// Token rate limits of a route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Enforce, or only report.
+    pub mode: LimitMode,
+    /// Where the consumer identity is read from.
+    pub consumer: ConsumerSource,
+    /// Completion tokens reserved at admission when the request sets no
+    /// `max_tokens`/`max_completion_tokens`/`max_output_tokens`; trued up afterwards.
+    pub reserve_max_tokens_default: u64,
+    /// The limits; every one must admit a request (the strictest wins).
+    pub rules: Vec<LimitRule>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            mode: LimitMode::Enforce,
+            consumer: ConsumerSource::default(),
+            reserve_max_tokens_default: 1024,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl Limits {
+    /// True when there is anything to do: the request path skips limits entirely
+    /// otherwise.
+    pub fn active(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let h = &self.consumer.header;
+        if h.is_empty()
+            || h.len() > 64
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::at(
+                format!("{path}.consumer.header"),
+                "expected a lower-case header name of 1 to 64 characters [a-z0-9_-]",
+            ));
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            let at = |f: &str| format!("{path}.rules[{i}].{f}");
+            if r.name.is_empty()
+                || r.name.len() > 64
+                || !r
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError::at(
+                    at("name"),
+                    "expected 1 to 64 characters [A-Za-z0-9_-] (it becomes a metric label)",
+                ));
+            }
+            if self.rules[..i].iter().any(|o| o.name == r.name) {
+                return Err(ConfigError::at(
+                    at("name"),
+                    format!("duplicate rule name {:?}", r.name),
+                ));
+            }
+            if parse_window(&r.window).is_none() {
+                return Err(ConfigError::at(
+                    at("window"),
+                    format!(
+                        "expected a positive integer and a unit s, m, h or d, at most 31d (e.g. \"1m\"), got {:?}",
+                        r.window
+                    ),
+                ));
+            }
+            if r.tokens == 0 {
+                return Err(ConfigError::at(at("tokens"), "must be at least 1"));
+            }
+            for (j, k) in r.key.iter().enumerate() {
+                if r.key[..j].contains(k) {
+                    return Err(ConfigError::at(
+                        format!("{path}.rules[{i}].key[{j}]"),
+                        "duplicate key part",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything tollgate does on one route. `defaults` holds one; each entry of
 /// `routes` is merged over it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,6 +319,8 @@ pub struct RouteSettings {
     pub invalid_body: InvalidBody,
     /// Token metering.
     pub metering: Metering,
+    /// Token rate limits (local, per gateway instance). No rules: nothing is done.
+    pub limits: Limits,
 }
 
 impl Default for RouteSettings {
@@ -132,6 +331,7 @@ impl Default for RouteSettings {
             max_request_bytes: 960 * 1024,
             invalid_body: InvalidBody::Pass,
             metering: Metering::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -315,6 +515,7 @@ impl RouteSettings {
                 "must be at least 1024",
             ));
         }
+        self.limits.validate(&at("limits"))?;
         Ok(())
     }
 }
@@ -392,6 +593,56 @@ mod tests {
         assert!(e.message.contains("trailing"), "{}", e.message);
         let e = err("not json");
         assert!(e.to_string().starts_with("tollgate config"), "{e}");
+    }
+
+    #[test]
+    fn limits_parse_merge_and_name_exact_paths() {
+        let c = Config::parse(
+            br#"{"defaults":{"limits":{"reserve_max_tokens_default":50}},
+                 "routes":{"chat":{"limits":{"mode":"report_only","rules":[
+                   {"name":"m","key":["consumer","model"],"window":"1m","tokens":100,"count":"input"},
+                   {"name":"d","window":"1d","tokens":1000}]}}}}"#,
+        )
+        .unwrap();
+        let chat = c.route(Some("chat"));
+        assert_eq!(chat.limits.mode, LimitMode::ReportOnly);
+        assert_eq!(chat.limits.reserve_max_tokens_default, 50);
+        assert_eq!(chat.limits.rules.len(), 2);
+        assert_eq!(chat.limits.rules[1].window_ms(), 86_400_000);
+        assert_eq!(chat.limits.rules[1].count, LimitCount::Total);
+        assert!(!c.route(None).limits.active());
+
+        let e = err(
+            r#"{"routes":{"chat":{"limits":{"rules":[{"name":"a","window":"1w","tokens":1}]}}}}"#,
+        );
+        assert_eq!(e.path, "routes.chat.limits.rules[0].window");
+        let e = err(
+            r#"{"routes":{"chat":{"limits":{"rules":[{"name":"a","window":"1m","tokens":"x"}]}}}}"#,
+        );
+        assert_eq!(e.path, "routes.chat.limits.rules[0].tokens");
+        let e = err(
+            r#"{"defaults":{"limits":{"rules":[{"name":"a","window":"1m","tokens":1},{"name":"a","window":"1h","tokens":1}]}}}"#,
+        );
+        assert_eq!(e.path, "defaults.limits.rules[1].name");
+        let e = err(r#"{"defaults":{"limits":{"rules":[{"name":"a","window":"1m","tokens":0}]}}}"#);
+        assert_eq!(e.path, "defaults.limits.rules[0].tokens");
+        let e = err(
+            r#"{"defaults":{"limits":{"rules":[{"name":"a","key":["user"],"window":"1m","tokens":1}]}}}"#,
+        );
+        assert_eq!(e.path, "defaults.limits.rules[0].key[0]");
+        let e = err(r#"{"defaults":{"limits":{"consumer":{"header":"X Bad"}}}}"#);
+        assert_eq!(e.path, "defaults.limits.consumer.header");
+    }
+
+    #[test]
+    fn windows_parse_strictly() {
+        assert_eq!(parse_window("30s"), Some(30_000));
+        assert_eq!(parse_window("1m"), Some(60_000));
+        assert_eq!(parse_window("2h"), Some(7_200_000));
+        assert_eq!(parse_window("31d"), Some(31 * 86_400_000));
+        for bad in ["", "m", "0m", "01m", "32d", "1w", "1.5m", "-1m", "1 m", "é"] {
+            assert_eq!(parse_window(bad), None, "{bad}");
+        }
     }
 
     #[test]

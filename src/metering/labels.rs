@@ -101,6 +101,18 @@ pub fn requests(route: &str, provider: &str, estimated: bool) -> String {
     )
 }
 
+/// Counter of rate-limit decisions (`allowed`, `refused`, `would_refuse` in
+/// report-only mode) by route and the rule that decided. Rule names are validated
+/// label-safe at configure, so cardinality is bounded by the config.
+pub fn rate_limit(route: &str, rule: &str, decision: &str) -> String {
+    format!(
+        "{PREFIX}.rate_limit_decisions.route.{}.rule.{}.decision.{}",
+        sanitize(route),
+        sanitize(rule),
+        sanitize(decision)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

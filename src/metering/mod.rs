@@ -12,8 +12,10 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
+use crate::config::LimitMode;
 use crate::config::{InvalidBody, RouteSettings};
 use crate::dialect::{error_body, inject, Api, ErrorKind};
+use crate::limits::{self, Admission, Store, Subject};
 use crate::tokens::prompt::{count_prompt, PromptCount, PromptOptions};
 use crate::tokens::{bpe, models, BudgetedCounter, TextCounter};
 use crate::usage::stream::{Rewrite, StreamMeter};
@@ -39,6 +41,8 @@ pub struct LocalReply {
     pub status: u32,
     /// JSON body in the client's API dialect.
     pub body: Vec<u8>,
+    /// Headers beyond `content-type` (rate-limit headers, `retry-after`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// What the adapter should do with a complete request body.
@@ -88,6 +92,9 @@ pub struct Exchange {
     response_usage: Option<Usage>,
     response_model: Option<String>,
     reported: bool,
+    max_tokens: Option<u64>,
+    consumer: Option<String>,
+    admission: Option<Admission>,
 }
 
 impl Exchange {
@@ -107,12 +114,20 @@ impl Exchange {
             response_usage: None,
             response_model: None,
             reported: false,
+            max_tokens: None,
+            consumer: None,
+            admission: None,
         }
     }
 
     /// The API recognised from the path, once request headers were seen.
     pub fn api(&self) -> Option<Api> {
         self.api
+    }
+
+    /// Host route name (or `default`).
+    pub fn route(&self) -> &str {
+        &self.route
     }
 
     /// Route settings this exchange runs under.
@@ -173,6 +188,7 @@ impl Exchange {
                     self.settings.max_request_bytes
                 ),
             ),
+            headers: Vec::new(),
         }
     }
 
@@ -198,6 +214,9 @@ impl Exchange {
             .get("stream")
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        self.max_tokens = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|k| parsed.get(*k).and_then(Value::as_u64));
 
         let m = &self.settings.metering;
         let profile = models::profile(model);
@@ -240,7 +259,122 @@ impl Exchange {
             InvalidBody::Reject => BodyDecision::Respond(LocalReply {
                 status: ErrorKind::InvalidRequest.status(),
                 body: error_body(api.family(), ErrorKind::InvalidRequest, why),
+                headers: Vec::new(),
             }),
+        }
+    }
+
+    /// True when this exchange is subject to token limits: the route has rules and
+    /// the request was counted. The adapter does no limit work (no clock, no store)
+    /// otherwise.
+    pub fn limits_active(&self) -> bool {
+        self.settings.enabled
+            && self.settings.limits.active()
+            && self.api.is_some()
+            && self.prompt.is_some()
+    }
+
+    /// The consumer id the host's IAM put in the trusted header (see
+    /// `limits.consumer.header`); `None` means the anonymous consumer.
+    pub fn set_consumer(&mut self, consumer: Option<String>) {
+        self.consumer = consumer.filter(|c| !c.is_empty());
+    }
+
+    /// Completion tokens reserved at admission: the request's own cap, else the
+    /// route's default; embeddings produce none.
+    fn reservation(&self) -> u64 {
+        if self.api == Some(Api::Embeddings) {
+            return 0;
+        }
+        self.max_tokens
+            .unwrap_or(self.settings.limits.reserve_max_tokens_default)
+    }
+
+    /// Admission against the route's limits, after the body was counted. Returns
+    /// the 429 to send when refused (the exchange is then over: no usage report).
+    pub fn admit(&mut self, store: &mut dyn Store, now_ms: u64) -> Option<LocalReply> {
+        if !self.limits_active() {
+            return None;
+        }
+        let prompt = self.prompt.map_or(0, |p| p.tokens);
+        let subject = Subject {
+            consumer: self.consumer.as_deref(),
+            route: &self.route,
+            model: self.model.as_deref().unwrap_or(""),
+            provider: &self.settings.provider,
+            prompt_tokens: prompt,
+            reserve_tokens: self.reservation(),
+        };
+        let a = limits::admit(&self.settings.limits, store, now_ms, &subject);
+        let reply = (!a.allowed).then(|| {
+            let family = self
+                .api
+                .map(Api::family)
+                .unwrap_or(crate::dialect::Family::OpenAi);
+            let (rule, limit, remaining, reset) = a.state.as_ref().map_or(("?", 0, 0, 0), |s| {
+                (s.rule.as_str(), s.limit, s.remaining, s.reset_ms)
+            });
+            let msg = format!(
+                "Rate limit reached for tokens (tollgate rule '{rule}'): limit {limit}, remaining {remaining}, requested {prompt} prompt + {} reserved completion tokens. Please try again in {}.",
+                subject.reserve_tokens,
+                limits::format_duration(reset)
+            );
+            let mut headers = self.rate_limit_headers_of(&a);
+            let secs = a.retry_after_secs();
+            headers.push(("retry-after", secs.to_string()));
+            headers.push(("retry-after-ms", (secs * 1000).to_string()));
+            LocalReply {
+                status: ErrorKind::RateLimited.status(),
+                body: error_body(family, ErrorKind::RateLimited, &msg),
+                headers,
+            }
+        });
+        if reply.is_some() {
+            // Refused before forwarding: nothing was used, nothing to report.
+            self.reported = true;
+        }
+        self.admission = Some(a);
+        reply
+    }
+
+    /// The admission outcome, for the adapter's metric and log line.
+    pub fn admission(&self) -> Option<&Admission> {
+        self.admission.as_ref()
+    }
+
+    /// Whether limits run in report-only mode on this route.
+    pub fn limits_report_only(&self) -> bool {
+        self.settings.limits.mode == LimitMode::ReportOnly
+    }
+
+    fn rate_limit_headers_of(&self, a: &Admission) -> Vec<(&'static str, String)> {
+        a.state.as_ref().map(|s| s.headers()).unwrap_or_default()
+    }
+
+    /// `x-ratelimit-*-tokens` headers for an admitted request's response (empty
+    /// when no limits apply).
+    pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
+        self.admission
+            .as_ref()
+            .map(|a| self.rate_limit_headers_of(a))
+            .unwrap_or_default()
+    }
+
+    /// True the admission charges up to the real usage of the finished exchange.
+    /// Runs once; later calls do nothing.
+    pub fn settle(&mut self, store: &mut dyn Store, report: &Report) {
+        if let Some(a) = self.admission.as_mut() {
+            let charged = std::mem::take(&mut a.charges);
+            let a = Admission {
+                charges: charged,
+                ..a.clone()
+            };
+            limits::true_up(
+                store,
+                &a,
+                report.usage.prompt_tokens,
+                report.usage.completion_tokens,
+            );
         }
     }
 

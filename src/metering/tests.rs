@@ -380,3 +380,75 @@ fn tokenize_budget_turns_counts_into_labelled_estimates() {
     );
     assert!((b / a - 1.0).abs() < 0.35, "exact {a} vs estimate {b}");
 }
+
+#[test]
+fn limits_refuse_in_dialect_and_true_up_after_the_response() {
+    use crate::limits::{init_store, MemoryStore};
+    let cfg = r#"{"defaults":{"limits":{"rules":[
+        {"name":"m","key":["consumer"],"window":"1h","tokens":100}]}}}"#;
+    let mut store = MemoryStore::default();
+    init_store(&mut store);
+    let now = 3_600_000 * 500_000;
+    let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}],"max_tokens":50}"#;
+    let header = |h: &[(&'static str, String)], k: &str| {
+        h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    };
+
+    let mut ex = exchange(cfg, "chat");
+    ex.set_consumer(Some("alice".into()));
+    assert_eq!(
+        start(&mut ex, "/v1/chat/completions", body),
+        BodyDecision::Forward
+    );
+    assert!(ex.limits_active());
+    assert_eq!(ex.admit(&mut store, now), None);
+    let h = ex.rate_limit_headers();
+    assert_eq!(header(&h, "x-ratelimit-reset-tokens").unwrap(), "1h0m0s");
+    ex.on_response_headers(200, Some("application/json"), Some(100));
+    let resp = br#"{"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":2,"total_tokens":10}}"#;
+    let report = ex.on_response_complete(Some(resp)).unwrap();
+    let p = report.counted_prompt_tokens;
+    assert!(p > 0 && p < 40);
+    assert_eq!(
+        header(&h, "x-ratelimit-remaining-tokens").unwrap(),
+        (100 - p - 50).to_string()
+    );
+    ex.settle(&mut store, &report);
+    ex.settle(&mut store, &report); // once only
+
+    // The true-up replaced prompt + 50 reserved by the 10 really used.
+    let mut ex = exchange(cfg, "chat");
+    ex.set_consumer(Some("alice".into()));
+    start(&mut ex, "/v1/chat/completions", body);
+    assert_eq!(ex.admit(&mut store, now + 1), None);
+    assert_eq!(
+        header(&ex.rate_limit_headers(), "x-ratelimit-remaining-tokens").unwrap(),
+        (100 - 10 - p - 50).to_string()
+    );
+
+    // An Anthropic client gets its own error shape, and the exchange reports nothing.
+    let mut ex = exchange(cfg, "chat");
+    ex.set_consumer(Some("alice".into()));
+    let body = br#"{"model":"claude-sonnet-4-5","max_tokens":90,"messages":[{"role":"user","content":"Hi"}]}"#;
+    start(&mut ex, "/v1/messages", body);
+    let reply = ex.admit(&mut store, now + 2).expect("refused");
+    assert_eq!(reply.status, 429);
+    let v: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(header(&reply.headers, "retry-after").unwrap(), "3600");
+    assert_eq!(
+        header(&reply.headers, "x-ratelimit-limit-tokens").unwrap(),
+        "100"
+    );
+    assert_eq!(ex.finish(), None);
+
+    // No limits configured: nothing to do, the store is not touched.
+    let mut ex = exchange("{}", "chat");
+    start(&mut ex, "/v1/chat/completions", body);
+    assert!(!ex.limits_active());
+    let mut empty = MemoryStore::default();
+    assert_eq!(ex.admit(&mut empty, now), None);
+    assert!(ex.rate_limit_headers().is_empty());
+    assert!(empty.get("x").unwrap().is_none());
+}
