@@ -6,11 +6,12 @@
 //! `include_bytes!`. Per vocabulary (`o200k`, `cl100k`):
 //!
 //! * `<enc>_bytes.bin`   every token's bytes, concatenated in rank order;
-//! * `<enc>_offsets.bin` u32 start of each rank in `_bytes` (n + 1 entries);
-//! * `<enc>_table.bin`   open-addressing hash table, u32 slots `rank | tag << 18`;
+//! * `<enc>_offsets.bin` u32 start in `_bytes` of every 64th rank;
+//! * `<enc>_table.bin`   open-addressing hash table of `[check, meta]` u32 pairs;
 //! * `<enc>_split.bin`   u32 pairs: the two tokens BPE merges into each rank;
-//! * `<enc>_prefix.bin`  u32: the longest shorter token that prefixes each rank;
-//! * `<enc>_maxlen2.bin` u8 per first-two-bytes: longest token starting with them.
+//! * `<enc>_prefix.bin`  u32: the longest shorter token that prefixes each rank
+//!   (these two store `rank | len << 18`);
+//! * `<enc>_byte2.bin`   u32 per two bytes: their rank, longest token starting with them.
 //!
 //! plus `unicode_*.bin`, a two-level table of the character classes the
 //! pretokenizer regexes use, and `tables.rs` with the constants.
@@ -24,7 +25,14 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 const FINAL_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 const RANK_BITS: u32 = 18;
+const RANK_MASK: u32 = (1 << RANK_BITS) - 1;
+const LEN_BITS: u32 = 7;
+const DISP_SHIFT: u32 = RANK_BITS + LEN_BITS;
+const MAX_DISP: usize = 127;
+const OFFSET_BITS: u32 = 21;
 const EMPTY: u32 = u32::MAX;
+/// Ranks per stored offset in `<enc>_offsets.bin` (must match `vocab.rs`).
+const OFFSET_STRIDE: usize = 64;
 
 fn hash(bytes: &[u8]) -> u64 {
     let mut h = FNV_OFFSET;
@@ -32,6 +40,26 @@ fn hash(bytes: &[u8]) -> u64 {
         h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
     }
     h.wrapping_mul(FINAL_MUL)
+}
+
+/// The two words of a hash slot (must match `vocab.rs`); only tokens of 3 or
+/// more bytes are in the table (shorter ones are read from direct tables):
+/// * meta: `rank | (len - 1) << 18 | disp << 25`, `disp` = distance from the
+///   slot the hash picks (Robin Hood order: a lookup stops at a smaller one);
+/// * check: tokens of up to 4 bytes store their bytes (little-endian, zero
+///   padded), so a hit needs nothing else; longer ones store
+///   `offset | fingerprint << 21` (11 more bits of the hash, then the bytes at
+///   `offset` confirm).
+fn slot_words(h: u64, t: &[u8], offset: u32, rank: u32) -> (u32, u32) {
+    let meta = rank | (t.len() as u32 - 1) << RANK_BITS;
+    let check = if t.len() <= 4 {
+        let mut w = [0u8; 4];
+        w[..t.len()].copy_from_slice(t);
+        u32::from_le_bytes(w)
+    } else {
+        offset | ((h >> 26) as u32 & 0x7ff) << OFFSET_BITS
+    };
+    (check, meta)
 }
 
 /// Slots per prefix length in `<enc>_maxlen34.bin` (must match `vocab.rs`).
@@ -111,44 +139,71 @@ fn bake_vocab(
     }
     offsets.push(all.len() as u32);
     std::fs::write(out.join(format!("{lower}_bytes.bin")), &all).expect("write bytes");
-    put_u32s(&out.join(format!("{lower}_offsets.bin")), &offsets);
+    // Only every 64th offset: lookups find bytes through the hash slots, and
+    // `Vocab::token` sums the lengths in `_split` from the nearest stored one.
+    let sparse: Vec<u32> = offsets.iter().copied().step_by(OFFSET_STRIDE).collect();
+    put_u32s(&out.join(format!("{lower}_offsets.bin")), &sparse);
 
-    // Hash table at load <= 0.5 so misses (the common BPE case) end quickly.
+    // Open-addressing table of 8-byte slots `[check, meta]` (see `vocab.rs`),
+    // Robin Hood ordered so a miss ends after a few slots even at load ~0.75.
+    assert!(
+        all.len() < 1 << OFFSET_BITS,
+        "{lower}: token bytes too large"
+    );
+    let long = tokens.iter().filter(|t| t.len() >= 3).count();
     let mut bits = 1u32;
-    while (1usize << bits) < by_bytes.len() * 2 {
+    while (1usize << bits) * 3 < long * 4 {
         bits += 1;
     }
     let mask = (1usize << bits) - 1;
-    let mut table = vec![EMPTY; 1 << bits];
+    let mut table = vec![EMPTY; 2 << bits];
     for (rank, t) in tokens.iter().enumerate() {
-        if t.is_empty() {
+        if t.len() < 3 {
             continue;
         }
         let h = hash(t);
-        let tag = ((h >> 20) as u32) & ((1 << (32 - RANK_BITS)) - 1);
+        let (mut check, mut meta) = slot_words(h, t, offsets[rank], rank as u32);
         let mut slot = (h >> (64 - bits)) as usize;
-        let mut probes = 0;
-        while table[slot] != EMPTY {
+        let mut disp = 0usize;
+        loop {
+            assert!(
+                disp <= MAX_DISP,
+                "{lower}: hash clustering, pick another FINAL_MUL"
+            );
+            if table[2 * slot + 1] == EMPTY {
+                table[2 * slot] = check;
+                table[2 * slot + 1] = meta | (disp as u32) << DISP_SHIFT;
+                break;
+            }
+            let theirs = (table[2 * slot + 1] >> DISP_SHIFT) as usize;
+            if theirs < disp {
+                let (c, m) = (table[2 * slot], table[2 * slot + 1]);
+                table[2 * slot] = check;
+                table[2 * slot + 1] = meta | (disp as u32) << DISP_SHIFT;
+                check = c;
+                meta = m & !(u32::MAX << DISP_SHIFT);
+                disp = theirs;
+            }
             slot = (slot + 1) & mask;
-            probes += 1;
+            disp += 1;
         }
-        assert!(
-            probes < 64,
-            "{lower}: hash clustering, pick another FINAL_MUL"
-        );
-        table[slot] = rank as u32 | (tag << RANK_BITS);
     }
     put_u32s(&out.join(format!("{lower}_table.bin")), &table);
 
-    // Longest token starting with each two-byte prefix bounds the longest-match probe.
-    let mut maxlen2 = vec![0u8; 65536];
-    for t in &tokens {
+    // Every two-byte string: its rank if it is a token (low 18 bits, all ones if
+    // not) and the longest token starting with it (bits 18..26), read directly.
+    let mut byte2 = vec![RANK_MASK; 65536];
+    for (rank, t) in tokens.iter().enumerate() {
         if t.len() >= 2 {
             let i = usize::from(t[0]) << 8 | usize::from(t[1]);
-            maxlen2[i] = maxlen2[i].max(t.len() as u8);
+            let maxlen = (byte2[i] >> RANK_BITS).max(t.len() as u32);
+            byte2[i] = (byte2[i] & RANK_MASK) | maxlen << RANK_BITS;
+            if t.len() == 2 {
+                byte2[i] = (byte2[i] & !RANK_MASK) | rank as u32;
+            }
         }
     }
-    std::fs::write(out.join(format!("{lower}_maxlen2.bin")), &maxlen2).expect("write maxlen2");
+    put_u32s(&out.join(format!("{lower}_byte2.bin")), &byte2);
     // Same for 3- and 4-byte prefixes, keyed by a hash (collisions only loosen the
     // bound): most probes for a longest match are cache misses, so cut them early.
     let mut maxlen34 = vec![0u8; 2 * PREFIX_SLOTS];
@@ -204,12 +259,19 @@ fn bake_vocab(
             None => split.push((id, id)),
         }
     }
+    // Each rank also carries its length in bits 18.. so the encoder never needs
+    // `_offsets` to walk merges or prefixes.
+    let with_len = |r: u32| match tokens.get(r as usize) {
+        Some(t) => r | (t.len() as u32) << RANK_BITS,
+        None => u32::MAX,
+    };
     let mut flat = Vec::with_capacity(n * 2);
     for (a, b) in &split {
-        flat.push(*a);
-        flat.push(*b);
+        flat.push(with_len(*a));
+        flat.push(with_len(*b));
     }
     put_u32s(&out.join(format!("{lower}_split.bin")), &flat);
+    let prefix: Vec<u32> = prefix.iter().map(|&r| with_len(r)).collect();
     put_u32s(&out.join(format!("{lower}_prefix.bin")), &prefix);
 
     let _ = writeln!(

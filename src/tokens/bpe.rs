@@ -18,7 +18,7 @@ use super::vocab::{self, hash_start, hash_step, Vocab, NONE};
 use super::Encoding;
 
 /// Pieces up to this many bytes use the quadratic in-place merge.
-const SMALL: usize = 48;
+const SMALL: usize = 16;
 
 /// An exact `o200k_base` / `cl100k_base` tokenizer. Holds only `'static` table
 /// references, so it is free to create and share across requests and threads.
@@ -82,32 +82,53 @@ impl Sink for Vec<u32> {
 /// Reusable buffers for long pieces, so one request allocates at most once.
 #[derive(Default)]
 struct Scratch {
+    /// The tokens so far, as `rank | len << 18`.
     tokens: Vec<u32>,
     dead: Vec<u64>,
     /// Prefix hashes for [`longest_match`] (kept to avoid re-zeroing a buffer).
     hashes: Vec<u64>,
-    /// Direct-mapped memo of [`Vocab::is_valid_pair`]: `(t1, t2, valid)`.
-    /// Long pieces are repetitive, so the same pairs are asked again and again.
+    /// Direct-mapped memo of [`Vocab::is_valid_pair_at`]: `(t1, t2, valid)`.
+    /// Long pieces are often repetitive, so the same pairs are asked again.
     pairs: Vec<(u32, u32, bool)>,
 }
 
-/// Entries in the pair-validity memo (a power of two).
+/// Most entries in the pair-validity memo (a power of two); a piece of n bytes
+/// gets about n, so short requests do not pay for filling a big memo.
 const PAIR_CACHE: usize = 4096;
 
+const LEN_SHIFT: u32 = 18;
+const RANK_MASK: u32 = (1 << LEN_SHIFT) - 1;
+
+#[inline(always)]
+fn pack(rank: u32, len: usize) -> u32 {
+    rank | (len as u32) << LEN_SHIFT
+}
+
+#[inline(always)]
+fn unpack(t: u32) -> (u32, usize) {
+    (t & RANK_MASK, (t >> LEN_SHIFT) as usize)
+}
+
 impl Scratch {
-    #[inline]
-    fn valid_pair(&mut self, v: &Vocab, t1: u32, t2: u32) -> bool {
-        if self.pairs.is_empty() {
-            self.pairs.resize(PAIR_CACHE, (NONE, NONE, false));
+    /// Sizes the memo for a piece of `n` bytes (clearing it when it grows).
+    fn prepare(&mut self, n: usize) {
+        let want = n.next_power_of_two().clamp(64, PAIR_CACHE);
+        if self.pairs.len() < want {
+            self.pairs.clear();
+            self.pairs.resize(want, (NONE, NONE, false));
         }
-        let k = (t1.wrapping_mul(0x9e37_79b1) ^ t2).wrapping_mul(0x85eb_ca6b) as usize >> 7
-            & (PAIR_CACHE - 1);
+    }
+
+    #[inline]
+    fn valid_pair(&mut self, v: &Vocab, text: &[u8], pos: usize, t1: u32, t2: u32) -> bool {
+        let mask = self.pairs.len().wrapping_sub(1);
+        let k = (t1.wrapping_mul(0x9e37_79b1) ^ t2).wrapping_mul(0x85eb_ca6b) as usize >> 7 & mask;
         if let Some(&(a, b, ok)) = self.pairs.get(k) {
             if a == t1 && b == t2 {
                 return ok;
             }
         }
-        let ok = v.is_valid_pair(t1, t2);
+        let ok = v.is_valid_pair_at(text, pos, unpack(t1), unpack(t2));
         if let Some(e) = self.pairs.get_mut(k) {
             *e = (t1, t2, ok);
         }
@@ -167,11 +188,10 @@ fn small_merge<S: Sink>(v: &Vocab, piece: &[u8], sink: &mut S) {
     let n = piece.len();
     let mut start = [0u32; SMALL + 2];
     let mut rank = [NONE; SMALL + 2];
-    let rank_of = |s: u32, e: u32| {
-        piece
-            .get(s as usize..e as usize)
-            .and_then(|t| v.lookup(t))
-            .unwrap_or(NONE)
+    let rank_of = |s: u32, e: u32| match piece.get(s as usize..e as usize) {
+        Some(&[a, b]) => v.lookup2(a, b).unwrap_or(NONE),
+        Some(t) => v.lookup(t).unwrap_or(NONE),
+        None => NONE,
     };
     let mut len = n + 1;
     for i in 0..=n.min(SMALL) {
@@ -227,12 +247,13 @@ fn small_merge<S: Sink>(v: &Vocab, piece: &[u8], sink: &mut S) {
     }
 }
 
-/// Longest token that is a prefix of `text` (`None` only for empty text).
+/// Longest token that is a prefix of `text` as `rank | len << 18` (`None` only
+/// for empty text).
 #[inline]
 fn longest_match(v: &Vocab, text: &[u8], hashes: &mut Vec<u64>) -> Option<u32> {
     let (&b0, &b1) = match (text.first(), text.get(1)) {
         (Some(a), Some(b)) => (a, b),
-        (Some(a), None) => return Some(v.byte_rank(*a)),
+        (Some(a), None) => return Some(pack(v.byte_rank(*a), 1)),
         _ => return None,
     };
     let mut bound = v.max_len2(b0, b1).min(text.len());
@@ -241,7 +262,7 @@ fn longest_match(v: &Vocab, text: &[u8], hashes: &mut Vec<u64>) -> Option<u32> {
             bound = bound.min(text.get(..k).map_or(0, |p| v.max_len_prefix(p)).max(k - 1));
         }
     }
-    if bound >= 2 {
+    if bound >= 3 {
         // Hash every prefix in one pass, then probe longest first.
         hashes.clear();
         let mut h = hash_start();
@@ -249,21 +270,27 @@ fn longest_match(v: &Vocab, text: &[u8], hashes: &mut Vec<u64>) -> Option<u32> {
             h = hash_step(h, b);
             hashes.push(h);
         }
-        for l in (2..=bound).rev() {
+        for l in (3..=bound).rev() {
             let (Some(&h), Some(want)) = (hashes.get(l - 1), text.get(..l)) else {
                 continue;
             };
-            if let Some(r) = v.lookup_hashed(h, |t| t == want) {
-                return Some(r);
+            if let Some(r) = v.lookup_hashed(h, want) {
+                return Some(pack(r, l));
             }
         }
     }
-    Some(v.byte_rank(b0))
+    if bound >= 2 {
+        if let Some(r) = v.lookup2(b0, b1) {
+            return Some(pack(r, 2));
+        }
+    }
+    Some(pack(v.byte_rank(b0), 1))
 }
 
 /// The `bpe` crate's backtracking encoder: linear in practice, exact for these
 /// vocabularies (checked against tiktoken in the tests, long adversarial runs included).
 fn backtrack<S: Sink>(v: &Vocab, text: &[u8], sink: &mut S, scratch: &mut Scratch) {
+    scratch.prepare(text.len());
     let mut tokens = std::mem::take(&mut scratch.tokens);
     tokens.clear();
     let mut dead = std::mem::take(&mut scratch.dead);
@@ -272,35 +299,35 @@ fn backtrack<S: Sink>(v: &Vocab, text: &[u8], sink: &mut S, scratch: &mut Scratc
     let is_dead = |dead: &[u64], p: usize| dead.get(p / 64).is_some_and(|w| w >> (p % 64) & 1 == 1);
 
     let mut pos = 0usize;
-    let mut next = longest_match(v, text, &mut scratch.hashes);
+    let mut hashes = std::mem::take(&mut scratch.hashes);
+    let mut next = longest_match(v, text, &mut hashes);
     // Guard against corrupt tables: a correct run takes a few steps per byte.
     let mut budget = text.len().saturating_mul(64).saturating_add(1024);
     while let Some(mut token) = next {
         budget -= 1;
         if budget == 0 {
             // Unreachable with the baked tables; count the rest as single bytes.
-            for (i, &b) in text.iter().enumerate().skip(pos) {
-                let _ = i;
-                tokens.push(v.byte_rank(b));
+            for &b in text.iter().skip(pos) {
+                tokens.push(pack(v.byte_rank(b), 1));
             }
             break;
         }
         let last = tokens.last().copied();
         loop {
-            let len = v.token_len(token);
+            let (rank, len) = unpack(token);
             let end = pos + len;
             if len > 0
                 && !is_dead(&dead, end)
-                && last.is_none_or(|l| scratch.valid_pair(v, l, token))
+                && last.is_none_or(|l| scratch.valid_pair(v, text, pos, l, token))
             {
                 tokens.push(token);
                 pos = end;
-                next = longest_match(v, text.get(end..).unwrap_or(&[]), &mut scratch.hashes);
+                next = longest_match(v, text.get(end..).unwrap_or(&[]), &mut hashes);
                 break;
             }
-            let shorter = v.next_prefix(token);
+            let (shorter, len) = v.next_prefix_len(rank);
             if shorter != NONE {
-                token = shorter;
+                token = pack(shorter, len);
             } else {
                 // Nothing fits after `last`: mark this position dead and retry
                 // `last` shorter.
@@ -308,17 +335,18 @@ fn backtrack<S: Sink>(v: &Vocab, text: &[u8], sink: &mut S, scratch: &mut Scratc
                     *w |= 1 << (pos % 64);
                 }
                 tokens.pop();
-                pos -= last.map_or(0, |l| v.token_len(l));
+                pos -= last.map_or(0, |l| unpack(l).1);
                 next = last;
                 break;
             }
         }
     }
     for &t in tokens.iter() {
-        sink.push_rank(t);
+        sink.push_rank(unpack(t).0);
     }
     scratch.tokens = tokens;
     scratch.dead = dead;
+    scratch.hashes = hashes;
 }
 
 #[cfg(test)]
