@@ -20,17 +20,10 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Must match `vocab.rs`: FNV-1a over the bytes, then a multiplicative finalizer.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-const FINAL_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
-const RANK_BITS: u32 = 18;
-const RANK_MASK: u32 = (1 << RANK_BITS) - 1;
-const LEN_BITS: u32 = 7;
-const DISP_SHIFT: u32 = RANK_BITS + LEN_BITS;
-const MAX_DISP: usize = 127;
-const OFFSET_BITS: u32 = 21;
-const EMPTY: u32 = u32::MAX;
+#[allow(dead_code)]
+#[path = "src/tokens/table_layout.rs"]
+mod table_layout;
+use table_layout::*;
 /// Ranks per stored offset in `<enc>_offsets.bin` (must match `vocab.rs`).
 const OFFSET_STRIDE: usize = 64;
 

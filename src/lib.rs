@@ -15,6 +15,8 @@ pub mod dialect;
 pub mod host;
 pub mod limits;
 pub mod metering;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokens;
 pub mod usage;
 

@@ -47,23 +47,11 @@ pub fn property_u64(raw: &[u8]) -> Option<u64> {
 /// proxy-wasm's header-map wire format: count, then (key len, value len) pairs,
 /// then NUL-terminated keys and values.
 pub fn serialize_header_map(map: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + map
+    let bytes: Vec<(&[u8], &[u8])> = map
         .iter()
-        .map(|(k, v)| k.len() + v.len() + 10)
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(map.len() as u32).to_le_bytes());
-    for (k, v) in map {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in map {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    serialize_header_map_bytes(&bytes)
 }
 
 #[cfg(test)]

@@ -352,6 +352,7 @@ fn backtrack<S: Sink>(v: &Vocab, text: &[u8], sink: &mut S, scratch: &mut Scratc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::XorShift as Rng;
 
     fn reference(enc: Encoding) -> tiktoken_rs::CoreBPE {
         match enc {
@@ -382,20 +383,6 @@ mod tests {
             (Encoding::O200kBase, reference(Encoding::O200kBase)),
             (Encoding::Cl100kBase, reference(Encoding::Cl100kBase)),
         ]
-    }
-
-    /// Small deterministic PRNG (xorshift) so tests need no extra crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-            xs[(self.next() % xs.len() as u64) as usize]
-        }
     }
 
     #[test]
@@ -508,7 +495,7 @@ mod tests {
             "<|endoftext|>",
         ];
         for _ in 0..400 {
-            let len = (rng.next() % 60) as usize;
+            let len = (rng.next_u64() % 60) as usize;
             let s: String = (0..len).map(|_| rng.pick(&atoms)).collect();
             check(&refs, &s);
         }

@@ -12,18 +12,7 @@ mod tables {
 
 pub(crate) use tables::ASCII_CLASS;
 
-/// FNV-1a, byte at a time, so the hash of every prefix of a string comes for free
-/// while probing for the longest token (must match `build.rs`).
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-const FINAL_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
-const RANK_BITS: u32 = 18;
-const RANK_MASK: u32 = (1 << RANK_BITS) - 1;
-const LEN_BITS: u32 = 7;
-const DISP_SHIFT: u32 = RANK_BITS + LEN_BITS;
-const OFFSET_BITS: u32 = 21;
-const OFFSET_MASK: u32 = (1 << OFFSET_BITS) - 1;
-const EMPTY: u32 = u32::MAX;
+use super::table_layout::*;
 /// `_offsets` holds the byte offset of every this many ranks (must match `build.rs`).
 const OFFSET_STRIDE: usize = 64;
 /// Slots per prefix length in the 3/4-byte bound table (must match `build.rs`).

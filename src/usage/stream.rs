@@ -533,21 +533,11 @@ fn rebuild_event(raw: &[u8], data: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::dialect::sse::DEFAULT_MAX_EVENT_BYTES;
+    use crate::testing::XorShift as Rng;
     use crate::usage::testdata;
     use serde_json::Value;
 
     const CAP: usize = 1 << 20;
-
-    /// Deterministic xorshift for chunk sizes and garbage.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
 
     /// Feed `chunks`, the last with `end_of_stream` when `eos`; return what the
     /// client got and whether every chunk was passed on unchanged.
@@ -575,7 +565,7 @@ mod tests {
         let mut chunks = Vec::new();
         let mut i = 0;
         while i < stream.len() {
-            let end = (i + 1 + (rng.next() % 64) as usize).min(stream.len());
+            let end = (i + 1 + (rng.next_u64() % 64) as usize).min(stream.len());
             chunks.push(&stream[i..end]);
             i = end;
         }
@@ -1094,14 +1084,14 @@ data: {\"type\":\"response.completed\",\"sequence_number\":5,\"response\":{\"id\
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let alphabet: &[u8] = b"\r\n\n: data[DONE]\xff\xc3\xa9{}\"usage,null";
         for round in 0..300 {
-            let len = (rng.next() % 600) as usize;
+            let len = (rng.next_u64() % 600) as usize;
             let buf: Vec<u8> = (0..len)
-                .map(|_| alphabet[(rng.next() as usize) % alphabet.len()])
+                .map(|_| alphabet[(rng.next_u64() as usize) % alphabet.len()])
                 .collect();
             let mut chunks = Vec::new();
             let mut i = 0;
             while i < buf.len() {
-                let end = (i + 1 + (rng.next() % 50) as usize).min(buf.len());
+                let end = (i + 1 + (rng.next_u64() % 50) as usize).min(buf.len());
                 chunks.push(&buf[i..end]);
                 i = end;
             }

@@ -12,23 +12,9 @@
 //! substring selecting which inputs to run (default all).
 
 use std::time::Instant;
+use tollgate::testing::XorShift as Rng;
 use tollgate::tokens::bpe::tokenizer;
 use tollgate::tokens::Encoding;
-
-/// Deterministic xorshift so every run measures the same inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[(self.next() % xs.len() as u64) as usize]
-    }
-}
 
 fn fill(size: usize, mut part: impl FnMut() -> String) -> String {
     let mut s = String::with_capacity(size + 256);
@@ -140,11 +126,11 @@ const CJK: &[&str] = &[
 fn typical(size: usize) -> Vec<(&'static str, String)> {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let prose = fill(size, || {
-        let n = 8 + rng.next() % 20;
+        let n = 8 + rng.next_u64() % 20;
         let mut s: String = (0..n)
             .map(|i| format!("{}{}", if i == 0 { "" } else { " " }, rng.pick(WORDS)))
             .collect();
-        s.push_str(if rng.next().is_multiple_of(5) {
+        s.push_str(if rng.next_u64().is_multiple_of(5) {
             ".\n\n"
         } else {
             ". "
@@ -187,7 +173,10 @@ fn adversarial(size: usize) -> Vec<(&'static str, String)> {
         ("1MB 'ab'", "ab".repeat(size / 2)),
         ("1MB spaces", " ".repeat(size)),
         ("1MB newlines", "\n".repeat(size)),
-        ("1MB digits", fill(size, || (rng.next() % 10).to_string())),
+        (
+            "1MB digits",
+            fill(size, || (rng.next_u64() % 10).to_string()),
+        ),
         ("random latin1 letters", letters),
         ("random latin1 lowercase", lower),
         ("emoji", emoji),
