@@ -477,7 +477,11 @@ impl Exchange {
             if self.response_model.is_none() {
                 self.response_model = summary.model.clone();
             }
-            if usage.is_none() && m.count_streamed_deltas {
+            // A stream cut before its closing usage (Anthropic's `message_delta`)
+            // holds only the start-of-message count: count what was streamed instead,
+            // keeping the provider's input figures.
+            let partial = usage.is_some() && !summary.usage_final;
+            if (usage.is_none() || partial) && m.count_streamed_deltas {
                 let profile = models::profile(self.model.as_deref().unwrap_or(""));
                 let tokenizer = profile.encoding.map(bpe::tokenizer);
                 let budget = usize::try_from(m.tokenize_byte_budget).unwrap_or(usize::MAX);
@@ -490,10 +494,13 @@ impl Exchange {
                         m.estimate_bytes_per_token,
                     );
                 }
-                usage = Some(Usage {
+                let base = usage.unwrap_or(Usage {
                     prompt_tokens: prompt.tokens,
-                    completion_tokens: completion,
                     ..Usage::default()
+                });
+                usage = Some(Usage {
+                    completion_tokens: completion.max(base.completion_tokens),
+                    ..base
                 });
                 source = UsageSource::Counted;
                 estimated_completion = true;

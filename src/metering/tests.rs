@@ -452,3 +452,31 @@ fn limits_refuse_in_dialect_and_true_up_after_the_response() {
     assert!(ex.rate_limit_headers().is_empty());
     assert!(empty.get("x").unwrap().is_none());
 }
+
+#[test]
+fn anthropic_stream_cut_before_its_closing_usage_counts_what_was_streamed() {
+    let req = br#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let text = "The upstream connection dropped halfway through this fairly long answer.";
+    let sse = format!(
+        concat!(
+            "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"model\":\"claude-sonnet-4-5\",\"usage\":{{\"input_tokens\":9,\"output_tokens\":1}}}}}}\n\n",
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}\n\n"
+        ),
+        text
+    );
+    let mut ex = exchange("{}", "anthropic");
+    start(&mut ex, "/v1/messages", req);
+    ex.on_response_headers(200, Some("text/event-stream"), None);
+    stream_through(&mut ex, sse.as_bytes(), 17);
+    let rep = ex.finish().unwrap();
+    assert_eq!(
+        rep.usage.prompt_tokens, 9,
+        "the provider's input count is kept"
+    );
+    assert!(
+        rep.usage.completion_tokens > 1,
+        "not the start-of-message placeholder"
+    );
+    assert_eq!(rep.source, UsageSource::Counted);
+    assert!(rep.estimated);
+}
