@@ -525,12 +525,7 @@ impl<'a> Request<'a> {
             .get("response_format")
             .filter(|f| s(f, "type") == Some("json_schema"))
             .and_then(|f| f.get("json_schema"))
-            .map(|j| Format {
-                name: s(j, "name").unwrap_or(""),
-                description: s(j, "description"),
-                schema: j.get("schema"),
-                strict: j.get("strict").and_then(Value::as_bool).unwrap_or(false),
-            });
+            .map(format_from);
         Request {
             messages,
             tools,
@@ -609,12 +604,7 @@ impl<'a> Request<'a> {
             .get("text")
             .and_then(|t| t.get("format"))
             .filter(|f| s(f, "type") == Some("json_schema"))
-            .map(|j| Format {
-                name: s(j, "name").unwrap_or(""),
-                description: s(j, "description"),
-                schema: j.get("schema"),
-                strict: j.get("strict").and_then(Value::as_bool).unwrap_or(false),
-            });
+            .map(format_from);
         Request {
             messages,
             tools,
@@ -622,6 +612,17 @@ impl<'a> Request<'a> {
             forced_tool,
             format,
         }
+    }
+}
+
+/// A `json_schema` response format, as Chat Completions (`response_format.json_schema`)
+/// and Responses (`text.format`) both spell it.
+fn format_from(j: &Value) -> Format<'_> {
+    Format {
+        name: s(j, "name").unwrap_or(""),
+        description: s(j, "description"),
+        schema: j.get("schema"),
+        strict: j.get("strict").and_then(Value::as_bool).unwrap_or(false),
     }
 }
 
