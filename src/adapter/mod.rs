@@ -16,8 +16,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::config::Config;
 use crate::host::{
-    find_header, parse_header_map, property_text, serialize_header_map_bytes, HostKind,
-    ROUTE_NAME_PROPERTIES,
+    find_header, merge_header_map, parse_header_map, property_text, HostKind, ROUTE_NAME_PROPERTIES,
 };
 use crate::limits::{self, Store, StoreError};
 use crate::metering::labels::{self, ModelLabels, TokenType};
@@ -240,19 +239,8 @@ impl Http {
             if let Some(ex) = self.exchange.as_ref() {
                 ours.extend(ex.rate_limit_headers());
             }
-            let mut map: Vec<(&[u8], &[u8])> = parse_header_map(&held)
-                .into_iter()
-                .filter(|(k, _)| {
-                    !ours
-                        .iter()
-                        .any(|(o, _)| k.eq_ignore_ascii_case(o.as_bytes()))
-                })
-                .collect();
-            map.extend(ours.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
-            if let Err(s) = ffi::set_header_map(
-                MapType::HttpResponseHeaders,
-                &serialize_header_map_bytes(&map),
-            ) {
+            let map = merge_header_map(&parse_header_map(&held), &ours, &[]);
+            if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
                 debug!("cannot set x-llm headers: {s:?}");
             }
         }
@@ -389,20 +377,9 @@ impl HttpContext for Http {
             // them in `emit` instead, with the x-llm ones).
             let rl = ex.rate_limit_headers();
             if !rl.is_empty() {
-                let mut map: Vec<(&[u8], &[u8])> = headers
-                    .iter()
-                    .filter(|(k, _)| {
-                        let replaced = rl.iter().any(|(o, _)| k.eq_ignore_ascii_case(o.as_bytes()));
-                        let stale_length = stream && k.eq_ignore_ascii_case(b"content-length");
-                        !(replaced || stale_length)
-                    })
-                    .copied()
-                    .collect();
-                map.extend(rl.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
-                match ffi::set_header_map(
-                    MapType::HttpResponseHeaders,
-                    &serialize_header_map_bytes(&map),
-                ) {
+                let stale: &[&str] = if stream { &["content-length"] } else { &[] };
+                let map = merge_header_map(&headers, &rl, stale);
+                match ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
                     Ok(()) => length_removed = stream,
                     Err(s) => debug!("tollgate: cannot set rate-limit headers: {s:?}"),
                 }

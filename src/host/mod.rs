@@ -138,6 +138,24 @@ pub fn serialize_header_map_bytes(map: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
+/// A host header map (as [`parse_header_map`] reads it) with `ours` set on it and
+/// the `drop` headers removed, serialised for one `set_header_map` call: replacing
+/// the whole map costs one hostcall where setting headers one by one costs one each.
+pub fn merge_header_map(
+    base: &[(&[u8], &[u8])],
+    ours: &[(&str, String)],
+    drop: &[&str],
+) -> Vec<u8> {
+    let replaced = |k: &[u8]| {
+        ours.iter()
+            .any(|(o, _)| k.eq_ignore_ascii_case(o.as_bytes()))
+            || drop.iter().any(|d| k.eq_ignore_ascii_case(d.as_bytes()))
+    };
+    let mut map: Vec<(&[u8], &[u8])> = base.iter().filter(|(k, _)| !replaced(k)).copied().collect();
+    map.extend(ours.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+    serialize_header_map_bytes(&map)
+}
+
 #[cfg(test)]
 mod map_tests {
     use super::*;
@@ -157,5 +175,29 @@ mod map_tests {
             assert!(p.len() <= 2);
         }
         assert!(parse_header_map(&[0xff, 0xff, 0xff, 0xff]).is_empty());
+    }
+
+    #[test]
+    fn merged_maps_replace_ours_and_drop_the_named() {
+        let base = serialize_header_map(&[
+            (":status", "200"),
+            ("X-LLM-Model", "old"),
+            ("content-length", "9"),
+        ]);
+        let ours = [
+            ("x-llm-model", "gpt-4o".to_string()),
+            ("x-llm-total-tokens", "3".to_string()),
+        ];
+        let merged = merge_header_map(&parse_header_map(&base), &ours, &["content-length"]);
+        assert_eq!(
+            merged,
+            serialize_header_map(&[
+                (":status", "200"),
+                ("x-llm-model", "gpt-4o"),
+                ("x-llm-total-tokens", "3")
+            ])
+        );
+        let kept = merge_header_map(&parse_header_map(&base), &[], &[]);
+        assert_eq!(kept, base);
     }
 }
