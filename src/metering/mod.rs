@@ -17,7 +17,7 @@ use crate::config::{InvalidBody, RouteSettings};
 use crate::dialect::{error_body, inject, Api, ErrorKind};
 use crate::limits::{self, Admission, Store, Subject};
 use crate::tokens::prompt::{count_prompt, PromptCount, PromptOptions};
-use crate::tokens::{bpe, models, BudgetedCounter, TextCounter};
+use crate::tokens::{bpe, models, BudgetedCounter, Encoding, TextCounter};
 use crate::usage::stream::{Rewrite, StreamMeter};
 use crate::usage::{self, Usage};
 
@@ -83,6 +83,8 @@ pub struct Exchange {
     route: Rc<str>,
     api: Option<Api>,
     model: Option<String>,
+    /// Vocabulary of the request's model (`None`: no public tokenizer, estimate).
+    encoding: Option<Encoding>,
     streaming: bool,
     prompt: Option<PromptCount>,
     stream: Option<StreamMeter>,
@@ -105,6 +107,7 @@ impl Exchange {
             route,
             api: None,
             model: None,
+            encoding: None,
             streaming: false,
             prompt: None,
             stream: None,
@@ -218,11 +221,10 @@ impl Exchange {
             .iter()
             .find_map(|k| parsed.get(*k).and_then(Value::as_u64));
 
-        let m = &self.settings.metering;
         let profile = models::profile(model);
-        let tokenizer = profile.encoding.map(bpe::tokenizer);
-        let budget = usize::try_from(m.tokenize_byte_budget).unwrap_or(usize::MAX);
-        let mut counter = BudgetedCounter::new(tokenizer, budget, m.estimate_bytes_per_token);
+        self.encoding = profile.encoding;
+        let mut counter = self.counter();
+        let m = &self.settings.metering;
         let opts = PromptOptions {
             image_estimate_tokens: m.image_estimate_tokens,
             bytes_per_token: m.estimate_bytes_per_token,
@@ -236,17 +238,36 @@ impl Exchange {
             && matches!(api, Api::ChatCompletions | Api::Completions)
         {
             let inj = inject::ensure_stream_usage(body, &parsed);
-            self.stream = Some(StreamMeter::new(
-                api,
-                !inj.client_asked,
-                usize::try_from(m.max_event_bytes).unwrap_or(usize::MAX),
-                budget,
-            ));
+            self.stream = Some(self.stream_meter(api, !inj.client_asked));
             if let Some(new_body) = inj.body {
                 return BodyDecision::Replace(new_body);
             }
         }
         BodyDecision::Forward
+    }
+
+    /// A counter for this exchange's model with the route's full byte budget: one
+    /// for the prompt, and one for streamed text when the provider reports no usage.
+    fn counter(&self) -> BudgetedCounter<'static> {
+        let m = &self.settings.metering;
+        let budget = usize::try_from(m.tokenize_byte_budget).unwrap_or(usize::MAX);
+        BudgetedCounter::new(
+            self.encoding.map(bpe::tokenizer),
+            budget,
+            m.estimate_bytes_per_token,
+        )
+    }
+
+    /// A stream meter with the route's limits; `strip_usage` when tollgate asked
+    /// for usage the client did not.
+    fn stream_meter(&self, api: Api, strip_usage: bool) -> StreamMeter {
+        let m = &self.settings.metering;
+        StreamMeter::new(
+            api,
+            strip_usage,
+            usize::try_from(m.max_event_bytes).unwrap_or(usize::MAX),
+            usize::try_from(m.tokenize_byte_budget).unwrap_or(usize::MAX),
+        )
     }
 
     fn invalid_body(&mut self, api: Api, why: &str) -> BodyDecision {
@@ -392,23 +413,17 @@ impl Exchange {
         if self.prompt.is_none() || !(200..300).contains(&status) {
             return ResponseMode::PassThrough;
         }
-        let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        if ct.starts_with("text/event-stream") {
+        let ct = content_type.unwrap_or("");
+        if starts_with_ignore_case(ct, "text/event-stream") {
             if self.stream.is_none() {
-                let m = &self.settings.metering;
-                self.stream = Some(StreamMeter::new(
-                    api,
-                    false,
-                    usize::try_from(m.max_event_bytes).unwrap_or(usize::MAX),
-                    usize::try_from(m.tokenize_byte_budget).unwrap_or(usize::MAX),
-                ));
+                self.stream = Some(self.stream_meter(api, false));
             }
             return ResponseMode::Stream;
         }
         // A stream we prepared for came back as JSON (e.g. the provider ignored
         // `stream`): nothing will need stripping.
         self.stream = None;
-        if ct.starts_with("application/json") || ct.is_empty() {
+        if starts_with_ignore_case(ct, "application/json") || ct.is_empty() {
             let small = content_length.is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
             if self.settings.metering.response_headers && small {
                 ResponseMode::Buffer
@@ -482,12 +497,7 @@ impl Exchange {
             // keeping the provider's input figures.
             let partial = usage.is_some() && !summary.usage_final;
             if (usage.is_none() || partial) && m.count_streamed_deltas {
-                let profile = models::profile(self.model.as_deref().unwrap_or(""));
-                let tokenizer = profile.encoding.map(bpe::tokenizer);
-                let budget = usize::try_from(m.tokenize_byte_budget).unwrap_or(usize::MAX);
-                let mut counter =
-                    BudgetedCounter::new(tokenizer, budget, m.estimate_bytes_per_token);
-                let mut completion = counter.count(&summary.fallback_text);
+                let mut completion = self.counter().count(&summary.fallback_text);
                 if summary.fallback_truncated_bytes > 0 {
                     completion += crate::tokens::estimate_tokens(
                         summary.fallback_truncated_bytes,
@@ -536,6 +546,15 @@ impl Exchange {
             estimated,
         })
     }
+}
+
+/// Case-insensitive prefix test for header values (`Text/Event-Stream`), without
+/// allocating a lower-case copy on every response.
+fn starts_with_ignore_case(value: &str, prefix: &str) -> bool {
+    value
+        .as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 #[cfg(test)]
