@@ -45,6 +45,28 @@ pub fn status_error(status: u16) -> Reply {
     }
 }
 
+/// A non-streaming chat completion with `message` as its one choice, shaped and
+/// ordered as OpenAI sends it; `usage: None` leaves usage out (x-mock-no-usage).
+fn chat_completion(
+    id: &str,
+    created: u64,
+    model: &str,
+    message: J,
+    finish: &str,
+    usage: Option<J>,
+) -> Reply {
+    let mut out = obj! {
+        "id" => id, "object" => "chat.completion", "created" => created, "model" => model,
+        "choices" => arr![obj! {"index" => 0u64, "message" => message, "finish_reason" => finish}],
+    };
+    if let Some(usage) = usage {
+        out.push("usage", usage);
+    }
+    out.push("service_tier", "default");
+    out.push("system_fingerprint", J::Null);
+    Reply::json(200, &out, ok_headers())
+}
+
 fn ok_headers() -> Vec<(String, String)> {
     vec![
         ("x-request-id".to_string(), new_id("req_")),
@@ -254,26 +276,21 @@ pub fn chat(body: &Value, ctl: &Ctl) -> Reply {
         let completion = text::count(&model, &tool.name) + text::count(&model, &args);
         let usage = chat_usage(prompt, completion, ctl);
         if !stream {
-            let mut out = obj! {
-                "id" => id, "object" => "chat.completion", "created" => created, "model" => model.as_str(),
-                "choices" => arr![obj! {
-                    "index" => 0u64,
-                    "message" => obj! {
-                        "role" => "assistant", "content" => J::Null, "refusal" => J::Null, "annotations" => arr![],
-                        "tool_calls" => arr![obj! {
-                            "id" => call_id, "type" => "function",
-                            "function" => obj! {"name" => tool.name, "arguments" => args},
-                        }],
-                    },
-                    "finish_reason" => "tool_calls",
+            let message = obj! {
+                "role" => "assistant", "content" => J::Null, "refusal" => J::Null, "annotations" => arr![],
+                "tool_calls" => arr![obj! {
+                    "id" => call_id, "type" => "function",
+                    "function" => obj! {"name" => tool.name, "arguments" => args},
                 }],
             };
-            if usage_on {
-                out.push("usage", usage);
-            }
-            out.push("service_tier", "default");
-            out.push("system_fingerprint", J::Null);
-            return Reply::json(200, &out, ok_headers());
+            return chat_completion(
+                &id,
+                created,
+                &model,
+                message,
+                "tool_calls",
+                usage_on.then_some(usage),
+            );
         }
         let mut ev = ChunkWriter::new(&id, created, &model, include_usage, obfuscation, &mut rng);
         let mut events = vec![ev.chunk(
@@ -310,20 +327,15 @@ pub fn chat(body: &Value, ctl: &Ctl) -> Reply {
     let reply = pieces.concat();
     let usage = chat_usage(prompt, text::count(&model, &reply), ctl);
     if !stream {
-        let mut out = obj! {
-            "id" => id, "object" => "chat.completion", "created" => created, "model" => model.as_str(),
-            "choices" => arr![obj! {
-                "index" => 0u64,
-                "message" => obj! {"role" => "assistant", "content" => reply, "refusal" => J::Null, "annotations" => arr![]},
-                "finish_reason" => finish,
-            }],
-        };
-        if usage_on {
-            out.push("usage", usage);
-        }
-        out.push("service_tier", "default");
-        out.push("system_fingerprint", J::Null);
-        return Reply::json(200, &out, ok_headers());
+        let message = obj! {"role" => "assistant", "content" => reply, "refusal" => J::Null, "annotations" => arr![]};
+        return chat_completion(
+            &id,
+            created,
+            &model,
+            message,
+            finish,
+            usage_on.then_some(usage),
+        );
     }
     let mut ev = ChunkWriter::new(&id, created, &model, include_usage, obfuscation, &mut rng);
     let mut events = vec![ev.chunk(
