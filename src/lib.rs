@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod crypto;
 pub mod dialect;
 pub mod host;
 pub mod limits;
