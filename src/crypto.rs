@@ -56,11 +56,12 @@ impl Sha256 {
             self.block[self.filled..self.filled + take].copy_from_slice(head);
             self.filled += take;
             data = rest;
-            if self.filled == 64 {
-                let block = self.block;
-                compress(&mut self.state, &block);
-                self.filled = 0;
+            if self.filled < 64 {
+                return;
             }
+            let block = self.block;
+            compress(&mut self.state, &block);
+            self.filled = 0;
         }
         let mut chunks = data.chunks_exact(64);
         for chunk in &mut chunks {
