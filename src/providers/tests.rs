@@ -1,0 +1,1 @@
+//! Framework tests: the normalised request view and the OpenAI output builders.
