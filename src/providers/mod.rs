@@ -52,6 +52,7 @@ pub mod config;
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
 pub mod openai_compat;
 
 use std::fmt::Write as _;
