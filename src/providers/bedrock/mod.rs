@@ -2,3 +2,4 @@
 //! Converse, signed with SigV4; answers and eventstream frames translated back.
 
 pub mod eventstream;
+pub mod sigv4;
