@@ -71,7 +71,7 @@ pub fn translator(kind: ProviderKind) -> &'static dyn Translator {
         ProviderKind::AzureOpenAi => &azure::AzureOpenAi,
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::Gemini => &NotBuilt(ProviderKind::Gemini),
-        ProviderKind::Bedrock => &NotBuilt(ProviderKind::Bedrock),
+        ProviderKind::Bedrock => &bedrock::Bedrock,
     }
 }
 

@@ -64,6 +64,9 @@ pub struct Request<'a> {
     pub headers: &'a [(&'a str, &'a str)],
     /// The body.
     pub payload: &'a [u8],
+    /// Also send and sign `x-amz-content-sha256` (the payload hash the signer
+    /// computes anyway), as the AWS SDKs do for Bedrock.
+    pub sign_content_sha256: bool,
 }
 
 /// Signing scope: where and when.
@@ -161,9 +164,16 @@ pub fn sign(req: &Request<'_>, creds: &Credentials<'_>, scope: &Scope<'_>) -> Si
     if let Some(t) = creds.session_token {
         headers.push(("x-amz-security-token".to_string(), t));
     }
+    if req.sign_content_sha256 {
+        headers.push(("x-amz-content-sha256".to_string(), &payload_sha256));
+    }
     for (k, v) in req.headers {
         let k = k.to_ascii_lowercase();
-        if k != "host" && k != "x-amz-date" && k != "x-amz-security-token" {
+        if k != "host"
+            && k != "x-amz-date"
+            && k != "x-amz-security-token"
+            && !(req.sign_content_sha256 && k == "x-amz-content-sha256")
+        {
             headers.push((k, v));
         }
     }
