@@ -129,7 +129,7 @@ fn every_day_of_four_centuries_round_trips() {
     // days → civil date must be strictly increasing and consistent with a simple
     // day-by-day calendar walk.
     let (mut y, mut m, mut d) = (1970u64, 1u64, 1u64);
-    let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     for days in 0..146_097u64 {
         assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
         let len = match m {
