@@ -471,12 +471,10 @@ enum StartBlock {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Delta {
-    TextDelta {
-        text: String,
-    },
-    InputJsonDelta {
-        partial_json: String,
-    },
+    #[serde(rename = "text_delta")]
+    Text { text: String },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: String },
     #[serde(other)]
     Other,
 }
@@ -563,12 +561,12 @@ impl AnthropicStream {
                 StartBlock::Other => {}
             },
             Event::ContentBlockDelta { index, delta } => match delta {
-                Delta::TextDelta { text } => {
+                Delta::Text { text } => {
                     if !text.is_empty() {
                         self.w.content(out, &text);
                     }
                 }
-                Delta::InputJsonDelta { partial_json } => {
+                Delta::InputJson { partial_json } => {
                     if partial_json.is_empty() {
                         return;
                     }

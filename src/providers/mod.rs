@@ -53,6 +53,7 @@ pub mod config;
 pub mod anthropic;
 pub mod azure;
 pub mod openai_compat;
+pub mod stage;
 
 use std::fmt::Write as _;
 

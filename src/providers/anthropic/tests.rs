@@ -428,7 +428,7 @@ fn stream_meter_reads_translated_usage() {
     };
     let (cs, done) = chunks(&client);
     assert!(done);
-    assert!(cs.iter().all(|c| c.get("usage").map_or(true, Value::is_null)));
+    assert!(cs.iter().all(|c| c.get("usage").is_none_or(Value::is_null)));
 }
 
 #[test]
