@@ -275,7 +275,11 @@ impl Http {
     /// `:path`, `:authority`, auth and cluster headers, then ask Envoy to pick the
     /// route again (see docs/providers.md).
     fn rewrite_upstream(&mut self) {
-        let Some(req) = self.exchange.as_mut().and_then(Exchange::take_upstream_headers) else {
+        let Some(req) = self
+            .exchange
+            .as_mut()
+            .and_then(Exchange::take_upstream_headers)
+        else {
             return;
         };
         let map = MapType::HttpRequestHeaders;

@@ -255,9 +255,10 @@ impl Exchange {
         self.prompt = Some(count);
 
         let mut new_body = None;
-        let translated = self.provider.as_ref().is_some_and(|p| {
-            crate::providers::translator(p.config().kind).translates_response()
-        });
+        let translated = self
+            .provider
+            .as_ref()
+            .is_some_and(|p| crate::providers::translator(p.config().kind).translates_response());
         if translated && self.streaming {
             // Translators always emit the usage chunk; hide it unless asked for.
             let asked = parsed
@@ -295,7 +296,15 @@ impl Exchange {
             return Ok(());
         };
         let current = new_body.as_deref().unwrap_or(original);
-        match stage.on_request_body(current, parsed, new_body.is_some(), streaming) {
+        let result = stage.on_request_body(current, parsed, new_body.is_some(), streaming);
+        if result.is_ok()
+            && !stage.model().is_empty()
+            && self.model.as_deref() != Some(stage.model())
+        {
+            // Metrics, logs and limits name the model the provider was asked for.
+            self.model = Some(stage.model().to_string());
+        }
+        match result {
             Ok(Some(b)) => {
                 *new_body = Some(b);
                 Ok(())
@@ -335,7 +344,9 @@ impl Exchange {
     /// True when the response is translated (the adapter then sets the client's
     /// `content-type` and drops `content-length`).
     pub fn translates_response(&self) -> bool {
-        self.provider.as_ref().is_some_and(Stage::translates_response)
+        self.provider
+            .as_ref()
+            .is_some_and(Stage::translates_response)
     }
 
     /// The whole provider answer in [`ResponseMode::Translate`]: returns the body for
@@ -581,7 +592,11 @@ impl Exchange {
     pub fn on_stream_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Rewrite {
         if let Some(p) = self.provider.as_mut().filter(|p| p.translates_response()) {
             let out = p.stream_chunk(chunk, end_of_stream);
-            return match self.stream.as_mut().map(|s| s.on_chunk(&out, end_of_stream)) {
+            return match self
+                .stream
+                .as_mut()
+                .map(|s| s.on_chunk(&out, end_of_stream))
+            {
                 Some(Rewrite::Replace(stripped)) => Rewrite::Replace(stripped),
                 _ => Rewrite::Replace(out),
             };

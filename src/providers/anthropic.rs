@@ -54,7 +54,8 @@ impl Translator for Anthropic {
         req.set_headers
             .push(("anthropic-version".into(), p.anthropic.version.clone()));
         if let Some(key) = &p.api_key {
-            req.set_headers.push(("x-api-key".into(), key.value().into()));
+            req.set_headers
+                .push(("x-api-key".into(), key.value().into()));
             req.remove_headers.push("authorization".into());
         }
         Ok(req)
@@ -533,8 +534,7 @@ impl AnthropicStream {
         };
         match e {
             Event::MessageStart { message } => {
-                if let (Some(id), Some(model)) = (message.id.as_deref(), message.model.as_deref())
-                {
+                if let (Some(id), Some(model)) = (message.id.as_deref(), message.model.as_deref()) {
                     self.w.reset(id, model, self.created);
                 }
                 if let Some(u) = message.usage {

@@ -146,7 +146,10 @@ impl Stage {
             return self.translator.translate_error(status, body);
         }
         let id = format!("chatcmpl-tg{}", self.now_unix_ms);
-        match self.translator.translate_response(&self.response_ctx(&id), body) {
+        match self
+            .translator
+            .translate_response(&self.response_ctx(&id), body)
+        {
             Ok(b) => b,
             Err(e) => e.body(),
         }

@@ -23,7 +23,13 @@ fn translate(p: &ProviderConfig, body: &Value, model: &str) -> UpstreamRequest {
         client_path: "/v1/chat/completions",
     };
     Anthropic
-        .translate_request(&ctx, &RequestBody { bytes: &bytes, value: body })
+        .translate_request(
+            &ctx,
+            &RequestBody {
+                bytes: &bytes,
+                value: body,
+            },
+        )
         .unwrap()
 }
 
@@ -159,11 +165,20 @@ fn request_errors_name_the_field() {
             "messages[0].content[0].image_url.url",
         ),
         (json!({"messages": "hi"}), "`messages`"),
-        (json!({"messages": [{"role": "tool", "content": "x"}]}), "messages[0].tool_call_id"),
+        (
+            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            "messages[0].tool_call_id",
+        ),
     ] {
         let bytes = serde_json::to_vec(&body).unwrap();
         let e = Anthropic
-            .translate_request(&ctx, &RequestBody { bytes: &bytes, value: &body })
+            .translate_request(
+                &ctx,
+                &RequestBody {
+                    bytes: &bytes,
+                    value: &body,
+                },
+            )
             .unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.contains(needle), "{} / {needle}", e.message);
@@ -208,7 +223,10 @@ fn response_text_tool_use_and_cache_usage() {
     assert_eq!(call["function"]["name"], "get_weather");
     let args: Value =
         serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
-    assert_eq!(args, json!({"location": "San Francisco, CA", "unit": "celsius"}));
+    assert_eq!(
+        args,
+        json!({"location": "San Francisco, CA", "unit": "celsius"})
+    );
     assert_eq!(
         out["usage"],
         json!({"prompt_tokens": 3695, "completion_tokens": 503, "total_tokens": 4198,
@@ -216,11 +234,15 @@ fn response_text_tool_use_and_cache_usage() {
                "completion_tokens_details": {"reasoning_tokens": 0}})
     );
     // And the metering core reads the translated answer as OpenAI usage.
-    let u = crate::usage::from_response_json(crate::dialect::Api::ChatCompletions, &Anthropic
-        .translate_response(&rctx(&p), body)
-        .unwrap())
+    let u = crate::usage::from_response_json(
+        crate::dialect::Api::ChatCompletions,
+        &Anthropic.translate_response(&rctx(&p), body).unwrap(),
+    )
     .unwrap();
-    assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_tokens), (3695, 503, 1500));
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+        (3695, 503, 1500)
+    );
 }
 
 #[test]
@@ -238,7 +260,9 @@ fn response_stop_reasons_map() {
             r#"{{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{{"type":"thinking","thinking":"hm","signature":"x"}},{{"type":"text","text":"Hi"}}],"stop_reason":"{stop}","usage":{{"input_tokens":1,"output_tokens":2}}}}"#
         );
         let out: Value = serde_json::from_slice(
-            &Anthropic.translate_response(&rctx(&p), body.as_bytes()).unwrap(),
+            &Anthropic
+                .translate_response(&rctx(&p), body.as_bytes())
+                .unwrap(),
         )
         .unwrap();
         assert_eq!(out["choices"][0]["finish_reason"], want, "{stop}");
@@ -258,10 +282,26 @@ fn response_not_a_message_is_a_502() {
 #[test]
 fn errors_keep_the_providers_message() {
     for (status, body, ty) in [
-        (400, r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"},"request_id":"req_011"}"#, "invalid_request_error"),
-        (401, r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#, "authentication_error"),
-        (429, r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#, "rate_limit_error"),
-        (529, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, "overloaded_error"),
+        (
+            400,
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"},"request_id":"req_011"}"#,
+            "invalid_request_error",
+        ),
+        (
+            401,
+            r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+            "authentication_error",
+        ),
+        (
+            429,
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#,
+            "rate_limit_error",
+        ),
+        (
+            529,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            "overloaded_error",
+        ),
     ] {
         let out: Value =
             serde_json::from_slice(&Anthropic.translate_error(status, body.as_bytes())).unwrap();
@@ -421,7 +461,10 @@ fn stream_meter_reads_translated_usage() {
     let s = m.finish();
     let u = s.usage.unwrap();
     assert!(s.usage_final);
-    assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_tokens), (600, 89, 128));
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+        (600, 89, 128)
+    );
     // A client that did not ask for usage does not see the usage chunk.
     let crate::usage::stream::Rewrite::Replace(client) = r else {
         panic!("usage chunk should be stripped")
@@ -450,7 +493,9 @@ fn stream_cut_short_ends_without_done() {
     let cut = &TOOL_STREAM[..TOOL_STREAM.find("event: message_delta").unwrap()];
     let (cs, done) = chunks(&run_stream(cut.as_bytes(), &[]));
     assert!(!done);
-    assert!(cs.iter().all(|c| c["choices"][0]["finish_reason"].is_null()));
+    assert!(cs
+        .iter()
+        .all(|c| c["choices"][0]["finish_reason"].is_null()));
 }
 
 #[test]
