@@ -270,6 +270,38 @@ impl Http {
     }
 }
 
+impl Http {
+    /// Apply the provider stage's request rewrite while headers are still held:
+    /// `:path`, `:authority`, auth and cluster headers, then ask Envoy to pick the
+    /// route again (see docs/providers.md).
+    fn rewrite_upstream(&mut self) {
+        let Some(req) = self
+            .exchange
+            .as_mut()
+            .and_then(Exchange::take_upstream_headers)
+        else {
+            return;
+        };
+        let map = MapType::HttpRequestHeaders;
+        for name in &req.remove_headers {
+            let _ = ffi::remove_header(map, name);
+        }
+        let mut failed = ffi::set_header(map, ":path", &req.path).is_err();
+        if let Some(a) = &req.authority {
+            failed |= ffi::set_header(map, ":authority", a).is_err();
+        }
+        for (k, v) in &req.set_headers {
+            failed |= ffi::set_header(map, k, v).is_err();
+        }
+        if failed {
+            warn!("tollgate: cannot rewrite request headers for the provider");
+        }
+        // Envoy clears the route cache itself when a filter edits request headers;
+        // the foreign function makes it explicit where the host offers it.
+        let _ = ffi::clear_route_cache();
+    }
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let route = self.route_name();
@@ -329,11 +361,15 @@ impl HttpContext for Http {
                 return Action::Continue;
             }
         };
+        if ex.has_provider() {
+            ex.set_clock(ffi::now_nanos().map_or(0, |n| n / 1_000_000));
+        }
         let decision = ex.on_request_body(&body);
         if !matches!(decision, BodyDecision::Respond(_)) {
             if let Some(r) = self.admit() {
                 return self.reply(&r);
             }
+            self.rewrite_upstream();
         }
         match decision {
             BodyDecision::Forward => Action::Continue,
@@ -393,7 +429,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         match self.response {
-            ResponseMode::Buffer => {
+            ResponseMode::Buffer | ResponseMode::Translate => {
                 self.held_response_headers = raw;
                 Action::Pause
             }
@@ -401,6 +437,13 @@ impl HttpContext for Http {
                 // Stripping the injected usage chunk changes the length.
                 if !length_removed {
                     let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
+                }
+                if ex.translates_response() {
+                    let _ = ffi::set_header(
+                        MapType::HttpResponseHeaders,
+                        "content-type",
+                        "text/event-stream",
+                    );
                 }
                 Action::Continue
             }
@@ -422,6 +465,34 @@ impl HttpContext for Http {
                     ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
                 if let Some(r) = ex.on_response_complete(Some(&body)) {
                     self.emit(&r, true);
+                }
+                Action::Continue
+            }
+            ResponseMode::Translate => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body =
+                    ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                let (out, report) = ex.on_translated_response(&body);
+                if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                    warn!("tollgate: cannot write the translated response: {s:?}");
+                }
+                let held = std::mem::take(&mut self.held_response_headers);
+                let mut ours: Vec<(&'static str, String)> = vec![
+                    ("content-type", "application/json".to_string()),
+                    ("content-length", out.len().to_string()),
+                ];
+                if let Some(r) = report.as_ref() {
+                    ours.extend(r.headers());
+                }
+                ours.extend(ex.rate_limit_headers());
+                let map = merge_header_map(&parse_header_map(&held), &ours, &[]);
+                if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
+                    debug!("tollgate: cannot set translated response headers: {s:?}");
+                }
+                if let Some(r) = report {
+                    self.emit(&r, false);
                 }
                 Action::Continue
             }

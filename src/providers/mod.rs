@@ -55,6 +55,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai_compat;
+pub mod stage;
 
 use std::fmt::Write as _;
 
