@@ -61,8 +61,10 @@ impl Translator for Gemini {
                 ctx.model
             )));
         }
+        refuse_n(body.value, "Gemini")?;
         let chat = ChatRequest::from_value(body.value)?;
-        let v = gemini_body(&chat)?;
+        let mut v = gemini_body(&chat)?;
+        extra_generation_config(body.value, &mut v)?;
         let new_body = serde_json::to_vec(&v).map_err(|e| TranslateError {
             status: 500,
             message: format!("tollgate: could not serialise the Gemini body: {e}"),
@@ -191,6 +193,72 @@ pub fn error_body(status: u32, body: &[u8]) -> Vec<u8> {
         ),
         None => super::generic_error(status, body),
     }
+}
+
+/// `n` > 1 asks for several choices; the translators answer with one, so say so
+/// instead of silently returning fewer.
+pub(crate) fn refuse_n(body: &Value, provider: &str) -> Result<(), TranslateError> {
+    match body.get("n").and_then(Value::as_u64) {
+        Some(n) if n > 1 => Err(TranslateError::bad_request(format!(
+            "n: {provider} routes return one choice; n = {n} is not supported"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// OpenAI sampling and output-format options that Gemini's `generationConfig`
+/// also has: `seed`, `presence_penalty`, `frequency_penalty`, and `response_format`
+/// (`json_object` → `responseMimeType: application/json`; `json_schema` → plus
+/// `responseJsonSchema`).
+fn extra_generation_config(openai: &Value, body: &mut Value) -> Result<(), TranslateError> {
+    let mut extra = Map::new();
+    if let Some(s) = openai.get("seed").and_then(Value::as_i64) {
+        extra.insert("seed".into(), s.into());
+    }
+    for (from, to) in [
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ] {
+        if let Some(x) = openai.get(from).and_then(Value::as_f64) {
+            extra.insert(to.into(), x.into());
+        }
+    }
+    match openai.get("response_format") {
+        None | Some(Value::Null) => {}
+        Some(rf) => match rf.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_object") => {
+                extra.insert("responseMimeType".into(), "application/json".into());
+            }
+            Some("json_schema") => {
+                let Some(schema) = rf.pointer("/json_schema/schema").filter(|s| s.is_object())
+                else {
+                    return Err(TranslateError::bad_request(
+                        "response_format.json_schema.schema: expected a JSON Schema object",
+                    ));
+                };
+                extra.insert("responseMimeType".into(), "application/json".into());
+                extra.insert("responseJsonSchema".into(), schema.clone());
+            }
+            other => {
+                return Err(TranslateError::bad_request(format!(
+                    "response_format.type: {other:?} cannot be translated for Gemini"
+                )))
+            }
+        },
+    }
+    if extra.is_empty() {
+        return Ok(());
+    }
+    if let Some(o) = body.as_object_mut() {
+        let g = o
+            .entry("generationConfig")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(g) = g.as_object_mut() {
+            g.extend(extra);
+        }
+    }
+    Ok(())
 }
 
 fn response_id(v: &Value, fallback: &str) -> String {

@@ -320,3 +320,42 @@ fn cut_streams_never_claim_done() {
         .unwrap()
         .contains("not JSON"));
 }
+
+#[test]
+fn seed_penalties_and_response_format_reach_generation_config() {
+    let p = provider();
+    let body = json!({
+        "messages": [{"role": "user", "content": "json please"}],
+        "max_tokens": 10, "seed": 7, "presence_penalty": 0.5, "frequency_penalty": -0.25,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x",
+            "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}},
+    });
+    let r = translate(&body, "gemini-2.0-flash", false, &p).unwrap();
+    let v: Value = serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        v["generationConfig"],
+        json!({"maxOutputTokens": 10, "seed": 7, "presencePenalty": 0.5, "frequencyPenalty": -0.25,
+            "responseMimeType": "application/json",
+            "responseJsonSchema": {"type": "object", "properties": {"a": {"type": "integer"}}}})
+    );
+    let r = translate(
+        &json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
+        "gemini-2.0-flash",
+        false,
+        &p,
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        v["generationConfig"],
+        json!({"responseMimeType": "application/json"})
+    );
+    let e = translate(
+        &json!({"messages": [{"role": "user", "content": "x"}], "n": 3}),
+        "gemini-2.0-flash",
+        false,
+        &p,
+    )
+    .unwrap_err();
+    assert!(e.message.starts_with("n: "), "{}", e.message);
+}

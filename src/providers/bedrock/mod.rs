@@ -50,6 +50,13 @@ impl Translator for Bedrock {
                 "`model` is required: Bedrock takes the model id in the path",
             ));
         }
+        if ctx.now_unix_ms == 0 {
+            return Err(TranslateError {
+                status: 500,
+                message: "tollgate: the host gave no wall clock, so the Bedrock request cannot be SigV4-signed".into(),
+            });
+        }
+        super::gemini::refuse_n(body.value, "Bedrock")?;
         let chat = ChatRequest::from_value(body.value)?;
         let converse = converse_body(&chat)?;
         let new_body = serde_json::to_vec(&converse).map_err(|e| TranslateError {

@@ -183,7 +183,7 @@ fn untranslatable_requests_are_400s_naming_the_field() {
         provider: &p,
         model: "m",
         streaming: false,
-        now_unix_ms: 0,
+        now_unix_ms: 1_795_434_485_000,
         client_path: "/v1/chat/completions",
     };
     let t = translator(ProviderKind::Bedrock);
@@ -208,6 +208,8 @@ fn untranslatable_requests_are_400s_naming_the_field() {
     let e = err(json!({"messages": [{"role": "assistant", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}));
     assert!(e.message.contains("\"c1\""), "{}", e.message);
+    let e = err(json!({"messages": [{"role": "user", "content": "x"}], "n": 2}));
+    assert!(e.message.starts_with("n: "), "{}", e.message);
     let e = err(json!({"messages": "nope"}));
     assert!(e.message.contains("messages"), "{}", e.message);
     // No model at all.
@@ -224,6 +226,26 @@ fn untranslatable_requests_are_400s_naming_the_field() {
         )
         .unwrap_err();
     assert!(e.message.contains("model"), "{}", e.message);
+    // No host clock: refuse rather than sign for 1970.
+    let no_clock = RequestContext {
+        now_unix_ms: 0,
+        ..no_model
+    };
+    let no_clock = RequestContext {
+        model: "m",
+        ..no_clock
+    };
+    let e = t
+        .translate_request(
+            &no_clock,
+            &RequestBody {
+                bytes: &bytes,
+                value: &body,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.status, 500);
+    assert!(e.message.contains("clock"), "{}", e.message);
 }
 
 fn rctx<'a>(p: &'a ProviderConfig, model: &'a str) -> ResponseContext<'a> {
