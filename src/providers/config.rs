@@ -313,6 +313,18 @@ impl ProviderConfig {
                 ));
             }
         }
+        if self.azure.api_version.is_empty()
+            || !self
+                .azure
+                .api_version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(ConfigError::at(
+                at("azure.api_version"),
+                "expected an api-version such as \"2024-10-21\"",
+            ));
+        }
         if self.anthropic.max_tokens_default == 0 {
             return Err(ConfigError::at(
                 at("anthropic.max_tokens_default"),
