@@ -26,6 +26,9 @@ SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 GEMINI_KEY = "AIza-e2e-inline-key"
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"
 CONFIG = {
+    # The access-log assertions read these llm.* filter-state keys (not all default).
+    "defaults": {"metering": {"filter_state": [
+        "prompt_tokens", "completion_tokens", "model", "provider", "usage_source"]}},
     "routes": {
         "gemini": {"provider": {
             "kind": "gemini", "api_key": {"inline": GEMINI_KEY},
