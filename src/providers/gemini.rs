@@ -501,7 +501,7 @@ impl StreamTranslator for GeminiStream {
                 st.on_data(d, false, out);
             }
         });
-        if self.framer.gave_up() {
+        if self.framer.gave_up() && !self.st.closed {
             self.st.closed = true;
             self.st.w.error(
                 out,

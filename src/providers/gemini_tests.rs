@@ -359,3 +359,54 @@ fn seed_penalties_and_response_format_reach_generation_config() {
     .unwrap_err();
     assert!(e.message.starts_with("n: "), "{}", e.message);
 }
+
+#[test]
+fn hostile_streams_never_panic_and_stay_well_formed() {
+    let p = provider();
+    let mut rng = crate::testing::XorShift(0x2545_f491_4f6c_dd1d);
+    let good = fixture("stream-tool.sse").into_bytes();
+    for round in 0..300 {
+        let mut wire = good.clone();
+        for _ in 0..(rng.next_u64() % 4) {
+            let i = (rng.next_u64() % wire.len() as u64) as usize;
+            wire[i] = rng.next_u64() as u8;
+        }
+        if round % 3 == 0 {
+            wire.truncate((rng.next_u64() % wire.len() as u64) as usize);
+        }
+        let mut parts = Vec::new();
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let n = 1 + (rng.next_u64() % 61) as usize;
+            let (a, b) = rest.split_at(n.min(rest.len()));
+            parts.push(a);
+            rest = b;
+        }
+        let out = run_stream(&p, &parts);
+        // Output must stay UTF-8 SSE with JSON events and one terminal event at most.
+        let text = std::str::from_utf8(&out).unwrap();
+        let ev: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        let mut terminal = false;
+        for e in ev {
+            assert!(!terminal, "round {round}: event after the terminal one");
+            let d = e.strip_prefix("data: ").unwrap();
+            if d == "[DONE]" {
+                terminal = true;
+            } else {
+                let v: Value = serde_json::from_str(d).unwrap();
+                terminal = v.get("error").is_some();
+            }
+        }
+    }
+    for data in [
+        "null",
+        "[]",
+        "{\"candidates\":7}",
+        "{\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":9},{\"text\":5}]},\"finishReason\":3}]}",
+        "{\"error\":\"flat\"}",
+        "{\"usageMetadata\":{\"promptTokenCount\":-4}}",
+    ] {
+        let wire = format!("data: {data}\r\n\r\n");
+        let _ = run_stream(&p, &[wire.as_bytes()]);
+    }
+}

@@ -65,6 +65,10 @@ impl StreamTranslator for ConverseStream {
         }
         let st = &mut self.st;
         let fed = self.dec.feed(chunk, |f| st.on_frame(&f, out));
+        // Bytes after [DONE] or an error are not forwarded, whatever they are.
+        if self.st.closed {
+            return;
+        }
         if let Err(e) = fed {
             self.st.fail(
                 out,

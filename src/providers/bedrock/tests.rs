@@ -448,3 +448,70 @@ fn error_message_frames_become_openai_errors() {
         ]
     );
 }
+
+/// Output rules that hold for any input: every event is JSON or `[DONE]`, at most
+/// one terminal event (`[DONE]` or an error), and nothing after it.
+pub(crate) fn assert_well_formed(out: &[u8], what: &str) {
+    let ev = sse_events(out);
+    let terminal = ev
+        .iter()
+        .position(|e| e == &Value::String("[DONE]".into()) || e.get("error").is_some());
+    if let Some(t) = terminal {
+        assert_eq!(t + 1, ev.len(), "{what}: events after the terminal one");
+    }
+}
+
+#[test]
+fn hostile_streams_never_panic_and_stay_well_formed() {
+    let p = provider();
+    let mut rng = crate::testing::XorShift(0x9e37_79b9_7f4a_7c15);
+    let good = frames(&fixture_json("converse-stream-tool.events.json")["events"]);
+    for round in 0..300 {
+        let mut wire = good.clone();
+        // Flip a few bytes, and sometimes recompute nothing (CRC errors) or
+        // truncate, or append garbage.
+        for _ in 0..(rng.next_u64() % 4) {
+            let i = (rng.next_u64() % wire.len() as u64) as usize;
+            wire[i] = rng.next_u64() as u8;
+        }
+        if round % 3 == 0 {
+            wire.truncate((rng.next_u64() % wire.len() as u64) as usize);
+        }
+        if round % 5 == 0 {
+            wire.extend((0..(rng.next_u64() % 64)).map(|_| rng.next_u64() as u8));
+        }
+        // Random chunking.
+        let mut parts = Vec::new();
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let n = 1 + (rng.next_u64() % 97) as usize;
+            let (a, b) = rest.split_at(n.min(rest.len()));
+            parts.push(a);
+            rest = b;
+        }
+        let out = run_stream(&p, &parts);
+        assert_well_formed(&out, &format!("round {round}"));
+    }
+    // Valid frames with hostile JSON payloads.
+    for payload in [
+        &b"null"[..],
+        b"[]",
+        b"{\"delta\":{\"toolUse\":{\"input\":\"x\"}}}",
+        b"{\"start\":{\"toolUse\":7}}",
+        b"{\"contentBlockIndex\":-1,\"delta\":{\"text\":42}}",
+        b"{\"usage\":\"lots\"}",
+        b"\xff\xfe",
+    ] {
+        let mut wire = Vec::new();
+        for ty in [
+            "messageStart",
+            "contentBlockStart",
+            "contentBlockDelta",
+            "messageStop",
+            "metadata",
+        ] {
+            wire.extend(event_frame(ty, payload));
+        }
+        assert_well_formed(&run_stream(&p, &[&wire]), "hostile payload");
+    }
+}
