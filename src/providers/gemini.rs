@@ -126,7 +126,7 @@ impl Translator for Gemini {
                 text.get_or_insert_with(String::new).push_str(t);
             } else if let Some(fc) = part.get("functionCall") {
                 let idx = tool_calls.len();
-                tool_calls.push(tool_call_of(fc, idx));
+                tool_calls.push(tool_call_of(part, fc, idx));
             }
         }
         let reason = match cand
@@ -268,14 +268,31 @@ fn response_id(v: &Value, fallback: &str) -> String {
     }
 }
 
+/// Separates a tool-call id from the Gemini thought signature carried in it.
+///
+/// Gemini 3 rejects a function-calling turn whose history lacks the
+/// `thoughtSignature` it returned next to the `functionCall` (a 400 "missing a
+/// thought_signature"). OpenAI clients echo tool-call ids back verbatim, so the
+/// signature rides in the id (`call_0.thought.<signature>`) and goes back as a
+/// part-level `thoughtSignature` on the next request.
+const THOUGHT_MARK: &str = ".thought.";
+
 /// A `functionCall` part → an OpenAI tool call. Gemini ids are optional; without
 /// one the call gets `call_<n>` (n counts calls in the answer), which the client
 /// echoes back as `tool_call_id` and [`gemini_body`] resolves to the name again.
-fn tool_call_of(fc: &Value, idx: usize) -> ToolCall {
-    let id = match fc.get("id").and_then(Value::as_str) {
+fn tool_call_of(part: &Value, fc: &Value, idx: usize) -> ToolCall {
+    let mut id = match fc.get("id").and_then(Value::as_str) {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => format!("call_{idx}"),
     };
+    if let Some(sig) = part
+        .get("thoughtSignature")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        id.push_str(THOUGHT_MARK);
+        id.push_str(sig);
+    }
     ToolCall {
         id,
         name: fc
@@ -359,7 +376,11 @@ pub fn gemini_body(r: &ChatRequest) -> Result<Value, TranslateError> {
                             ))
                         })?
                     };
-                    parts.push(json!({"functionCall": {"name": c.name, "args": args}}));
+                    let mut part = json!({"functionCall": {"name": c.name, "args": args}});
+                    if let Some((_, sig)) = c.id.split_once(THOUGHT_MARK) {
+                        part["thoughtSignature"] = sig.into();
+                    }
+                    parts.push(part);
                 }
                 ("model", parts)
             }
@@ -589,7 +610,7 @@ impl StreamState {
                     self.w.content(out, t);
                 }
             } else if let Some(fc) = part.get("functionCall") {
-                let c = tool_call_of(fc, self.tools);
+                let c = tool_call_of(part, fc, self.tools);
                 self.w.tool_call_start(out, self.tools, &c.id, &c.name);
                 self.w.tool_call_args(out, self.tools, &c.arguments);
                 self.tools = self.tools.saturating_add(1);

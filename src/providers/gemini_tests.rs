@@ -410,3 +410,56 @@ fn hostile_streams_never_panic_and_stay_well_formed() {
         let _ = run_stream(&p, &[wire.as_bytes()]);
     }
 }
+
+#[test]
+fn thought_signatures_ride_in_tool_call_ids_and_go_back() {
+    // Gemini 3 returns `thoughtSignature` beside the first functionCall of a turn
+    // (https://ai.google.dev/gemini-api/docs/thought-signatures) and rejects the
+    // next turn without it.
+    let p = provider();
+    let answer = json!({"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": "check_flight", "args": {"flight": "AA100"}},
+         "thoughtSignature": "CiQBjz1rX+sig/A=="},
+        {"functionCall": {"name": "check_flight", "args": {"flight": "UA200"}}}]},
+        "finishReason": "STOP"}]});
+    let out = translator(ProviderKind::Gemini)
+        .translate_response(
+            &rctx(&p, "gemini-3-pro-preview"),
+            &serde_json::to_vec(&answer).unwrap(),
+        )
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls[0]["id"], "call_0.thought.CiQBjz1rX+sig/A==");
+    assert_eq!(calls[1]["id"], "call_1");
+    // The client echoes the ids; the signature goes back on the functionCall part.
+    let next = json!({"messages": [
+        {"role": "user", "content": "Check AA100 and UA200"},
+        {"role": "assistant", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "{\"status\":\"delayed\"}"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"status\":\"on time\"}"}]});
+    let r = translate(&next, "gemini-3-pro-preview", false, &p).unwrap();
+    let body: Value = serde_json::from_slice(r.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        body["contents"][1]["parts"],
+        json!([
+            {"functionCall": {"name": "check_flight", "args": {"flight": "AA100"}},
+             "thoughtSignature": "CiQBjz1rX+sig/A=="},
+            {"functionCall": {"name": "check_flight", "args": {"flight": "UA200"}}}])
+    );
+    assert_eq!(
+        body["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "check_flight"
+    );
+    // Streams carry it the same way.
+    let wire = format!("data: {answer}\r\n\r\n");
+    let ev = sse_events(&run_stream(&p, &[wire.as_bytes()]));
+    let ids: Vec<&str> = ev
+        .iter()
+        .filter_map(|e| {
+            e.pointer("/choices/0/delta/tool_calls/0/id")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert_eq!(ids, ["call_0.thought.CiQBjz1rX+sig/A==", "call_1"]);
+}
