@@ -370,3 +370,25 @@ def test_bedrock_remote_image_is_refused_locally(env):
             {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
     assert "data:image" in e.value.response.json()["error"]["message"]
     assert len(env.mock.requests()) == before
+
+
+@pytest.mark.parametrize("prefix,model,needle", [
+    ("bedrock", "haiku", "throttlingException: Too many tokens"),
+    ("gemini", "flash", "The model is overloaded"),
+])
+def test_mid_stream_provider_error_reaches_the_sdk(env, prefix, model, needle):
+    """A provider error inside a stream (Bedrock exception frame, Gemini error
+    event) becomes an OpenAI stream error: the SDK raises with the provider's
+    message after the text that came before, and no [DONE] follows."""
+    c = client(env, prefix)
+    got = []
+    headers = {"x-mock-stream-error-after": "3", "x-mock-reply-words": "40"}
+    if prefix == "bedrock":
+        headers.update(VERIFY)
+    with pytest.raises(openai.APIError) as e:
+        for ch in c.chat.completions.create(model=model, messages=MESSAGES, stream=True,
+                                            extra_headers=headers):
+            got.append(ch)
+    assert needle in str(e.value)
+    assert got and got[0].choices[0].delta.role == "assistant"
+    assert not finishes(got)

@@ -10,7 +10,9 @@
 //! The SigV4, SHA-256 and CRC-32 code here is independent of tollgate's (sha2 and
 //! crc32fast crates), so the e2e tests cross-check both.
 //!
-//! ConverseStream answers with real `application/vnd.amazon.eventstream` frames.
+//! ConverseStream answers with real `application/vnd.amazon.eventstream` frames;
+//! `x-mock-stream-error-after: N` ends it with a `throttlingException` frame
+//! after N frames.
 //! Usage counts with tiktoken like the other endpoints; `x-mock-cached-tokens` →
 //! `cacheReadInputTokens`, `x-mock-cache-creation-tokens` → `cacheWriteInputTokens`
 //! (both outside `inputTokens`, as Bedrock reports them).
@@ -690,7 +692,23 @@ pub fn serve_stream<W: Write>(
         }) => http::write_full(w, status, &headers, body.as_bytes(), keep_alive, false),
         Err(Reply::Stream { .. }) => Ok(()),
         Ok((model, body, ctl)) => {
-            let frames = stream_frames(&model, &body, &ctl);
+            let mut frames = stream_frames(&model, &body, &ctl);
+            // x-mock-stream-error-after: N — a throttlingException frame replaces
+            // everything after the first N frames (Bedrock's mid-stream exception).
+            if let Some(n) = req
+                .header("x-mock-stream-error-after")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                frames.truncate(n);
+                frames.push(frame(
+                    &[
+                        (":exception-type", "throttlingException"),
+                        (":content-type", "application/json"),
+                        (":message-type", "exception"),
+                    ],
+                    br#"{"message":"Too many tokens, please wait before trying again."}"#,
+                ));
+            }
             let headers = vec![
                 (
                     "content-type".to_string(),

@@ -6,7 +6,8 @@
 //! (`user`/`model`), part shapes (`text`, `inlineData`, `functionCall`,
 //! `functionResponse`), that a function-response turn answers the previous
 //! function-call turn one for one, `systemInstruction`, `tools` and
-//! `generationConfig`. `usageMetadata` counts with tiktoken like the other mock
+//! `generationConfig`. `x-mock-stream-error-after: N` ends a stream with an error
+//! event after N events. `usageMetadata` counts with tiktoken like the other mock
 //! endpoints; `x-mock-cached-tokens` → `cachedContentTokenCount` (inside
 //! `promptTokenCount`), `x-mock-reasoning-tokens` → `thoughtsTokenCount`.
 
@@ -427,6 +428,16 @@ fn handle(req: &Request, model: &str, streaming: bool) -> Reply {
             ev["usageMetadata"] = usage(0);
         }
         events.push(format!("data: {ev}\r\n\r\n"));
+    }
+    // x-mock-stream-error-after: N — an error event replaces everything after
+    // the first N events (as Gemini reports a failure mid-stream).
+    if let Some(n) = req
+        .header("x-mock-stream-error-after")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        events.truncate(n);
+        let e = json!({"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}});
+        events.push(format!("data: {e}\r\n\r\n"));
     }
     Reply::Stream {
         headers: headers(true),
