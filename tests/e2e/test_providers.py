@@ -21,6 +21,8 @@ import harness
 
 ANTHROPIC_KEY = "sk-ant-e2e-from-env"
 CONFIG = {
+    "defaults": {"metering": {"filter_state": [
+        "prompt_tokens", "completion_tokens", "cached_tokens", "model", "provider", "usage_source"]}},
     "routes": {
         "claude": {"provider": {
             "kind": "anthropic", "api_key": {"env": "TG_ANTHROPIC_KEY"},
