@@ -275,3 +275,41 @@ def test_azure_route_puts_the_deployment_in_the_path(env):
     assert "authorization" not in seen["headers"]
     assert seen["headers"]["host"] == "myres.openai.azure.com"
     assert r.choices[0].message.content
+
+
+# The mock's Anthropic side, checked with Anthropic's own SDK (no Envoy): the wire
+# format the translation is tested against must be what the reference client parses.
+
+import anthropic  # noqa: E402
+
+ANTHROPIC_TOOL = {"name": "get_weather", "description": "Current weather for a city",
+                  "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def test_mock_anthropic_wire_format_parses_with_the_anthropic_sdk(mock):
+    c = anthropic.Anthropic(base_url=mock.url, api_key="k", max_retries=0)
+    m = c.messages.create(model="claude-haiku-4-5", max_tokens=100, tools=[ANTHROPIC_TOOL],
+                          tool_choice={"type": "any"}, messages=[{"role": "user", "content": "Weather in Rome?"}])
+    assert m.stop_reason == "tool_use"
+    use = next(b for b in m.content if b.type == "tool_use")
+    assert isinstance(use.input["city"], str)
+    with c.messages.stream(model="claude-haiku-4-5", max_tokens=100, tools=[ANTHROPIC_TOOL],
+                           tool_choice={"type": "any"},
+                           messages=[{"role": "user", "content": "Weather in Rome?"}]) as s:
+        final = s.get_final_message()
+    streamed = next(b for b in final.content if b.type == "tool_use")
+    assert isinstance(streamed.input["city"], str)
+    assert final.usage.output_tokens > 0 and final.stop_reason == "tool_use"
+    # The tool result goes back; the mock checks the pairing like the API does.
+    ok = c.messages.create(model="claude-haiku-4-5", max_tokens=50, messages=[
+        {"role": "user", "content": "Weather in Rome?"},
+        {"role": "assistant", "content": [use.model_dump()]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "20 C"}]}])
+    assert ok.stop_reason == "end_turn"
+    with pytest.raises(anthropic.BadRequestError) as e:
+        c.messages.create(model="claude-haiku-4-5", max_tokens=50, messages=[
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_nope", "content": "x"}]}])
+    assert "tool_use_id" in e.value.message
+    with pytest.raises(anthropic.BadRequestError):
+        c.messages.create(model="claude-haiku-4-5", max_tokens=50,
+                          messages=[{"role": "user", "content": [{"type": "text", "text": ""}]}])
