@@ -449,3 +449,23 @@ fn exchange_stream_is_translated_and_usage_hidden_unless_asked() {
         assert_eq!((r.usage.prompt_tokens, r.usage.completion_tokens), (7, 2));
     }
 }
+
+#[test]
+fn a_limit_refusal_is_not_translated_as_a_provider_error() {
+    let cfg = r#"{"routes":{"claude":{"provider":{"kind":"anthropic"},
+        "limits":{"rules":[{"name":"tiny","window":"1h","tokens":5}]}}}}"#;
+    let c = Config::parse(cfg.as_bytes()).unwrap();
+    let mut ex = Exchange::new(c.route(Some("claude")), std::rc::Rc::from("claude"));
+    ex.on_request_headers("POST", "/v1/chat/completions", None, false);
+    let d = ex
+        .on_request_body(br#"{"model":"m","messages":[{"role":"user","content":"Hello there"}]}"#);
+    assert!(matches!(d, BodyDecision::Replace(_)));
+    let mut store = crate::limits::MemoryStore::default();
+    let reply = ex.admit(&mut store, 1_000).expect("refused");
+    assert_eq!(reply.status, 429);
+    // The host runs the local reply through the response callbacks too.
+    assert_ne!(
+        ex.on_response_headers(429, Some("application/json"), None),
+        ResponseMode::Translate
+    );
+}

@@ -313,3 +313,26 @@ def test_mock_anthropic_wire_format_parses_with_the_anthropic_sdk(mock):
     with pytest.raises(anthropic.BadRequestError):
         c.messages.create(model="claude-haiku-4-5", max_tokens=50,
                           messages=[{"role": "user", "content": [{"type": "text", "text": ""}]}])
+
+
+def test_limits_apply_to_translated_traffic(envoy_with, wasm):
+    """A token limit on an Anthropic route: admission counts the OpenAI-dialect prompt,
+    the true-up uses the translated (OpenAI-terms) usage, and the refusal is an OpenAI
+    429 that never reaches the provider."""
+    cfg = copy.deepcopy(CONFIG)
+    cfg["routes"]["claude"]["limits"] = {
+        "consumer": {"header": "x-consumer-id"},
+        "rules": [{"name": "tiny", "key": ["consumer"], "window": "1h", "tokens": 400}]}
+    env = envoy_with(cfg, name="providers-limits", mutate=mutate)
+    c = openai.OpenAI(base_url=f"{env.base_url}/claude/v1", api_key="k", max_retries=0,
+                      default_headers={"x-consumer-id": "limit-e2e"})
+    r = c.chat.completions.with_raw_response.create(model="fast", messages=MESSAGES, max_tokens=100)
+    assert r.status_code == 200
+    used = r.parse().usage.total_tokens
+    assert int(r.headers["x-ratelimit-remaining-tokens"]) <= 400 - r.parse().usage.prompt_tokens
+    before = len(env.mock.requests())
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="fast", messages=MESSAGES, max_tokens=400 - used + 50)
+    assert e.value.response.json()["error"]["code"] == "rate_limit_exceeded", e.value.response.json()
+    assert "tiny" in e.value.response.json()["error"]["message"]
+    assert len(env.mock.requests()) == before, "refused before translation and forwarding"
