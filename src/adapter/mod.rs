@@ -274,36 +274,30 @@ impl Http {
     }
 }
 
-impl Http {
-    /// Apply the provider stage's request rewrite while headers are still held:
-    /// `:path`, `:authority`, auth and cluster headers, then ask Envoy to pick the
-    /// route again (see docs/providers.md).
-    fn rewrite_upstream(&mut self) {
-        let Some(req) = self
-            .exchange
-            .as_mut()
-            .and_then(Exchange::take_upstream_headers)
-        else {
-            return;
-        };
-        let map = MapType::HttpRequestHeaders;
-        for name in &req.remove_headers {
-            let _ = ffi::remove_header(map, name);
-        }
-        let mut failed = ffi::set_header(map, ":path", &req.path).is_err();
-        if let Some(a) = &req.authority {
-            failed |= ffi::set_header(map, ":authority", a).is_err();
-        }
-        for (k, v) in &req.set_headers {
-            failed |= ffi::set_header(map, k, v).is_err();
-        }
-        if failed {
-            warn!("tollgate: cannot rewrite request headers for the provider");
-        }
-        // Envoy clears the route cache itself when a filter edits request headers;
-        // the foreign function makes it explicit where the host offers it.
-        let _ = ffi::clear_route_cache();
+/// Apply the provider stage's request rewrite while headers are still held:
+/// `:path`, `:authority`, auth and cluster headers (and `content-length` for a new
+/// body), in one read and one write of the header map, then ask Envoy to pick the
+/// route again (see docs/providers.md).
+fn rewrite_upstream(req: &crate::providers::UpstreamRequest, body_len: Option<usize>) {
+    let map = MapType::HttpRequestHeaders;
+    let raw = ffi::header_map(map).unwrap_or_default();
+    let mut ours: Vec<(&str, String)> = Vec::with_capacity(req.set_headers.len() + 3);
+    ours.push((":path", req.path.clone()));
+    if let Some(a) = &req.authority {
+        ours.push((":authority", a.clone()));
     }
+    if let Some(n) = body_len {
+        ours.push(("content-length", n.to_string()));
+    }
+    ours.extend(req.set_headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let drop: Vec<&str> = req.remove_headers.iter().map(String::as_str).collect();
+    let merged = merge_header_map(&parse_header_map(&raw), &ours, &drop);
+    if let Err(s) = ffi::set_header_map(map, &merged) {
+        warn!("tollgate: cannot rewrite request headers for the provider: {s:?}");
+    }
+    // Envoy 1.40 re-selects the route by itself after a filter edited request
+    // headers (measured); the foreign function makes it explicit where offered.
+    let _ = ffi::clear_route_cache();
 }
 
 impl HttpContext for Http {
@@ -373,12 +367,25 @@ impl HttpContext for Http {
             if let Some(r) = self.admit() {
                 return self.reply(&r);
             }
-            self.rewrite_upstream();
         }
+        let upstream = self
+            .exchange
+            .as_mut()
+            .and_then(Exchange::take_upstream_headers);
         match decision {
-            BodyDecision::Forward => Action::Continue,
+            BodyDecision::Forward => {
+                if let Some(u) = upstream {
+                    rewrite_upstream(&u, None);
+                }
+                Action::Continue
+            }
             BodyDecision::Replace(new_body) => {
                 match ffi::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body) {
+                    Ok(()) if upstream.is_some() => {
+                        if let Some(u) = upstream {
+                            rewrite_upstream(&u, Some(new_body.len()));
+                        }
+                    }
                     Ok(()) => {
                         let len = new_body.len().to_string();
                         if ffi::set_header(MapType::HttpRequestHeaders, "content-length", &len)

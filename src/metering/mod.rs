@@ -524,7 +524,9 @@ impl Exchange {
         let Some(api) = self.api else {
             return ResponseMode::PassThrough;
         };
-        if self.prompt.is_some() && self.translates_response() {
+        // `reported` here means tollgate itself answered (e.g. a limit's 429): that
+        // reply is already in the client's dialect and is not translated.
+        if self.prompt.is_some() && !self.reported && self.translates_response() {
             if (200..300).contains(&status) && self.streaming {
                 if let Some(p) = self.provider.as_mut() {
                     p.start_stream();

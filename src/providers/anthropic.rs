@@ -17,12 +17,15 @@
 //! - SSE: `message_start`, `content_block_*`, `message_delta`, `message_stop`,
 //!   `ping`, `error` → OpenAI chunks ending `data: [DONE]`.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{
-    openai_error_body, openai_error_type_for_status, ChatRequest, ChunkWriter, Completion,
-    FinishReason, Image, Part, RequestBody, RequestContext, ResponseContext, Role,
+    openai_error_body, openai_error_type_for_status, push_json_str, ChatRequest, ChunkWriter,
+    Completion, FinishReason, Image, Part, RequestBody, RequestContext, ResponseContext, Role,
     StreamTranslator, ToolCall, ToolChoice, TranslateError, Translator, UpstreamRequest,
 };
 use crate::dialect::sse::{SseEvent, SseFramer, DEFAULT_MAX_EVENT_BYTES};
@@ -48,7 +51,7 @@ impl Translator for Anthropic {
         let mut req = UpstreamRequest {
             path: format!("{base}/messages"),
             authority: p.endpoint.authority.clone(),
-            body: Some(serde_json::to_vec(&out).unwrap_or_default()),
+            body: Some(out),
             ..UpstreamRequest::default()
         };
         req.set_headers
@@ -72,15 +75,15 @@ impl Translator for Anthropic {
         })?;
         let mut text = String::new();
         let mut calls = Vec::new();
-        for b in &m.content {
-            match b {
-                Block::Text { text: t } => text.push_str(t),
-                Block::ToolUse { id, name, input } => calls.push(ToolCall {
-                    id: id.clone(),
-                    name: name.clone(),
-                    arguments: serde_json::to_string(input).unwrap_or_else(|_| "{}".into()),
+        for b in m.content {
+            match b.ty.as_ref() {
+                "text" => text.push_str(b.text.as_deref().unwrap_or("")),
+                "tool_use" => calls.push(ToolCall {
+                    id: b.id.unwrap_or_default(),
+                    name: b.name.unwrap_or_default(),
+                    arguments: b.input.map_or_else(|| "{}".to_string(), |v| v.to_string()),
                 }),
-                Block::Other => {}
+                _ => {}
             }
         }
         let c = Completion {
@@ -160,179 +163,260 @@ pub fn error_body(status: u32, body: &[u8]) -> Vec<u8> {
 // Request
 // ---------------------------------------------------------------------------
 
-fn image_block(img: &Image) -> Value {
+/// Append a JSON value (tool schemas: already parsed, written back as is).
+fn push_value(out: &mut String, v: &Value) {
+    out.push_str(&v.to_string());
+}
+
+fn push_image(out: &mut String, img: &Image) {
     match img {
-        Image::Base64 { media_type, data } => serde_json::json!({
-            "type": "image",
-            "source": {"type": "base64", "media_type": media_type, "data": data}
-        }),
-        Image::Url(u) => serde_json::json!({
-            "type": "image", "source": {"type": "url", "url": u}
-        }),
-    }
-}
-
-fn text_block(t: &str) -> Value {
-    serde_json::json!({"type": "text", "text": t})
-}
-
-/// Content parts → Anthropic blocks (empty text parts dropped: Anthropic refuses them).
-fn blocks_of(parts: &[Part], out: &mut Vec<Value>) {
-    for p in parts {
-        match p {
-            Part::Text(t) if t.is_empty() => {}
-            Part::Text(t) => out.push(text_block(t)),
-            Part::Image(i) => out.push(image_block(i)),
+        Image::Base64 { media_type, data } => {
+            out.push_str(r#"{"type":"image","source":{"type":"base64","media_type":"#);
+            push_json_str(out, media_type);
+            out.push_str(r#","data":"#);
+            push_json_str(out, data);
+            out.push_str("}}");
+        }
+        Image::Url(u) => {
+            out.push_str(r#"{"type":"image","source":{"type":"url","url":"#);
+            push_json_str(out, u);
+            out.push_str("}}");
         }
     }
 }
 
-/// The Anthropic request body for a normalised Chat Completions request.
+fn push_text_block(out: &mut String, t: &str) {
+    out.push_str(r#"{"type":"text","text":"#);
+    push_json_str(out, t);
+    out.push('}');
+}
+
+/// Content parts as Anthropic blocks (empty text parts dropped: Anthropic refuses
+/// them), each preceded by a comma when `*first` is false.
+fn push_parts(out: &mut String, parts: &[Part], first: &mut bool) {
+    for p in parts {
+        if matches!(p, Part::Text(t) if t.is_empty()) {
+            continue;
+        }
+        if !std::mem::take(first) {
+            out.push(',');
+        }
+        match p {
+            Part::Text(t) => push_text_block(out, t),
+            Part::Image(i) => push_image(out, i),
+        }
+    }
+}
+
+/// The single non-empty text of `parts` when that is all there is, so it can go as
+/// a plain string, as most clients send it.
+fn lone_text(parts: &[Part]) -> Option<&str> {
+    let mut it = parts
+        .iter()
+        .filter(|p| !matches!(p, Part::Text(t) if t.is_empty()));
+    match (it.next(), it.next()) {
+        (Some(Part::Text(t)), None) => Some(t),
+        (None, None) => Some(""),
+        _ => None,
+    }
+}
+
+/// Which Anthropic turn a message belongs to.
+fn turn_role(r: Role) -> &'static str {
+    match r {
+        Role::Assistant => "assistant",
+        Role::User | Role::Tool => "user",
+    }
+}
+
+/// The Anthropic request body for a normalised Chat Completions request, written
+/// straight to JSON text (no intermediate tree).
 pub fn request_body(
     chat: &ChatRequest,
     model: &str,
     max_tokens_default: u64,
-) -> Result<Value, TranslateError> {
-    let mut o = Map::new();
-    o.insert("model".into(), model.into());
-    o.insert(
-        "max_tokens".into(),
-        chat.max_tokens.unwrap_or(max_tokens_default).into(),
+) -> Result<Vec<u8>, TranslateError> {
+    let mut o = String::with_capacity(256 + chat.messages.len() * 128);
+    o.push_str(r#"{"model":"#);
+    push_json_str(&mut o, model);
+    let _ = write!(
+        o,
+        r#","max_tokens":{}"#,
+        chat.max_tokens.unwrap_or(max_tokens_default)
     );
-    match chat.system.len() {
-        0 => {}
-        1 => {
-            o.insert("system".into(), chat.system.concat().into());
+    let system: Vec<&String> = chat.system.iter().filter(|s| !s.is_empty()).collect();
+    match system.as_slice() {
+        [] => {}
+        [one] => {
+            o.push_str(r#","system":"#);
+            push_json_str(&mut o, one);
         }
-        _ => {
-            let blocks: Vec<Value> = chat
-                .system
-                .iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| text_block(s))
-                .collect();
-            o.insert("system".into(), Value::Array(blocks));
+        many => {
+            o.push_str(r#","system":["#);
+            for (i, s) in many.iter().enumerate() {
+                if i > 0 {
+                    o.push(',');
+                }
+                push_text_block(&mut o, s);
+            }
+            o.push(']');
         }
     }
 
-    // (role, blocks); consecutive same-role turns merged.
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::with_capacity(chat.messages.len());
-    for (i, m) in chat.messages.iter().enumerate() {
-        let (role, mut blocks) = match m.role {
-            Role::User => {
-                let mut b = Vec::with_capacity(m.content.len());
-                blocks_of(&m.content, &mut b);
-                ("user", b)
-            }
-            Role::Assistant => {
-                let mut b = Vec::with_capacity(m.content.len() + m.tool_calls.len());
-                blocks_of(&m.content, &mut b);
-                for (j, c) in m.tool_calls.iter().enumerate() {
-                    let input: Value = if c.arguments.trim().is_empty() {
-                        Value::Object(Map::new())
-                    } else {
-                        serde_json::from_str(&c.arguments).map_err(|e| {
-                            TranslateError::bad_request(format!(
-                                "messages[{i}].tool_calls[{j}].function.arguments is not valid JSON: {e}"
-                            ))
-                        })?
-                    };
-                    if !input.is_object() {
-                        return Err(TranslateError::bad_request(format!(
-                            "messages[{i}].tool_calls[{j}].function.arguments must be a JSON object"
-                        )));
-                    }
-                    b.push(serde_json::json!({"type": "tool_use", "id": c.id,
-                        "name": c.name, "input": input}));
-                }
-                ("assistant", b)
-            }
-            Role::Tool => {
-                let mut inner = Vec::with_capacity(m.content.len());
-                blocks_of(&m.content, &mut inner);
-                let content = match inner.as_slice() {
-                    [] => Value::String(String::new()),
-                    [one] if one.get("type").and_then(Value::as_str) == Some("text") => {
-                        one.get("text").cloned().unwrap_or_default()
-                    }
-                    _ => Value::Array(inner),
-                };
-                let id = m.tool_call_id.clone().unwrap_or_default();
-                (
-                    "user",
-                    vec![serde_json::json!({"type": "tool_result", "tool_use_id": id,
-                        "content": content})],
-                )
-            }
-        };
-        match turns.last_mut() {
-            Some((r, prev)) if *r == role => prev.append(&mut blocks),
-            _ => turns.push((role, blocks)),
+    o.push_str(r#","messages":["#);
+    let msgs = &chat.messages;
+    let mut i = 0;
+    let mut first_turn = true;
+    while i < msgs.len() {
+        // One Anthropic turn: consecutive messages of the same role, merged
+        // (tool results are user turns, and come first in theirs).
+        let role = msgs.get(i).map_or(Role::User, |m| m.role);
+        let mut j = i;
+        while msgs
+            .get(j)
+            .is_some_and(|m| turn_role(m.role) == turn_role(role))
+        {
+            j += 1;
         }
-    }
-    let messages: Vec<Value> = turns
-        .into_iter()
-        .map(|(role, blocks)| {
-            // A lone text block goes as a plain string, as most clients send it.
-            let content = match blocks.as_slice() {
-                [one] if one.get("type").and_then(Value::as_str) == Some("text") => {
-                    one.get("text").cloned().unwrap_or_default()
+        let turn = msgs.get(i..j).unwrap_or(&[]);
+        if !std::mem::take(&mut first_turn) {
+            o.push(',');
+        }
+        o.push_str(r#"{"role":""#);
+        o.push_str(turn_role(role));
+        o.push_str(r#"","content":"#);
+        let single = match turn {
+            [m] if m.tool_calls.is_empty() && m.role != Role::Tool => lone_text(&m.content),
+            _ => None,
+        };
+        if let Some(t) = single {
+            push_json_str(&mut o, t);
+        } else {
+            o.push('[');
+            let mut first = true;
+            for (k, m) in turn.iter().enumerate() {
+                let at = i + k;
+                match m.role {
+                    Role::User => push_parts(&mut o, &m.content, &mut first),
+                    Role::Assistant => {
+                        push_parts(&mut o, &m.content, &mut first);
+                        for (n, c) in m.tool_calls.iter().enumerate() {
+                            let args = c.arguments.trim();
+                            let args = if args.is_empty() { "{}" } else { args };
+                            match serde_json::from_str::<Value>(args) {
+                                Ok(Value::Object(_)) => {}
+                                Ok(_) => {
+                                    return Err(TranslateError::bad_request(format!(
+                                        "messages[{at}].tool_calls[{n}].function.arguments must be a JSON object"
+                                    )))
+                                }
+                                Err(e) => {
+                                    return Err(TranslateError::bad_request(format!(
+                                        "messages[{at}].tool_calls[{n}].function.arguments is not valid JSON: {e}"
+                                    )))
+                                }
+                            }
+                            if !std::mem::take(&mut first) {
+                                o.push(',');
+                            }
+                            o.push_str(r#"{"type":"tool_use","id":"#);
+                            push_json_str(&mut o, &c.id);
+                            o.push_str(r#","name":"#);
+                            push_json_str(&mut o, &c.name);
+                            o.push_str(r#","input":"#);
+                            o.push_str(args);
+                            o.push('}');
+                        }
+                    }
+                    Role::Tool => {
+                        if !std::mem::take(&mut first) {
+                            o.push(',');
+                        }
+                        o.push_str(r#"{"type":"tool_result","tool_use_id":"#);
+                        push_json_str(&mut o, m.tool_call_id.as_deref().unwrap_or(""));
+                        o.push_str(r#","content":"#);
+                        match lone_text(&m.content) {
+                            Some(t) => push_json_str(&mut o, t),
+                            None => {
+                                o.push('[');
+                                let mut f = true;
+                                push_parts(&mut o, &m.content, &mut f);
+                                o.push(']');
+                            }
+                        }
+                        o.push('}');
+                    }
                 }
-                [] => Value::String(String::new()),
-                _ => Value::Array(blocks),
-            };
-            serde_json::json!({"role": role, "content": content})
-        })
-        .collect();
-    o.insert("messages".into(), Value::Array(messages));
+            }
+            o.push(']');
+        }
+        o.push('}');
+        i = j;
+    }
+    o.push(']');
 
     if !chat.stop.is_empty() {
-        o.insert("stop_sequences".into(), chat.stop.clone().into());
+        o.push_str(r#","stop_sequences":["#);
+        for (i, st) in chat.stop.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            push_json_str(&mut o, st);
+        }
+        o.push(']');
     }
-    if let Some(t) = chat.temperature {
-        o.insert("temperature".into(), t.clamp(0.0, 1.0).into());
+    if let Some(t) = chat.temperature.filter(|t| t.is_finite()) {
+        o.push_str(r#","temperature":"#);
+        o.push_str(&Value::from(t.clamp(0.0, 1.0)).to_string());
     }
-    if let Some(p) = chat.top_p {
-        o.insert("top_p".into(), p.into());
+    if let Some(p) = chat.top_p.filter(|p| p.is_finite()) {
+        o.push_str(r#","top_p":"#);
+        o.push_str(&Value::from(p).to_string());
     }
     if chat.stream {
-        o.insert("stream".into(), true.into());
+        o.push_str(r#","stream":true"#);
     }
     if let Some(u) = &chat.user {
-        o.insert("metadata".into(), serde_json::json!({"user_id": u}));
+        o.push_str(r#","metadata":{"user_id":"#);
+        push_json_str(&mut o, u);
+        o.push('}');
     }
     if !chat.tools.is_empty() && chat.tool_choice != ToolChoice::None {
-        let tools: Vec<Value> = chat
-            .tools
-            .iter()
-            .map(|t| {
-                let mut m = Map::new();
-                m.insert("name".into(), t.name.clone().into());
-                if let Some(d) = &t.description {
-                    m.insert("description".into(), d.clone().into());
+        o.push_str(r#","tools":["#);
+        for (i, t) in chat.tools.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            o.push_str(r#"{"name":"#);
+            push_json_str(&mut o, &t.name);
+            if let Some(d) = &t.description {
+                o.push_str(r#","description":"#);
+                push_json_str(&mut o, d);
+            }
+            o.push_str(r#","input_schema":"#);
+            push_value(&mut o, &t.parameters);
+            o.push('}');
+        }
+        o.push(']');
+        let explicit = chat.tool_choice != ToolChoice::Unset;
+        if explicit || chat.parallel_tool_calls_disabled {
+            o.push_str(r#","tool_choice":{"type":"#);
+            match &chat.tool_choice {
+                ToolChoice::Required => o.push_str(r#""any""#),
+                ToolChoice::Function(n) => {
+                    o.push_str(r#""tool","name":"#);
+                    push_json_str(&mut o, n);
                 }
-                m.insert("input_schema".into(), t.parameters.clone());
-                Value::Object(m)
-            })
-            .collect();
-        o.insert("tools".into(), Value::Array(tools));
-        let mut choice = match &chat.tool_choice {
-            ToolChoice::Unset | ToolChoice::Auto | ToolChoice::None => {
-                serde_json::json!({"type": "auto"})
+                _ => o.push_str(r#""auto""#),
             }
-            ToolChoice::Required => serde_json::json!({"type": "any"}),
-            ToolChoice::Function(n) => serde_json::json!({"type": "tool", "name": n}),
-        };
-        if chat.parallel_tool_calls_disabled {
-            if let Some(c) = choice.as_object_mut() {
-                c.insert("disable_parallel_tool_use".into(), true.into());
+            if chat.parallel_tool_calls_disabled {
+                o.push_str(r#","disable_parallel_tool_use":true"#);
             }
-            o.insert("tool_choice".into(), choice);
-        } else if chat.tool_choice != ToolChoice::Unset {
-            o.insert("tool_choice".into(), choice);
+            o.push('}');
         }
     }
-    Ok(Value::Object(o))
+    o.push('}');
+    Ok(o.into_bytes())
 }
 
 // ---------------------------------------------------------------------------
@@ -340,32 +424,33 @@ pub fn request_body(
 // ---------------------------------------------------------------------------
 
 #[derive(Deserialize)]
-struct MessageResponse {
+struct MessageResponse<'a> {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
     model: Option<String>,
-    content: Vec<Block>,
+    #[serde(borrow)]
+    content: Vec<Block<'a>>,
     #[serde(default)]
     stop_reason: Option<String>,
     #[serde(default)]
     usage: Option<AnthropicUsage>,
 }
 
+/// A content block, flat (an internally tagged enum would make serde buffer every
+/// block into an intermediate tree first).
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Block {
-    Text {
-        text: String,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-        #[serde(default)]
-        input: Value,
-    },
-    #[serde(other)]
-    Other,
+struct Block<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
 }
 
 /// Anthropic's `usage` object (all fields optional: `message_delta` carries only some).
@@ -416,32 +501,24 @@ impl AnthropicUsage {
 // Stream
 // ---------------------------------------------------------------------------
 
+/// One stream event, flat: every event type's fields as options (an internally
+/// tagged enum would buffer each event into an intermediate tree first).
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Event {
-    MessageStart {
-        message: StartMessage,
-    },
-    ContentBlockStart {
-        index: u64,
-        content_block: StartBlock,
-    },
-    ContentBlockDelta {
-        index: u64,
-        delta: Delta,
-    },
-    MessageDelta {
-        #[serde(default)]
-        delta: MessageDeltaBody,
-        #[serde(default)]
-        usage: Option<AnthropicUsage>,
-    },
-    MessageStop,
-    Error {
-        error: ErrorBody,
-    },
-    #[serde(other)]
-    Other,
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default)]
+    index: u64,
+    #[serde(default)]
+    message: Option<StartMessage>,
+    #[serde(default, borrow)]
+    content_block: Option<EventBlock<'a>>,
+    #[serde(default, borrow)]
+    delta: Option<EventDelta<'a>>,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
 }
 
 #[derive(Deserialize)]
@@ -455,35 +532,28 @@ struct StartMessage {
 }
 
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum StartBlock {
-    Text {
-        #[serde(default)]
-        text: String,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-    },
-    #[serde(other)]
-    Other,
+struct EventBlock<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
 }
 
+/// `content_block_delta.delta` and `message_delta.delta` share this shape.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Delta {
-    #[serde(rename = "text_delta")]
-    Text { text: String },
-    #[serde(rename = "input_json_delta")]
-    InputJson { partial_json: String },
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize, Default)]
-struct MessageDeltaBody {
-    #[serde(default)]
-    stop_reason: Option<String>,
+struct EventDelta<'a> {
+    #[serde(rename = "type", default, borrow)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -529,66 +599,79 @@ impl AnthropicStream {
             return;
         }
         let Some(data) = ev.data() else { return };
-        let Ok(e) = serde_json::from_slice::<Event>(data) else {
+        let Ok(e) = serde_json::from_slice::<Event<'_>>(data) else {
             return;
         };
-        match e {
-            Event::MessageStart { message } => {
-                if let (Some(id), Some(model)) = (message.id.as_deref(), message.model.as_deref()) {
-                    self.w.reset(id, model, self.created);
-                }
-                if let Some(u) = message.usage {
-                    self.usage.update(u);
-                    self.saw_usage = true;
+        match e.ty.as_ref() {
+            "message_start" => {
+                if let Some(message) = e.message {
+                    if let (Some(id), Some(model)) =
+                        (message.id.as_deref(), message.model.as_deref())
+                    {
+                        self.w.reset(id, model, self.created);
+                    }
+                    if let Some(u) = message.usage {
+                        self.usage.update(u);
+                        self.saw_usage = true;
+                    }
                 }
                 self.w.role(out);
             }
-            Event::ContentBlockStart {
-                index,
-                content_block,
-            } => match content_block {
-                StartBlock::Text { text } => {
-                    if !text.is_empty() {
-                        self.w.content(out, &text);
+            "content_block_start" => {
+                let Some(b) = e.content_block else { return };
+                match b.ty.as_ref() {
+                    "text" => {
+                        if let Some(t) = b.text.as_deref().filter(|t| !t.is_empty()) {
+                            self.w.content(out, t);
+                        }
                     }
-                }
-                StartBlock::ToolUse { id, name } => {
-                    let t = self.tools;
-                    self.tools += 1;
-                    self.tool_blocks.push((index, t));
-                    self.w.tool_call_start(out, t, &id, &name);
-                }
-                StartBlock::Other => {}
-            },
-            Event::ContentBlockDelta { index, delta } => match delta {
-                Delta::Text { text } => {
-                    if !text.is_empty() {
-                        self.w.content(out, &text);
+                    "tool_use" => {
+                        let t = self.tools;
+                        self.tools += 1;
+                        self.tool_blocks.push((e.index, t));
+                        self.w.tool_call_start(
+                            out,
+                            t,
+                            b.id.as_deref().unwrap_or(""),
+                            b.name.as_deref().unwrap_or(""),
+                        );
                     }
+                    _ => {}
                 }
-                Delta::InputJson { partial_json } => {
-                    if partial_json.is_empty() {
-                        return;
+            }
+            "content_block_delta" => {
+                let Some(d) = e.delta else { return };
+                match d.ty.as_deref() {
+                    Some("text_delta") => {
+                        if let Some(t) = d.text.as_deref().filter(|t| !t.is_empty()) {
+                            self.w.content(out, t);
+                        }
                     }
-                    if let Some(&(_, t)) = self.tool_blocks.iter().find(|(i, _)| *i == index) {
-                        self.w.tool_call_args(out, t, &partial_json);
+                    Some("input_json_delta") => {
+                        let Some(frag) = d.partial_json.as_deref().filter(|f| !f.is_empty()) else {
+                            return;
+                        };
+                        if let Some(&(_, t)) = self.tool_blocks.iter().find(|(i, _)| *i == e.index)
+                        {
+                            self.w.tool_call_args(out, t, frag);
+                        }
                     }
+                    _ => {}
                 }
-                Delta::Other => {}
-            },
-            Event::MessageDelta { delta, usage } => {
-                if let Some(u) = usage {
+            }
+            "message_delta" => {
+                if let Some(u) = e.usage {
                     self.usage.update(u);
                     self.saw_usage = true;
                 }
-                if let Some(r) = delta.stop_reason.as_deref() {
+                if let Some(r) = e.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
                     if !self.finished {
                         self.finished = true;
                         self.w.finish(out, finish_reason(r));
                     }
                 }
             }
-            Event::MessageStop => {
+            "message_stop" => {
                 if !self.finished {
                     self.finished = true;
                     self.w.finish(out, FinishReason::Stop);
@@ -599,12 +682,14 @@ impl AnthropicStream {
                 ChunkWriter::done(out);
                 self.done = true;
             }
-            Event::Error { error } => {
-                let ty = error_type(&error.ty, 500);
-                self.w.error(out, &error.message, ty);
+            "error" => {
+                let (ty, msg) = e
+                    .error
+                    .map_or((String::new(), String::new()), |er| (er.ty, er.message));
+                self.w.error(out, &msg, error_type(&ty, 500));
                 self.done = true;
             }
-            Event::Other => {}
+            _ => {}
         }
     }
 }

@@ -59,7 +59,7 @@ pub mod stage;
 
 use std::fmt::Write as _;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use config::{ProviderConfig, ProviderKind, Secret};
 
@@ -662,43 +662,75 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// Render as `chat.completion` JSON bytes.
+    /// Render as `chat.completion` JSON bytes (written directly, no JSON tree).
     pub fn to_json(&self) -> Vec<u8> {
-        let mut msg = Map::new();
-        msg.insert("role".into(), "assistant".into());
-        msg.insert(
-            "content".into(),
-            self.content.clone().map_or(Value::Null, Value::String),
+        let mut o = String::with_capacity(
+            320 + self.content.as_ref().map_or(0, String::len)
+                + self
+                    .tool_calls
+                    .iter()
+                    .map(|c| c.arguments.len() + 96)
+                    .sum::<usize>(),
         );
+        o.push_str("{\"id\":");
+        push_json_str(&mut o, &self.id);
+        let _ = write!(
+            o,
+            ",\"object\":\"chat.completion\",\"created\":{},\"model\":",
+            self.created
+        );
+        push_json_str(&mut o, &self.model);
+        o.push_str(",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+        match &self.content {
+            Some(c) => push_json_str(&mut o, c),
+            None => o.push_str("null"),
+        }
         if !self.tool_calls.is_empty() {
-            let calls: Vec<Value> = self
-                .tool_calls
-                .iter()
-                .map(|c| {
-                    serde_json::json!({"id": c.id, "type": "function",
-                        "function": {"name": c.name, "arguments": c.arguments}})
-                })
-                .collect();
-            msg.insert("tool_calls".into(), Value::Array(calls));
+            o.push_str(",\"tool_calls\":[");
+            for (i, c) in self.tool_calls.iter().enumerate() {
+                if i > 0 {
+                    o.push(',');
+                }
+                o.push_str("{\"id\":");
+                push_json_str(&mut o, &c.id);
+                o.push_str(",\"type\":\"function\",\"function\":{\"name\":");
+                push_json_str(&mut o, &c.name);
+                o.push_str(",\"arguments\":");
+                push_json_str(&mut o, &c.arguments);
+                o.push_str("}}");
+            }
+            o.push(']');
         }
-        msg.insert("refusal".into(), Value::Null);
-        let mut v = serde_json::json!({
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{
-                "index": 0,
-                "message": Value::Object(msg),
-                "logprobs": null,
-                "finish_reason": self.finish_reason.map(FinishReason::as_str),
-            }],
-        });
-        if let (Some(u), Some(o)) = (self.usage.as_ref(), v.as_object_mut()) {
-            o.insert("usage".into(), usage_json(u));
+        o.push_str(",\"refusal\":null},\"logprobs\":null,\"finish_reason\":");
+        match self.finish_reason {
+            Some(f) => {
+                o.push('"');
+                o.push_str(f.as_str());
+                o.push('"');
+            }
+            None => o.push_str("null"),
         }
-        serde_json::to_vec(&v).unwrap_or_default()
+        o.push_str("}]");
+        if let Some(u) = &self.usage {
+            o.push_str(",\"usage\":");
+            push_usage(&mut o, u);
+        }
+        o.push('}');
+        o.into_bytes()
     }
+}
+
+/// Append the OpenAI `usage` object for `u` (the text form of [`usage_json`]).
+pub fn push_usage(o: &mut String, u: &Usage) {
+    let _ = write!(
+        o,
+        "{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}},\"completion_tokens_details\":{{\"reasoning_tokens\":{}}}}}",
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.total(),
+        u.cached_tokens,
+        u.reasoning_tokens
+    );
 }
 
 /// Writes OpenAI `chat.completion.chunk` SSE events. Holds the id/model/created
@@ -794,9 +826,11 @@ impl ChunkWriter {
     /// The usage chunk (`choices: []`), OpenAI's `include_usage` shape.
     pub fn usage(&self, out: &mut Vec<u8>, u: &Usage) {
         self.open(out);
-        out.extend_from_slice(b",\"choices\":[],\"usage\":");
-        let _ = serde_json::to_writer(&mut *out, &usage_json(u));
-        out.extend_from_slice(b"}\n\n");
+        let mut s = String::with_capacity(160);
+        s.push_str(",\"choices\":[],\"usage\":");
+        push_usage(&mut s, u);
+        s.push_str("}\n\n");
+        out.extend_from_slice(s.as_bytes());
     }
 
     /// A mid-stream error event, as OpenAI sends one (the `openai` SDK raises
@@ -815,22 +849,31 @@ impl ChunkWriter {
     }
 }
 
-/// Append `s` as a JSON string literal.
+/// Append `s` as a JSON string literal. Runs without escapes are copied whole.
 pub fn push_json_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Escapes are ASCII, so `run..i` ends on a character boundary.
+        out.push_str(s.get(run..i).unwrap_or(""));
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(esc);
         }
+        run = i + 1;
     }
+    out.push_str(s.get(run..).unwrap_or(""));
     out.push('"');
 }
 

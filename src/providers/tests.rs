@@ -308,3 +308,164 @@ fn generic_errors_keep_the_message() {
     let v: Value = serde_json::from_slice(&generic_error(503, b"")).unwrap();
     assert_eq!(v["error"]["message"], "upstream provider returned HTTP 503");
 }
+
+// ---------------------------------------------------------------------------
+// The provider stage inside the sans-IO exchange: what the adapter is told.
+// ---------------------------------------------------------------------------
+
+use crate::metering::{BodyDecision, Exchange, HeadersDecision, ResponseMode};
+use crate::usage::stream::Rewrite;
+
+const CLAUDE: &str = r#"{"routes":{"claude":{"provider":{"kind":"anthropic",
+    "api_key":{"inline":"sk-ant-x"},"endpoint":{"authority":"api.anthropic.com","cluster":"anthropic"},
+    "model_map":{"fast":"claude-haiku-4-5"}}}}}"#;
+
+fn claude_exchange(body: &[u8]) -> (Exchange, BodyDecision) {
+    let c = Config::parse(CLAUDE.as_bytes()).unwrap();
+    let mut ex = Exchange::new(c.route(Some("claude")), std::rc::Rc::from("claude"));
+    assert_eq!(
+        ex.on_request_headers("POST", "/claude/v1/chat/completions", None, false),
+        HeadersDecision::WaitForBody
+    );
+    ex.set_clock(1_700_000_000_000);
+    let d = ex.on_request_body(body);
+    (ex, d)
+}
+
+#[test]
+fn exchange_translates_request_headers_response_and_reports_openai_usage() {
+    let (mut ex, d) = claude_exchange(
+        br#"{"model":"fast","messages":[{"role":"system","content":"S"},{"role":"user","content":"Hi"}]}"#,
+    );
+    let BodyDecision::Replace(body) = d else {
+        panic!("expected a translated body, got {d:?}")
+    };
+    let sent: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["model"], "claude-haiku-4-5");
+    assert_eq!(sent["system"], "S");
+    let h = ex.take_upstream_headers().unwrap();
+    assert_eq!(h.path, "/v1/messages");
+    assert_eq!(h.authority.as_deref(), Some("api.anthropic.com"));
+    assert!(h
+        .set_headers
+        .contains(&("x-tollgate-cluster".to_string(), "anthropic".to_string())));
+    assert!(ex.take_upstream_headers().is_none(), "taken once");
+    assert_eq!(
+        ex.on_response_headers(200, Some("application/json"), Some(300)),
+        ResponseMode::Translate
+    );
+    let (out, report) = ex.on_translated_response(
+        br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-haiku-4-5-20251001",
+            "content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn",
+            "usage":{"input_tokens":10,"cache_read_input_tokens":4,"cache_creation_input_tokens":1,"output_tokens":3}}"#,
+    );
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello!");
+    assert_eq!(v["created"], 1_700_000_000u64);
+    let r = report.unwrap();
+    assert_eq!(r.provider, "anthropic");
+    assert_eq!(r.request_model.as_deref(), Some("claude-haiku-4-5"));
+    assert_eq!(
+        r.response_model.as_deref(),
+        Some("claude-haiku-4-5-20251001")
+    );
+    assert_eq!(
+        (
+            r.usage.prompt_tokens,
+            r.usage.completion_tokens,
+            r.usage.cached_tokens
+        ),
+        (15, 3, 4)
+    );
+}
+
+#[test]
+fn exchange_translates_errors_and_refuses_untranslatable_requests() {
+    let (mut ex, _) =
+        claude_exchange(br#"{"model":"fast","messages":[{"role":"user","content":"Hi"}]}"#);
+    assert_eq!(
+        ex.on_response_headers(429, Some("application/json"), None),
+        ResponseMode::Translate
+    );
+    let (out, report) = ex.on_translated_response(
+        br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#,
+    );
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["error"]["message"], "slow down");
+    assert_eq!(
+        report.unwrap().usage.prompt_tokens,
+        0,
+        "a refused request bills nothing"
+    );
+
+    let (_, d) = claude_exchange(
+        br#"{"model":"fast","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}"#,
+    );
+    let BodyDecision::Respond(r) = d else {
+        panic!("expected a local reply")
+    };
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("messages[0].content[0].type"));
+
+    let c = Config::parse(CLAUDE.as_bytes()).unwrap();
+    let mut ex = Exchange::new(c.route(Some("claude")), std::rc::Rc::from("claude"));
+    assert!(matches!(
+        ex.on_request_headers("POST", "/v1/embeddings", None, false),
+        HeadersDecision::Respond(_)
+    ));
+}
+
+#[test]
+fn exchange_stream_is_translated_and_usage_hidden_unless_asked() {
+    let sse = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hey\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+    );
+    for asked in [false, true] {
+        let body = format!(
+            r#"{{"model":"fast","stream":true,"stream_options":{{"include_usage":{asked}}},"messages":[{{"role":"user","content":"Hi"}}]}}"#
+        );
+        let (mut ex, _) = claude_exchange(body.as_bytes());
+        assert_eq!(
+            ex.on_response_headers(200, Some("text/event-stream"), None),
+            ResponseMode::Stream
+        );
+        let mut client = Vec::new();
+        for (i, piece) in sse.as_bytes().chunks(7).enumerate() {
+            let last = (i + 1) * 7 >= sse.len();
+            match ex.on_stream_chunk(piece, last) {
+                Rewrite::Replace(b) => client.extend_from_slice(&b),
+                Rewrite::Unchanged => panic!("translated streams are always rewritten"),
+            }
+        }
+        let text = String::from_utf8(client).unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(text.contains("\"content\":\"Hey\""));
+        assert_eq!(text.contains("\"usage\":{"), asked, "{text}");
+        let r = ex.finish().unwrap();
+        assert_eq!((r.usage.prompt_tokens, r.usage.completion_tokens), (7, 2));
+    }
+}
+
+#[test]
+fn a_limit_refusal_is_not_translated_as_a_provider_error() {
+    let cfg = r#"{"routes":{"claude":{"provider":{"kind":"anthropic"},
+        "limits":{"rules":[{"name":"tiny","window":"1h","tokens":5}]}}}}"#;
+    let c = Config::parse(cfg.as_bytes()).unwrap();
+    let mut ex = Exchange::new(c.route(Some("claude")), std::rc::Rc::from("claude"));
+    ex.on_request_headers("POST", "/v1/chat/completions", None, false);
+    let d = ex
+        .on_request_body(br#"{"model":"m","messages":[{"role":"user","content":"Hello there"}]}"#);
+    assert!(matches!(d, BodyDecision::Replace(_)));
+    let mut store = crate::limits::MemoryStore::default();
+    let reply = ex.admit(&mut store, 1_000).expect("refused");
+    assert_eq!(reply.status, 429);
+    // The host runs the local reply through the response callbacks too.
+    assert_ne!(
+        ex.on_response_headers(429, Some("application/json"), None),
+        ResponseMode::Translate
+    );
+}

@@ -21,6 +21,8 @@ import harness
 
 ANTHROPIC_KEY = "sk-ant-e2e-from-env"
 CONFIG = {
+    "defaults": {"metering": {"filter_state": [
+        "prompt_tokens", "completion_tokens", "cached_tokens", "model", "provider", "usage_source"]}},
     "routes": {
         "claude": {"provider": {
             "kind": "anthropic", "api_key": {"env": "TG_ANTHROPIC_KEY"},
@@ -273,3 +275,64 @@ def test_azure_route_puts_the_deployment_in_the_path(env):
     assert "authorization" not in seen["headers"]
     assert seen["headers"]["host"] == "myres.openai.azure.com"
     assert r.choices[0].message.content
+
+
+# The mock's Anthropic side, checked with Anthropic's own SDK (no Envoy): the wire
+# format the translation is tested against must be what the reference client parses.
+
+import anthropic  # noqa: E402
+
+ANTHROPIC_TOOL = {"name": "get_weather", "description": "Current weather for a city",
+                  "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def test_mock_anthropic_wire_format_parses_with_the_anthropic_sdk(mock):
+    c = anthropic.Anthropic(base_url=mock.url, api_key="k", max_retries=0)
+    m = c.messages.create(model="claude-haiku-4-5", max_tokens=100, tools=[ANTHROPIC_TOOL],
+                          tool_choice={"type": "any"}, messages=[{"role": "user", "content": "Weather in Rome?"}])
+    assert m.stop_reason == "tool_use"
+    use = next(b for b in m.content if b.type == "tool_use")
+    assert isinstance(use.input["city"], str)
+    with c.messages.stream(model="claude-haiku-4-5", max_tokens=100, tools=[ANTHROPIC_TOOL],
+                           tool_choice={"type": "any"},
+                           messages=[{"role": "user", "content": "Weather in Rome?"}]) as s:
+        final = s.get_final_message()
+    streamed = next(b for b in final.content if b.type == "tool_use")
+    assert isinstance(streamed.input["city"], str)
+    assert final.usage.output_tokens > 0 and final.stop_reason == "tool_use"
+    # The tool result goes back; the mock checks the pairing like the API does.
+    ok = c.messages.create(model="claude-haiku-4-5", max_tokens=50, messages=[
+        {"role": "user", "content": "Weather in Rome?"},
+        {"role": "assistant", "content": [use.model_dump()]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "20 C"}]}])
+    assert ok.stop_reason == "end_turn"
+    with pytest.raises(anthropic.BadRequestError) as e:
+        c.messages.create(model="claude-haiku-4-5", max_tokens=50, messages=[
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_nope", "content": "x"}]}])
+    assert "tool_use_id" in e.value.message
+    with pytest.raises(anthropic.BadRequestError):
+        c.messages.create(model="claude-haiku-4-5", max_tokens=50,
+                          messages=[{"role": "user", "content": [{"type": "text", "text": ""}]}])
+
+
+def test_limits_apply_to_translated_traffic(envoy_with, wasm):
+    """A token limit on an Anthropic route: admission counts the OpenAI-dialect prompt,
+    the true-up uses the translated (OpenAI-terms) usage, and the refusal is an OpenAI
+    429 that never reaches the provider."""
+    cfg = copy.deepcopy(CONFIG)
+    cfg["routes"]["claude"]["limits"] = {
+        "consumer": {"header": "x-consumer-id"},
+        "rules": [{"name": "tiny", "key": ["consumer"], "window": "1h", "tokens": 400}]}
+    env = envoy_with(cfg, name="providers-limits", mutate=mutate)
+    c = openai.OpenAI(base_url=f"{env.base_url}/claude/v1", api_key="k", max_retries=0,
+                      default_headers={"x-consumer-id": "limit-e2e"})
+    r = c.chat.completions.with_raw_response.create(model="fast", messages=MESSAGES, max_tokens=100)
+    assert r.status_code == 200
+    used = r.parse().usage.total_tokens
+    assert int(r.headers["x-ratelimit-remaining-tokens"]) <= 400 - r.parse().usage.prompt_tokens
+    before = len(env.mock.requests())
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="fast", messages=MESSAGES, max_tokens=400 - used + 50)
+    assert e.value.response.json()["error"]["code"] == "rate_limit_exceeded", e.value.response.json()
+    assert "tiny" in e.value.response.json()["error"]["message"]
+    assert len(env.mock.requests()) == before, "refused before translation and forwarding"
