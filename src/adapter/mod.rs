@@ -203,11 +203,12 @@ impl Http {
         };
         let reply = ex.admit(&mut SharedData, now_ms);
         if let Some(a) = ex.admission() {
-            let rule = a.state.as_ref().map_or("none", |s| s.rule.as_str());
-            let decision = match (a.allowed, a.over_limit) {
-                (false, _) => "refused",
-                (true, true) => "would_refuse",
-                (true, false) => "allowed",
+            let rule = a.state().map_or("none", |s| s.rule.as_str());
+            let decision = match (a.allowed, a.over_limit, a.clamped_to) {
+                (false, _, _) => "refused",
+                (true, true, _) => "would_refuse",
+                (true, false, Some(_)) => "clamped",
+                (true, false, None) => "allowed",
             };
             if a.store_errors > 0 {
                 warn!(
@@ -215,11 +216,12 @@ impl Http {
                     a.store_errors
                 );
             }
-            if a.over_limit {
+            if a.over_limit || a.clamped_to.is_some() {
                 info!(
-                    "{{\"event\":\"tollgate.rate_limit\",\"decision\":\"{decision}\",\"rule\":{},\"remaining\":{}}}",
+                    "{{\"event\":\"tollgate.rate_limit\",\"decision\":\"{decision}\",\"rule\":{},\"remaining\":{},\"clamped_to\":{}}}",
                     serde_json::Value::from(rule),
-                    a.state.as_ref().map_or(0, |s| s.remaining)
+                    a.state().map_or(0, |s| s.remaining),
+                    serde_json::Value::from(a.clamped_to)
                 );
             }
             let name = labels::rate_limit(ex.route(), rule, decision);
@@ -231,6 +233,19 @@ impl Http {
     fn emit(&mut self, report: &Report, add_headers: bool) {
         if let Some(ex) = self.exchange.as_mut() {
             ex.settle(&mut SharedData, report);
+            if let Some(n) = ex.stream_cut_at() {
+                let rule = ex
+                    .admission()
+                    .and_then(|a| a.state())
+                    .map_or("none", |s| s.rule.as_str());
+                info!(
+                    "{{\"event\":\"tollgate.rate_limit\",\"decision\":\"stream_cut\",\"rule\":{},\"output_tokens_at_cut\":{n},\"provider_output_tokens\":{}}}",
+                    serde_json::Value::from(rule),
+                    report.usage.completion_tokens
+                );
+                let name = labels::rate_limit(ex.route(), rule, "stream_cut");
+                self.metrics.borrow_mut().add(name, 1);
+            }
         }
         if add_headers {
             // Headers were held: write them back with ours added, in one call.
@@ -284,8 +299,13 @@ impl HttpContext for Http {
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
         let has_accept_encoding = find_header(&headers, "accept-encoding").is_some();
         if ex.settings().limits.active() {
-            // Trusted only because the edge strips client copies (README).
-            let consumer = text(ex.settings().limits.consumer.header.as_str()).map(str::to_string);
+            // A header is trusted only because the edge strips client copies; a
+            // property (jwt_authn metadata) cannot be set by clients (docs/limits.md).
+            let source = &ex.settings().limits.consumer;
+            let consumer = match source.property_path() {
+                None => text(source.header.as_str()).map(str::to_string),
+                Some(path) => limits::identity::from_property(ffi::property(&path).ok().flatten()),
+            };
             ex.set_consumer(consumer);
         }
         match ex.on_request_headers(method, path, len, end_of_stream) {
@@ -335,6 +355,10 @@ impl HttpContext for Http {
                 return self.reply(&r);
             }
         }
+        let decision = match self.exchange.as_ref() {
+            Some(ex) => ex.clamp_request(decision, &body),
+            None => decision,
+        };
         match decision {
             BodyDecision::Forward => Action::Continue,
             BodyDecision::Replace(new_body) => {
