@@ -339,6 +339,12 @@ pub struct Limits {
     pub reserve_max_tokens_default: u64,
     /// The limits; every one must admit a request (the strictest wins).
     pub rules: Vec<LimitRule>,
+    /// Reserve at most this many completion tokens even when the request's cap is
+    /// higher (0: no cap). Clients that always send a large `max_tokens`
+    /// (Anthropic requires one) are then not refused for output they will rarely
+    /// produce; a response that outgrows its reservation is trued up, and a
+    /// stream can be cut where the budget runs out (`stream_cutoff: cut`).
+    pub reserve_max_tokens_cap: u64,
     /// Instead of refusing a request whose prompt fits but whose completion
     /// reservation does not, lower its `max_tokens` (or `max_completion_tokens`,
     /// `max_output_tokens`) to what remains.
@@ -358,6 +364,7 @@ impl Default for Limits {
             consumer: ConsumerSource::default(),
             reserve_max_tokens_default: 1024,
             rules: Vec::new(),
+            reserve_max_tokens_cap: 0,
             clamp_max_tokens: false,
             clamp_min_tokens: 1,
             stream_cutoff: StreamCutoff::Finish,

@@ -309,13 +309,17 @@ impl Exchange {
     }
 
     /// Completion tokens reserved at admission: the request's own cap, else the
-    /// route's default; embeddings produce none.
+    /// route's default, at most `reserve_max_tokens_cap`; embeddings produce none.
     fn reservation(&self) -> u64 {
         if self.api == Some(Api::Embeddings) {
             return 0;
         }
-        self.max_tokens
-            .unwrap_or(self.settings.limits.reserve_max_tokens_default)
+        let l = &self.settings.limits;
+        let r = self.max_tokens.unwrap_or(l.reserve_max_tokens_default);
+        match l.reserve_max_tokens_cap {
+            0 => r,
+            cap => r.min(cap),
+        }
     }
 
     /// Admission against the route's limits, after the body was counted. Returns
