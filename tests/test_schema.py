@@ -32,7 +32,7 @@ def test_schema_refuses_what_the_filter_refuses():
         {"defaults": {"invalid_body": "drop"}},
         {"metrics": {"max_model_labels": 0}},
         {"routes": {"": {}}},
-        {"defaults": {"limits": {"rules": [{"name": "m", "window": "1w", "tokens": 1}]}}},
+        {"defaults": {"limits": {"rules": [{"name": "m", "window": "5w", "tokens": 1}]}}},
         {"defaults": {"limits": {"rules": [{"name": "m", "window": "1m", "tokens": 0}]}}},
         {"defaults": {"limits": {"rules": [{"window": "1m", "tokens": 1}]}}},
         {"defaults": {"limits": {"consumer": {"header": "X-Consumer"}}}},

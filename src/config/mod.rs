@@ -143,47 +143,32 @@ pub enum LimitCount {
     Total,
 }
 
-/// Which of [`ConsumerSource`]'s fields names the consumer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsumerFrom {
-    /// The request header `header` (Kong `X-Consumer-ID`, Envoy jwt_authn `claim_to_headers`).
-    #[default]
-    Header,
-    /// Claim `jwt_claim` of the payload Envoy's jwt_authn put in dynamic metadata
-    /// under `jwt_payload` (`payload_in_metadata`): set only for a verified token.
-    JwtClaim,
-    /// Any host property, by its path segments (`property`).
-    Property,
-}
-
-/// Where the consumer identity comes from. Only what the host itself sets is
-/// trusted: a header must be stripped from client requests at the edge; dynamic
-/// metadata and properties cannot be set by clients at all (see docs/limits.md).
+/// Where the consumer identity comes from: `property` if set, else `jwt_claim`
+/// if set, else the header. Only what the host itself sets is trusted: a header
+/// must be stripped from client requests at the edge; dynamic metadata and
+/// properties cannot be set by clients at all (see docs/limits.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerSource {
-    /// Which source is used; the others' fields are ignored.
-    pub from: ConsumerFrom,
     /// Request header carrying the consumer id, set by the host's IAM (Kong
     /// `x-consumer-id`, Envoy jwt_authn `claim_to_headers`).
     pub header: String,
-    /// jwt_authn `payload_in_metadata` name (`from: jwt_claim`).
-    pub jwt_payload: String,
-    /// Top-level claim of the verified JWT payload naming the consumer (`from: jwt_claim`).
+    /// Top-level claim of the JWT payload Envoy's jwt_authn verified and stored
+    /// in dynamic metadata (`payload_in_metadata`); empty: not used.
     pub jwt_claim: String,
-    /// Property path segments (`from: property`), e.g. `["metadata",
-    /// "filter_metadata", "envoy.filters.http.ext_authz", "tenant"]`.
+    /// jwt_authn `payload_in_metadata` name, for `jwt_claim`.
+    pub jwt_payload: String,
+    /// Property path segments, e.g. `["metadata", "filter_metadata",
+    /// "envoy.filters.http.ext_authz", "tenant"]`; empty: not used.
     pub property: Vec<String>,
 }
 
 impl Default for ConsumerSource {
     fn default() -> Self {
         ConsumerSource {
-            from: ConsumerFrom::Header,
             header: "x-consumer-id".to_string(),
+            jwt_claim: String::new(),
             jwt_payload: "jwt_payload".to_string(),
-            jwt_claim: "sub".to_string(),
             property: Vec::new(),
         }
     }
@@ -193,17 +178,19 @@ impl ConsumerSource {
     /// The host property path to read, for the property and JWT sources; `None`
     /// for the header source.
     pub fn property_path(&self) -> Option<Vec<&str>> {
-        match self.from {
-            ConsumerFrom::Header => None,
-            ConsumerFrom::JwtClaim => Some(vec![
+        if !self.property.is_empty() {
+            return Some(self.property.iter().map(String::as_str).collect());
+        }
+        if !self.jwt_claim.is_empty() {
+            return Some(vec![
                 "metadata",
                 "filter_metadata",
                 "envoy.filters.http.jwt_authn",
                 self.jwt_payload.as_str(),
                 self.jwt_claim.as_str(),
-            ]),
-            ConsumerFrom::Property => Some(self.property.iter().map(String::as_str).collect()),
+            ]);
         }
+        None
     }
 }
 
@@ -296,6 +283,8 @@ impl LimitRule {
 pub enum Window {
     /// Fixed windows of this many milliseconds, aligned to the Unix epoch.
     Fixed(u64),
+    /// Windows of this many milliseconds (whole weeks) starting on Mondays, 00:00 UTC.
+    Weeks(u64),
     /// Calendar months, UTC.
     Month,
 }
@@ -323,7 +312,12 @@ pub fn parse_window(w: &str) -> Option<Window> {
         _ => return None,
     };
     let total = n.checked_mul(ms)?;
-    (total <= MAX_WINDOW_MS).then_some(Window::Fixed(total))
+    let w = if unit == 'w' {
+        Window::Weeks(total)
+    } else {
+        Window::Fixed(total)
+    };
+    (total <= MAX_WINDOW_MS).then_some(w)
 }
 
 /// Token rate limits of a route.
@@ -408,22 +402,22 @@ impl Limits {
                 "expected the jwt_authn payload_in_metadata name (1 to 128 characters)",
             ));
         }
-        if c.jwt_claim.is_empty() || c.jwt_claim.len() > 256 {
+        if c.jwt_claim.len() > 256 {
             return Err(ConfigError::at(
                 format!("{path}.consumer.jwt_claim"),
-                "expected a claim name of 1 to 256 characters",
+                "expected a claim name of at most 256 characters",
             ));
         }
         if c.property.len() > 16 || c.property.iter().any(String::is_empty) {
             return Err(ConfigError::at(
                 format!("{path}.consumer.property"),
-                "expected 1 to 16 non-empty path segments",
+                "expected at most 16 non-empty path segments",
             ));
         }
-        if c.from == ConsumerFrom::Property && c.property.is_empty() {
+        if !c.property.is_empty() && !c.jwt_claim.is_empty() {
             return Err(ConfigError::at(
                 format!("{path}.consumer.property"),
-                "`from: property` needs the property path, e.g. [\"metadata\", \"filter_metadata\", \"my.filter\", \"tenant\"]",
+                "set either `property` or `jwt_claim`, not both (one identity source)",
             ));
         }
         if self.clamp_min_tokens == 0 {
@@ -903,7 +897,7 @@ mod tests {
         assert!(e.message.contains("`requests`"), "{e}");
         let e = err(r#"{"defaults":{"limits":{"rules":[{"name":"a","window":"1m","usd":1.5}]}}}"#);
         assert_eq!(e.path, "defaults.limits.rules[0].usd");
-        let e = err(r#"{"defaults":{"limits":{"consumer":{"from":"property"}}}}"#);
+        let e = err(r#"{"defaults":{"limits":{"consumer":{"jwt_claim":"sub","property":["a"]}}}}"#);
         assert_eq!(e.path, "defaults.limits.consumer.property");
         let e =
             err(r#"{"defaults":{"limits":{"prices":[{"model":"gpt","input":1,"output":-2}]}}}"#);
@@ -986,8 +980,8 @@ mod tests {
         assert_eq!(parse_window("1m"), f(60_000));
         assert_eq!(parse_window("2h"), f(7_200_000));
         assert_eq!(parse_window("31d"), f(31 * 86_400_000));
-        assert_eq!(parse_window("1w"), f(7 * 86_400_000));
-        assert_eq!(parse_window("4w"), f(28 * 86_400_000));
+        assert_eq!(parse_window("1w"), Some(Window::Weeks(7 * 86_400_000)));
+        assert_eq!(parse_window("4w"), Some(Window::Weeks(28 * 86_400_000)));
         assert_eq!(parse_window("month"), Some(Window::Month));
         for bad in [
             "", "m", "0m", "01m", "32d", "5w", "1.5m", "-1m", "1 m", "é", "1month", "Month",

@@ -242,6 +242,9 @@ fn window_label(out: &mut String, w: Window) {
         Window::Fixed(ms) => {
             let _ = write!(out, "{ms}");
         }
+        Window::Weeks(ms) => {
+            let _ = write!(out, "w{ms}");
+        }
         Window::Month => out.push_str("month"),
     }
 }
@@ -299,6 +302,13 @@ pub fn window_bounds(w: Window, now_ms: u64) -> (u64, u64) {
         Window::Fixed(ms) => {
             let ms = ms.max(1);
             let start = now_ms - now_ms % ms;
+            (start, start.saturating_add(ms))
+        }
+        Window::Weeks(ms) => {
+            // 1970-01-05, the first Monday after the epoch.
+            const MONDAY: u64 = 4 * 86_400_000;
+            let ms = ms.max(1);
+            let start = now_ms - now_ms.saturating_sub(MONDAY) % ms;
             (start, start.saturating_add(ms))
         }
         Window::Month => {

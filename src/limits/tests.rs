@@ -352,8 +352,9 @@ fn month_and_week_windows() {
         (1_796_083_200_000, 1_798_761_600_000),
         "Dec 2026 .. Jan 2027"
     );
-    let (ws, we) = window_bounds(Window::Fixed(7 * 86_400_000), now);
-    assert!(ws <= now && now < we && we - ws == 7 * 86_400_000);
+    // Weeks start on Mondays: 2026-02-09 00:00 UTC.
+    let (ws, we) = window_bounds(Window::Weeks(7 * 86_400_000), now);
+    assert_eq!((ws, we), (1_770_595_200_000, 1_771_200_000_000));
     let l = limits(r#"{"rules":[{"name":"m","window":"month","tokens":100}]}"#);
     let mut st = store();
     assert!(admit(&l, &mut st, now, &subject(None, 60, 0)).allowed);

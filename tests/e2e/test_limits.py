@@ -371,7 +371,7 @@ def with_jwt_authn(doc):
 
 def test_identity_from_a_verified_jwt_claim_ignores_spoofed_headers(envoy_with):
     cfg = {"defaults": {"limits": {
-        "consumer": {"from": "jwt_claim", "jwt_payload": "jwt_payload", "jwt_claim": "sub"},
+        "consumer": {"jwt_claim": "sub", "jwt_payload": "jwt_payload"},
         "rules": [{"name": "per-sub", "key": ["consumer"], "window": "1h", "tokens": 300}]}}}
     env = envoy_with(cfg, name="limits-jwt", mutate=with_jwt_authn)
     exp = int(time.time()) + 3600
