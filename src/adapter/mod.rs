@@ -24,8 +24,17 @@ use crate::metering::{BodyDecision, Exchange, HeadersDecision, LocalReply, Repor
 use crate::usage::stream::Rewrite;
 
 /// Limit counters in proxy-wasm shared data: one store for every worker of the
-/// gateway instance, with the host's compare-and-swap.
-struct SharedData;
+/// gateway instance, with the host's compare-and-swap. Refunds are held per VM
+/// (worker) and written with the next charge of the same counter, or on the tick.
+#[derive(Clone, Default)]
+struct SharedData {
+    deferred: Rc<RefCell<limits::Deferred>>,
+    /// Refunds are held only when the timer that flushes them runs.
+    defers: bool,
+}
+
+/// How often held refunds are written when their counter sees no new request.
+const DEFERRED_FLUSH_MS: u32 = 1000;
 
 impl Store for SharedData {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
@@ -45,6 +54,31 @@ impl Store for SharedData {
             }
         }
     }
+
+    fn defer(&mut self, key: &str, window_start: u64, delta: i64) -> bool {
+        if !self.defers {
+            return false;
+        }
+        match self.deferred.try_borrow_mut() {
+            Ok(mut d) => {
+                d.defer(key, window_start, delta);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn take_deferred(&mut self, key: &str, window_start: u64) -> i64 {
+        self.deferred
+            .try_borrow_mut()
+            .map_or(0, |mut d| d.take(key, window_start))
+    }
+
+    fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
+        self.deferred
+            .try_borrow_mut()
+            .map_or_else(|_| Vec::new(), |mut d| d.drain())
+    }
 }
 
 proxy_wasm::main! {{
@@ -56,9 +90,56 @@ proxy_wasm::main! {{
 struct Metrics {
     ids: HashMap<String, u32>,
     models: ModelLabels,
+    /// Rate-limit decision metric ids by route, rule and decision, so the
+    /// per-request lookup builds no metric name (route and rule names come from
+    /// the config, so this stays small).
+    rate_limit_ids: HashMap<String, HashMap<String, HashMap<&'static str, u32>>>,
 }
 
 impl Metrics {
+    /// Count one rate-limit decision.
+    fn rate_limit(&mut self, route: &str, rule: &str, decision: &'static str) {
+        let cached = self
+            .rate_limit_ids
+            .get(route)
+            .and_then(|r| r.get(rule))
+            .and_then(|d| d.get(decision))
+            .copied();
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let name = labels::rate_limit(route, rule, decision);
+                let Some(id) = self.id(name) else { return };
+                self.rate_limit_ids
+                    .entry(route.to_string())
+                    .or_default()
+                    .entry(rule.to_string())
+                    .or_default()
+                    .insert(decision, id);
+                id
+            }
+        };
+        if let Err(s) = ffi::increment_metric(id, 1) {
+            warn!("tollgate: cannot increment metric: {s:?}");
+        }
+    }
+
+    fn id(&mut self, name: String) -> Option<u32> {
+        if let Some(id) = self.ids.get(&name) {
+            return Some(*id);
+        }
+        match ffi::define_metric(MetricType::Counter, &name) {
+            Ok(id) => {
+                self.ids.insert(name, id);
+                Some(id)
+            }
+            Err(s) => {
+                warn!("tollgate: cannot define metric {name}: {s:?}");
+                None
+            }
+        }
+    }
+
     fn add(&mut self, name: String, by: u64) {
         if by == 0 {
             return;
@@ -87,6 +168,7 @@ struct Root {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
     host: HostKind,
+    store: SharedData,
 }
 
 impl Default for Root {
@@ -96,8 +178,10 @@ impl Default for Root {
             metrics: Rc::new(RefCell::new(Metrics {
                 ids: HashMap::new(),
                 models: ModelLabels::new(32),
+                rate_limit_ids: HashMap::new(),
             })),
             host: HostKind::Unknown,
+            store: SharedData::default(),
         }
     }
 }
@@ -121,7 +205,22 @@ impl RootContext for Root {
                     "configured in {took_ms:.2} ms; routes with own settings: {:?}",
                     routes
                 );
-                limits::init_store(&mut SharedData);
+                limits::init_store(&mut self.store.clone());
+                let any_limits = config.route(None).limits.active()
+                    || config
+                        .route_names()
+                        .any(|n| config.route(Some(n)).limits.active());
+                // Write what is held before a new config could change the rules.
+                limits::flush_deferred(&mut self.store.clone());
+                self.store.defers = false;
+                if any_limits {
+                    match ffi::set_tick_period_ms(DEFERRED_FLUSH_MS) {
+                        Ok(()) => self.store.defers = true,
+                        Err(s) => {
+                            warn!("tollgate: no timer ({s:?}); refunds are written at each true-up")
+                        }
+                    }
+                }
                 self.config = Rc::new(config);
                 true
             }
@@ -138,6 +237,7 @@ impl RootContext for Root {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             host: self.host,
+            store: self.store.clone(),
             exchange: None,
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
@@ -148,6 +248,10 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+
+    fn on_tick(&mut self) {
+        limits::flush_deferred(&mut self.store.clone());
+    }
 }
 
 /// One HTTP request as seen by tollgate.
@@ -155,6 +259,7 @@ struct Http {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
     host: HostKind,
+    store: SharedData,
     exchange: Option<Exchange>,
     response: ResponseMode,
     waiting_for_body: bool,
@@ -201,7 +306,7 @@ impl Http {
             warn!("tollgate: no host clock; limits skipped (fail open)");
             return None;
         };
-        let reply = ex.admit(&mut SharedData, now_ms);
+        let reply = ex.admit(&mut self.store, now_ms);
         if let Some(a) = ex.admission() {
             let rule = a.state().map_or("none", |s| s.rule.as_str());
             let decision = match (a.allowed, a.over_limit, a.clamped_to) {
@@ -224,15 +329,16 @@ impl Http {
                     serde_json::Value::from(a.clamped_to)
                 );
             }
-            let name = labels::rate_limit(ex.route(), rule, decision);
-            self.metrics.borrow_mut().add(name, 1);
+            self.metrics
+                .borrow_mut()
+                .rate_limit(ex.route(), rule, decision);
         }
         reply
     }
 
     fn emit(&mut self, report: &Report, add_headers: bool) {
         if let Some(ex) = self.exchange.as_mut() {
-            ex.settle(&mut SharedData, report);
+            ex.settle(&mut self.store, report);
             if let Some(n) = ex.stream_cut_at() {
                 let rule = ex
                     .admission()
@@ -243,8 +349,9 @@ impl Http {
                     serde_json::Value::from(rule),
                     report.usage.completion_tokens
                 );
-                let name = labels::rate_limit(ex.route(), rule, "stream_cut");
-                self.metrics.borrow_mut().add(name, 1);
+                self.metrics
+                    .borrow_mut()
+                    .rate_limit(ex.route(), rule, "stream_cut");
             }
         }
         if add_headers {

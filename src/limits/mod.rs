@@ -50,6 +50,19 @@ pub trait Store {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
     /// Write `value` if the entry is still at version `cas` (or unconditionally for 0).
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+    /// Hold a refund for `key` to write with the next charge instead of now;
+    /// `false` (the default): not supported, write it now.
+    fn defer(&mut self, _key: &str, _window_start: u64, _delta: i64) -> bool {
+        false
+    }
+    /// Take the refund held for `key` in this window (0 if none).
+    fn take_deferred(&mut self, _key: &str, _window_start: u64) -> i64 {
+        0
+    }
+    /// Every held refund, to write now.
+    fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
+        Vec::new()
+    }
 }
 
 /// An in-memory [`Store`] with the same CAS semantics as Envoy's shared data
@@ -565,11 +578,19 @@ struct Planned<'r> {
     end: u64,
     /// The counter as read (`None`: store error, this budget fails open).
     seen: Option<(Counter, u32)>,
+    /// This worker's deferred refund for the counter, taken out of the store's
+    /// deferral map: written with this request's charge, or put back.
+    deferred: i64,
 }
 
 impl Planned<'_> {
+    /// Usage before this request, deferred refunds included.
     fn used(&self) -> Option<u64> {
-        self.seen.as_ref().map(|(c, _)| c.used_in(self.start))
+        let (c, _) = self.seen.as_ref()?;
+        Some(
+            u64::try_from(i128::from(c.used_in(self.start)) + i128::from(self.deferred))
+                .unwrap_or(0),
+        )
     }
 
     fn state(&self, used: u64, now_ms: u64) -> RateState {
@@ -604,37 +625,48 @@ impl Planned<'_> {
                 if count == LimitCount::Input || p.1 == 0 {
                     return None;
                 }
-                let nano_room = u128::from(room) * 1000
-                    - u128::from(prompt)
-                        * u128::from(if count == LimitCount::Total { p.0 } else { 0 });
+                let prompt_nano = match count {
+                    LimitCount::Total => u128::from(prompt) * u128::from(p.0),
+                    _ => 0,
+                };
+                let nano_room = (u128::from(room) * 1000).saturating_sub(prompt_nano);
                 Some(u64::try_from(nano_room / u128::from(p.1)).unwrap_or(u64::MAX))
             }
         }
     }
 }
 
-/// Per unit, the budget that matters most: a refusing one (latest reset), else
-/// the least remaining.
-fn pick_states(mut all: Vec<(bool, RateState)>) -> Vec<RateState> {
-    let mut out: Vec<RateState> = Vec::with_capacity(3);
+/// Per unit, the budget that matters most to a client, from `(plan index, usage,
+/// over the limit)`: an over-limit one (latest reset first), else the least
+/// remaining. Only the chosen ones are turned into [`RateState`]s.
+fn pick_states(plan: &[Planned], seen: &[(usize, u64, bool)], now_ms: u64) -> Vec<RateState> {
+    let mut out = Vec::with_capacity(3);
     for unit in [Unit::Tokens, Unit::Requests, Unit::MicroUsd] {
-        let best = all
+        let best = seen
             .iter()
-            .filter(|(_, s)| s.unit == unit)
-            .max_by_key(|(refusing, s)| {
+            .filter_map(|&(i, used, over)| Some((plan.get(i)?, used, over)))
+            .filter(|(p, _, _)| p.unit == unit)
+            .max_by_key(|(p, used, over)| {
+                let reset = p.end.saturating_sub(now_ms);
                 (
-                    *refusing,
-                    if *refusing { s.reset_ms } else { 0 },
-                    u64::MAX - s.remaining,
-                    s.reset_ms,
+                    *over,
+                    if *over { reset } else { 0 },
+                    u64::MAX - p.limit.saturating_sub(*used),
+                    reset,
                 )
             });
-        if let Some((_, s)) = best {
-            out.push(s.clone());
+        if let Some((p, used, _)) = best {
+            out.push(p.state(used, now_ms));
         }
     }
-    all.clear();
     out
+}
+
+/// Put back the deferred refunds admission took but did not write.
+fn restore_deferred(store: &mut dyn Store, plan: &[Planned]) {
+    for p in plan.iter().filter(|p| p.deferred != 0) {
+        store.defer(&p.key, p.start, p.deferred);
+    }
 }
 
 /// Admit a request: every budget of every rule must have room for prompt +
@@ -643,6 +675,10 @@ fn pick_states(mut all: Vec<(bool, RateState)>) -> Vec<RateState> {
 /// admitted and charged. With `clamp_max_tokens`, a request whose prompt fits but
 /// whose reservation does not is admitted with the reservation lowered to what
 /// fits (at least `clamp_min_tokens`); see [`Admission::clamped_to`].
+///
+/// Hostcalls: per budget one `get` and one CAS `set` (more only on contention or
+/// when a counter is created). Refunds this worker deferred ([`Store::defer`]) are
+/// folded into the same `set`.
 pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> Admission {
     let enforce = cfg.mode == LimitMode::Enforce;
     let mut store_errors = 0;
@@ -650,16 +686,16 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
         .then(|| cfg.price_for(s.model).map(|p| p.nano_per_token()))
         .flatten();
     // Phase 1: read every budget (no writes).
-    let mut plan: Vec<Planned> = Vec::with_capacity(cfg.rules.len() + 1);
+    let mut plan: Vec<Planned> = Vec::with_capacity(cfg.rules.len());
     for r in &cfg.rules {
         let (start, end) = window_bounds(r.window(), now_ms);
         for (unit, limit) in budgets(r) {
             let key = counter_key(r, unit, s);
-            let seen = match read(store, &key, start) {
-                Ok(seen) => Some(seen),
+            let (seen, deferred) = match read(store, &key, start) {
+                Ok(seen) => (Some(seen), store.take_deferred(&key, start)),
                 Err(_) => {
                     store_errors += 1;
-                    None
+                    (None, 0)
                 }
             };
             plan.push(Planned {
@@ -670,6 +706,7 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
                 start,
                 end,
                 seen,
+                deferred,
             });
         }
     }
@@ -689,28 +726,29 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
         }
     }
     let want_of = |p: &Planned| charge_of(p.unit, p.rule.count, price, prompt, 0, reserve);
-    let refusing: Vec<(bool, RateState)> = plan
+    // (plan index, usage before, would go over)
+    let before: Vec<(usize, u64, bool)> = plan
         .iter()
-        .filter_map(|p| {
+        .enumerate()
+        .filter_map(|(i, p)| {
             let used = p.used()?;
             let over = want_of(p).is_none_or(|w| used.saturating_add(w) > p.limit);
-            Some((over, p.state(used, now_ms)))
+            Some((i, used, over))
         })
         .collect();
-    let refused_by = refusing
+    let refusing = before
         .iter()
-        .filter(|(over, _)| *over)
-        .max_by_key(|(_, st)| st.reset_ms)
-        .map(|(_, st)| RateState {
-            remaining: st.remaining,
-            ..st.clone()
-        });
-    if let (true, Some(st)) = (enforce, &refused_by) {
+        .filter(|(_, _, over)| *over)
+        .filter_map(|&(i, used, _)| Some((plan.get(i)?, used)))
+        .max_by_key(|(p, _)| p.end)
+        .map(|(p, used)| p.state(used, now_ms));
+    if let (true, Some(st)) = (enforce, &refusing) {
+        restore_deferred(store, &plan);
         return Admission {
             allowed: false,
             over_limit: true,
             refused_by: Some(st.clone()),
-            states: pick_states(refusing),
+            states: pick_states(&plan, &before, now_ms),
             store_errors,
             price,
             ..Admission::default()
@@ -719,16 +757,20 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
     // Phase 2: charge each budget with check-and-set; undo on a late refusal.
     let mut charges: Vec<Charge> = Vec::with_capacity(plan.len());
     let mut late_refusal = None;
-    let mut after: Vec<(bool, RateState)> = Vec::with_capacity(plan.len());
-    for p in &mut plan {
+    let mut after: Vec<(usize, u64, bool)> = Vec::with_capacity(plan.len());
+    for i in 0..plan.len() {
+        let Some(p) = plan.get_mut(i) else { break };
         let Some(seen) = p.seen.take() else { continue };
         let want = want_of(p).unwrap_or(0);
         let limit = enforce.then_some(p.limit);
-        match add(store, &p.key, p.start, i128::from(want), limit, Some(seen)) {
+        let delta = i128::from(want) + i128::from(p.deferred);
+        match add(store, &p.key, p.start, delta, limit, Some(seen)) {
             Ok(true) => {
-                let used = seen.0.used_in(p.start).saturating_add(want);
-                after.push((used > p.limit, p.state(used, now_ms)));
+                let used = p.used_after(seen, want);
+                p.deferred = 0;
+                after.push((i, used, used > p.limit));
                 charges.push(Charge {
+                    // Nothing deferred is left to restore under this key.
                     key: std::mem::take(&mut p.key),
                     window_start: p.start,
                     unit: p.unit,
@@ -746,6 +788,7 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
             Err(_) => store_errors += 1,
         }
     }
+    restore_deferred(store, &plan);
     if let Some(st) = late_refusal {
         for c in &charges {
             let _ = add(
@@ -757,12 +800,11 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
                 None,
             );
         }
-        let states = pick_states(vec![(true, st.clone())]);
         return Admission {
             allowed: false,
             over_limit: true,
+            states: vec![st.clone()],
             refused_by: Some(st),
-            states,
             store_errors,
             price,
             ..Admission::default()
@@ -770,10 +812,10 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
     }
     Admission {
         allowed: true,
-        over_limit: refused_by.is_some(),
+        over_limit: refusing.is_some(),
         // Report-only: it went through, and took what it would have been refused.
-        refused_by: refused_by.map(|st| RateState { remaining: 0, ..st }),
-        states: pick_states(after),
+        refused_by: refusing.map(|st| RateState { remaining: 0, ..st }),
+        states: pick_states(&plan, &after, now_ms),
         charges,
         store_errors,
         clamped_to,
@@ -782,19 +824,89 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
     }
 }
 
+impl Planned<'_> {
+    /// Usage after this request's charge (deferred refunds included).
+    fn used_after(&self, seen: (Counter, u32), want: u64) -> u64 {
+        u64::try_from(
+            i128::from(seen.0.used_in(self.start)) + i128::from(self.deferred) + i128::from(want),
+        )
+        .unwrap_or(0)
+    }
+}
+
 /// Replace the admission charges by what the exchange really used (the provider's
-/// usage, or tollgate's count): refunds unused reservations, charges overruns.
-/// `cached` is the part of `input` read from the provider's cache (priced
-/// apart). Counters whose window has since ended are left alone.
+/// usage, or tollgate's count): overruns are charged at once; refunds of unused
+/// reservation are deferred when the store supports it ([`Store::defer`]: folded
+/// into this worker's next write of the counter, or [`flush_deferred`]), else
+/// written at once. `cached` is the part of `input` read from the provider's cache
+/// (priced apart). Counters whose window has since ended are left alone.
 pub fn true_up(store: &mut dyn Store, a: &Admission, input: u64, cached: u64, output: u64) {
     for c in &a.charges {
         let Some(real) = charge_of(c.unit, c.count, a.price, input, cached, output) else {
             continue;
         };
         let delta = i128::from(real) - i128::from(c.charged);
+        if delta < 0 {
+            let d = i64::try_from(delta).unwrap_or(i64::MIN);
+            if store.defer(&c.key, c.window_start, d) {
+                continue;
+            }
+        }
         if delta != 0 {
             let _ = add(store, &c.key, c.window_start, delta, None, None);
         }
+    }
+}
+
+/// Write every deferred refund (called on a timer, so a refund never waits
+/// longer than the timer period when the counter sees no further request).
+pub fn flush_deferred(store: &mut dyn Store) {
+    for (key, ws, delta) in store.drain_deferred() {
+        let _ = add(store, &key, ws, i128::from(delta), None, None);
+    }
+}
+
+/// Refunds held back per counter: a refund is written together with this worker's
+/// next charge of the same counter, saving the `get` + `set` a separate write
+/// costs. Held refunds only make a counter read higher than it is (never lower),
+/// so the overshoot bound is unaffected; another worker sees them once this one
+/// writes or flushes.
+#[derive(Default, Debug)]
+pub struct Deferred {
+    map: std::collections::HashMap<String, (u64, i64)>,
+}
+
+impl Deferred {
+    /// Hold `delta` (a refund, negative) for `key` in window `ws`.
+    pub fn defer(&mut self, key: &str, ws: u64, delta: i64) {
+        match self.map.get_mut(key) {
+            Some(e) if e.0 == ws => e.1 = e.1.saturating_add(delta),
+            Some(e) => *e = (ws, delta),
+            None => {
+                self.map.insert(key.to_string(), (ws, delta));
+            }
+        }
+    }
+
+    /// Take what is held for `key` in window `ws` (a refund for an older window is dropped).
+    pub fn take(&mut self, key: &str, ws: u64) -> i64 {
+        if self.map.is_empty() {
+            return 0;
+        }
+        match self.map.remove(key) {
+            Some((w, d)) if w == ws => d,
+            _ => 0,
+        }
+    }
+
+    /// Everything held, emptying the map.
+    pub fn drain(&mut self) -> Vec<(String, u64, i64)> {
+        self.map.drain().map(|(k, (w, d))| (k, w, d)).collect()
+    }
+
+    /// Nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 

@@ -410,3 +410,69 @@ fn usd_clamp_converts_room_to_output_tokens() {
     assert_eq!(a.clamped_to, Some(750));
     assert_eq!(a.state().unwrap().remaining, 0);
 }
+
+/// A store that defers refunds, as the adapter's shared-data store does.
+#[derive(Default)]
+struct Deferring {
+    inner: MemoryStore,
+    held: Deferred,
+    sets: usize,
+}
+
+impl Store for Deferring {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.inner.get(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.sets += 1;
+        self.inner.set(key, value, cas)
+    }
+    fn defer(&mut self, key: &str, ws: u64, delta: i64) -> bool {
+        self.held.defer(key, ws, delta);
+        true
+    }
+    fn take_deferred(&mut self, key: &str, ws: u64) -> i64 {
+        self.held.take(key, ws)
+    }
+    fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
+        self.held.drain()
+    }
+}
+
+#[test]
+fn deferred_refunds_ride_on_the_next_charge_and_are_exact() {
+    let l = limits(r#"{"rules":[{"name":"m","window":"1m","tokens":1000}]}"#);
+    let mut st = Deferring::default();
+    init_store(&mut st);
+    let a = admit(&l, &mut st, T0, &subject(None, 10, 500));
+    let sets = st.sets;
+    true_up(&mut st, &a, 10, 0, 20);
+    assert_eq!(st.sets, sets, "the refund costs no hostcall now");
+    assert!(!st.held.is_empty());
+    // The next admission sees the refund: 1000 - 30 - (10 + 100).
+    let b = admit(&l, &mut st, T0 + 1, &subject(None, 10, 100));
+    assert_eq!(b.state().unwrap().remaining, 1000 - 30 - 110);
+    assert_eq!(st.sets, sets + 1, "one write for charge and refund");
+    assert!(st.held.is_empty());
+    let key = counter_key("m", 60_000, &[], &subject(None, 0, 0));
+    let (v, _) = st.inner.get(&key).unwrap().unwrap();
+    assert_eq!(Counter::decode(&v).unwrap().used, 140);
+    // A refused request puts the refund back; a flush writes it.
+    true_up(&mut st, &b, 10, 0, 0);
+    assert!(!admit(&l, &mut st, T0 + 2, &subject(None, 10, 5000)).allowed);
+    flush_deferred(&mut st);
+    let (v, _) = st.inner.get(&key).unwrap().unwrap();
+    assert_eq!(Counter::decode(&v).unwrap().used, 40);
+    assert!(st.held.is_empty());
+    // Overruns are never deferred.
+    let c = admit(&l, &mut st, T0 + 3, &subject(None, 10, 0));
+    true_up(&mut st, &c, 10, 0, 300);
+    assert!(st.held.is_empty());
+    let (v, _) = st.inner.get(&key).unwrap().unwrap();
+    assert_eq!(Counter::decode(&v).unwrap().used, 350);
+    // A refund for a window that has ended is dropped.
+    let d = admit(&l, &mut st, T0 + 4, &subject(None, 10, 100));
+    true_up(&mut st, &d, 10, 0, 0);
+    let e = admit(&l, &mut st, T0 + 60_000, &subject(None, 10, 0));
+    assert_eq!(e.state().unwrap().remaining, 990);
+}
