@@ -94,6 +94,9 @@ struct Metrics {
     /// per-request lookup builds no metric name (route and rule names come from
     /// the config, so this stays small).
     rate_limit_ids: HashMap<String, HashMap<String, HashMap<&'static str, u32>>>,
+    /// `allowed` decisions not yet added to their counters (by metric id), when
+    /// the limits timer runs: written on the tick instead of one hostcall each.
+    pending_allowed: Option<HashMap<u32, u64>>,
 }
 
 impl Metrics {
@@ -119,8 +122,26 @@ impl Metrics {
                 id
             }
         };
+        if decision == "allowed" {
+            if let Some(p) = self.pending_allowed.as_mut() {
+                *p.entry(id).or_default() += 1;
+                return;
+            }
+        }
         if let Err(s) = ffi::increment_metric(id, 1) {
             warn!("tollgate: cannot increment metric: {s:?}");
+        }
+    }
+
+    /// Write the batched `allowed` counts.
+    fn flush(&mut self) {
+        let Some(p) = self.pending_allowed.as_mut() else {
+            return;
+        };
+        for (id, n) in p.drain() {
+            if let Err(s) = ffi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX)) {
+                warn!("tollgate: cannot increment metric: {s:?}");
+            }
         }
     }
 
@@ -179,6 +200,7 @@ impl Default for Root {
                 ids: HashMap::new(),
                 models: ModelLabels::new(32),
                 rate_limit_ids: HashMap::new(),
+                pending_allowed: None,
             })),
             host: HostKind::Unknown,
             store: SharedData::default(),
@@ -212,10 +234,14 @@ impl RootContext for Root {
                         .any(|n| config.route(Some(n)).limits.active());
                 // Write what is held before a new config could change the rules.
                 limits::flush_deferred(&mut self.store.clone());
+                self.metrics.borrow_mut().flush();
                 self.store.defers = false;
                 if any_limits {
                     match ffi::set_tick_period_ms(DEFERRED_FLUSH_MS) {
-                        Ok(()) => self.store.defers = true,
+                        Ok(()) => {
+                            self.store.defers = true;
+                            self.metrics.borrow_mut().pending_allowed = Some(HashMap::new());
+                        }
                         Err(s) => {
                             warn!("tollgate: no timer ({s:?}); refunds are written at each true-up")
                         }
@@ -251,6 +277,9 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         limits::flush_deferred(&mut self.store.clone());
+        if let Ok(mut m) = self.metrics.try_borrow_mut() {
+            m.flush();
+        }
     }
 }
 

@@ -841,8 +841,21 @@ impl Planned<'_> {
 /// written at once. `cached` is the part of `input` read from the provider's cache
 /// (priced apart). Counters whose window has since ended are left alone.
 pub fn true_up(store: &mut dyn Store, a: &Admission, input: u64, cached: u64, output: u64) {
-    for c in &a.charges {
-        let Some(real) = charge_of(c.unit, c.count, a.price, input, cached, output) else {
+    true_up_charges(store, &a.charges, a.price, input, cached, output);
+}
+
+/// [`true_up`] for charges taken out of their [`Admission`] (`price`: its
+/// [`Admission::price`]).
+pub fn true_up_charges(
+    store: &mut dyn Store,
+    charges: &[Charge],
+    price: Option<Price>,
+    input: u64,
+    cached: u64,
+    output: u64,
+) {
+    for c in charges {
+        let Some(real) = charge_of(c.unit, c.count, price, input, cached, output) else {
             continue;
         };
         let delta = i128::from(real) - i128::from(c.charged);

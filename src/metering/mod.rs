@@ -419,14 +419,11 @@ impl Exchange {
     /// Runs once; later calls do nothing.
     pub fn settle(&mut self, store: &mut dyn Store, report: &Report) {
         if let Some(a) = self.admission.as_mut() {
-            let charged = std::mem::take(&mut a.charges);
-            let a = Admission {
-                charges: charged,
-                ..a.clone()
-            };
-            limits::true_up(
+            let charges = std::mem::take(&mut a.charges);
+            limits::true_up_charges(
                 store,
-                &a,
+                &charges,
+                a.price,
                 report.usage.prompt_tokens,
                 report.usage.cached_tokens,
                 report.usage.completion_tokens,
