@@ -536,3 +536,25 @@ def test_usd_budget_admits_on_price_and_trues_up_to_real_cost(envoy_with):
     # A model without a price cannot be counted: refused rather than let through free.
     e = refused(oai(env, "c-usd-2"), max_tokens=5, model="llama-3")
     assert "'spend'" in e.response.json()["error"]["message"]
+
+
+def test_identity_from_a_generic_property_path_shares_a_tenant_budget(envoy_with):
+    # Any property: here a numeric `tenant` claim (Envoy returns it as an 8-byte
+    # double), so two users of one tenant share the tenant's budget.
+    path = ["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", "jwt_payload", "tenant"]
+    cfg = {"defaults": {"limits": {"consumer": {"property": path}, "rules": [
+        {"name": "per-tenant", "key": ["consumer"], "window": "1h", "tokens": 300}]}}}
+    env = envoy_with(cfg, name="limits-property", mutate=with_jwt_authn)
+    exp = int(time.time()) + 3600
+
+    def client(sub, tenant):
+        token = make_jwt({"iss": "https://issuer.test", "sub": sub, "tenant": tenant, "exp": exp})
+        return openai.OpenAI(base_url=env.base_url + "/v1", api_key=token, max_retries=0)
+
+    big = chat(client("ann", 42), max_tokens=280, words=2000)
+    assert big.parse().usage.completion_tokens >= 270
+    # Another user of tenant 42: the same (spent) budget.
+    refused(client("bob", 42), max_tokens=100)
+    # Tenant 7 has its own.
+    ok = chat(client("bob", 7), max_tokens=100)
+    assert int(ok.headers["x-ratelimit-remaining-tokens"]) == 300 - ok.parse().usage.prompt_tokens - 100
