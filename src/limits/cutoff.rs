@@ -349,7 +349,7 @@ mod tests {
     fn oa_chunk(i: usize, word: &str) -> String {
         format!(
             "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}},\"finish_reason\":null}}]}}\n\n{}",
-            if i % 2 == 0 { "" } else { ": keep-alive\n\n" }
+            if i.is_multiple_of(2) { "" } else { ": keep-alive\n\n" }
         )
     }
 
