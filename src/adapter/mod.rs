@@ -124,7 +124,8 @@ impl Metrics {
         };
         if decision == "allowed" {
             if let Some(p) = self.pending_allowed.as_mut() {
-                *p.entry(id).or_default() += 1;
+                let n = p.entry(id).or_default();
+                *n = n.saturating_add(1);
                 return;
             }
         }
