@@ -10,6 +10,7 @@ use std::ptr::{null, null_mut};
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
 extern "C" {
+    fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
     fn proxy_replace_header_map_value(
         map_type: MapType,
         key_data: *const u8,
@@ -315,5 +316,14 @@ pub fn debug_enabled() -> bool {
     match unsafe { proxy_get_log_level(&mut level) } {
         Status::Ok => level <= LogLevel::Debug as u32,
         _ => false,
+    }
+}
+
+/// Ask for `on_tick` every `ms` milliseconds (0 stops it).
+pub fn set_tick_period_ms(ms: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    match unsafe { proxy_set_tick_period_milliseconds(ms) } {
+        Status::Ok => Ok(()),
+        other => Err(other),
     }
 }

@@ -24,8 +24,17 @@ use crate::metering::{BodyDecision, Exchange, HeadersDecision, LocalReply, Repor
 use crate::usage::stream::Rewrite;
 
 /// Limit counters in proxy-wasm shared data: one store for every worker of the
-/// gateway instance, with the host's compare-and-swap.
-struct SharedData;
+/// gateway instance, with the host's compare-and-swap. Refunds are held per VM
+/// (worker) and written with the next charge of the same counter, or on the tick.
+#[derive(Clone, Default)]
+struct SharedData {
+    deferred: Rc<RefCell<limits::Deferred>>,
+    /// Refunds are held only when the timer that flushes them runs.
+    defers: bool,
+}
+
+/// How often held refunds are written when their counter sees no new request.
+const DEFERRED_FLUSH_MS: u32 = 1000;
 
 impl Store for SharedData {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
@@ -45,6 +54,31 @@ impl Store for SharedData {
             }
         }
     }
+
+    fn defer(&mut self, key: &str, window_start: u64, delta: i64) -> bool {
+        if !self.defers {
+            return false;
+        }
+        match self.deferred.try_borrow_mut() {
+            Ok(mut d) => {
+                d.defer(key, window_start, delta);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn take_deferred(&mut self, key: &str, window_start: u64) -> i64 {
+        self.deferred
+            .try_borrow_mut()
+            .map_or(0, |mut d| d.take(key, window_start))
+    }
+
+    fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
+        self.deferred
+            .try_borrow_mut()
+            .map_or_else(|_| Vec::new(), |mut d| d.drain())
+    }
 }
 
 proxy_wasm::main! {{
@@ -56,9 +90,78 @@ proxy_wasm::main! {{
 struct Metrics {
     ids: HashMap<String, u32>,
     models: ModelLabels,
+    /// Rate-limit decision metric ids by route, rule and decision, so the
+    /// per-request lookup builds no metric name (route and rule names come from
+    /// the config, so this stays small).
+    rate_limit_ids: HashMap<String, HashMap<String, HashMap<&'static str, u32>>>,
+    /// `allowed` decisions not yet added to their counters (by metric id), when
+    /// the limits timer runs: written on the tick instead of one hostcall each.
+    pending_allowed: Option<HashMap<u32, u64>>,
 }
 
 impl Metrics {
+    /// Count one rate-limit decision.
+    fn rate_limit(&mut self, route: &str, rule: &str, decision: &'static str) {
+        let cached = self
+            .rate_limit_ids
+            .get(route)
+            .and_then(|r| r.get(rule))
+            .and_then(|d| d.get(decision))
+            .copied();
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let name = labels::rate_limit(route, rule, decision);
+                let Some(id) = self.id(name) else { return };
+                self.rate_limit_ids
+                    .entry(route.to_string())
+                    .or_default()
+                    .entry(rule.to_string())
+                    .or_default()
+                    .insert(decision, id);
+                id
+            }
+        };
+        if decision == "allowed" {
+            if let Some(p) = self.pending_allowed.as_mut() {
+                let n = p.entry(id).or_default();
+                *n = n.saturating_add(1);
+                return;
+            }
+        }
+        if let Err(s) = ffi::increment_metric(id, 1) {
+            warn!("tollgate: cannot increment metric: {s:?}");
+        }
+    }
+
+    /// Write the batched `allowed` counts.
+    fn flush(&mut self) {
+        let Some(p) = self.pending_allowed.as_mut() else {
+            return;
+        };
+        for (id, n) in p.drain() {
+            if let Err(s) = ffi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX)) {
+                warn!("tollgate: cannot increment metric: {s:?}");
+            }
+        }
+    }
+
+    fn id(&mut self, name: String) -> Option<u32> {
+        if let Some(id) = self.ids.get(&name) {
+            return Some(*id);
+        }
+        match ffi::define_metric(MetricType::Counter, &name) {
+            Ok(id) => {
+                self.ids.insert(name, id);
+                Some(id)
+            }
+            Err(s) => {
+                warn!("tollgate: cannot define metric {name}: {s:?}");
+                None
+            }
+        }
+    }
+
     fn add(&mut self, name: String, by: u64) {
         if by == 0 {
             return;
@@ -87,6 +190,7 @@ struct Root {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
     host: HostKind,
+    store: SharedData,
 }
 
 impl Default for Root {
@@ -96,8 +200,11 @@ impl Default for Root {
             metrics: Rc::new(RefCell::new(Metrics {
                 ids: HashMap::new(),
                 models: ModelLabels::new(32),
+                rate_limit_ids: HashMap::new(),
+                pending_allowed: None,
             })),
             host: HostKind::Unknown,
+            store: SharedData::default(),
         }
     }
 }
@@ -121,7 +228,26 @@ impl RootContext for Root {
                     "configured in {took_ms:.2} ms; routes with own settings: {:?}",
                     routes
                 );
-                limits::init_store(&mut SharedData);
+                limits::init_store(&mut self.store.clone());
+                let any_limits = config.route(None).limits.active()
+                    || config
+                        .route_names()
+                        .any(|n| config.route(Some(n)).limits.active());
+                // Write what is held before a new config could change the rules.
+                limits::flush_deferred(&mut self.store.clone());
+                self.metrics.borrow_mut().flush();
+                self.store.defers = false;
+                if any_limits {
+                    match ffi::set_tick_period_ms(DEFERRED_FLUSH_MS) {
+                        Ok(()) => {
+                            self.store.defers = true;
+                            self.metrics.borrow_mut().pending_allowed = Some(HashMap::new());
+                        }
+                        Err(s) => {
+                            warn!("tollgate: no timer ({s:?}); refunds are written at each true-up")
+                        }
+                    }
+                }
                 self.config = Rc::new(config);
                 true
             }
@@ -138,6 +264,7 @@ impl RootContext for Root {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             host: self.host,
+            store: self.store.clone(),
             exchange: None,
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
@@ -148,6 +275,13 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+
+    fn on_tick(&mut self) {
+        limits::flush_deferred(&mut self.store.clone());
+        if let Ok(mut m) = self.metrics.try_borrow_mut() {
+            m.flush();
+        }
+    }
 }
 
 /// One HTTP request as seen by tollgate.
@@ -155,6 +289,7 @@ struct Http {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
     host: HostKind,
+    store: SharedData,
     exchange: Option<Exchange>,
     response: ResponseMode,
     waiting_for_body: bool,
@@ -201,13 +336,14 @@ impl Http {
             warn!("tollgate: no host clock; limits skipped (fail open)");
             return None;
         };
-        let reply = ex.admit(&mut SharedData, now_ms);
+        let reply = ex.admit(&mut self.store, now_ms);
         if let Some(a) = ex.admission() {
-            let rule = a.state.as_ref().map_or("none", |s| s.rule.as_str());
-            let decision = match (a.allowed, a.over_limit) {
-                (false, _) => "refused",
-                (true, true) => "would_refuse",
-                (true, false) => "allowed",
+            let rule = a.state().map_or("none", |s| s.rule.as_str());
+            let decision = match (a.allowed, a.over_limit, a.clamped_to) {
+                (false, _, _) => "refused",
+                (true, true, _) => "would_refuse",
+                (true, false, Some(_)) => "clamped",
+                (true, false, None) => "allowed",
             };
             if a.store_errors > 0 {
                 warn!(
@@ -215,22 +351,38 @@ impl Http {
                     a.store_errors
                 );
             }
-            if a.over_limit {
+            if a.over_limit || a.clamped_to.is_some() {
                 info!(
-                    "{{\"event\":\"tollgate.rate_limit\",\"decision\":\"{decision}\",\"rule\":{},\"remaining\":{}}}",
+                    "{{\"event\":\"tollgate.rate_limit\",\"decision\":\"{decision}\",\"rule\":{},\"remaining\":{},\"clamped_to\":{}}}",
                     serde_json::Value::from(rule),
-                    a.state.as_ref().map_or(0, |s| s.remaining)
+                    a.state().map_or(0, |s| s.remaining),
+                    serde_json::Value::from(a.clamped_to)
                 );
             }
-            let name = labels::rate_limit(ex.route(), rule, decision);
-            self.metrics.borrow_mut().add(name, 1);
+            self.metrics
+                .borrow_mut()
+                .rate_limit(ex.route(), rule, decision);
         }
         reply
     }
 
     fn emit(&mut self, report: &Report, add_headers: bool) {
         if let Some(ex) = self.exchange.as_mut() {
-            ex.settle(&mut SharedData, report);
+            ex.settle(&mut self.store, report);
+            if let Some(n) = ex.stream_cut_at() {
+                let rule = ex
+                    .admission()
+                    .and_then(|a| a.state())
+                    .map_or("none", |s| s.rule.as_str());
+                info!(
+                    "{{\"event\":\"tollgate.rate_limit\",\"decision\":\"stream_cut\",\"rule\":{},\"output_tokens_at_cut\":{n},\"provider_output_tokens\":{}}}",
+                    serde_json::Value::from(rule),
+                    report.usage.completion_tokens
+                );
+                self.metrics
+                    .borrow_mut()
+                    .rate_limit(ex.route(), rule, "stream_cut");
+            }
         }
         if add_headers {
             // Headers were held: write them back with ours added, in one call.
@@ -314,8 +466,13 @@ impl HttpContext for Http {
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
         let has_accept_encoding = find_header(&headers, "accept-encoding").is_some();
         if ex.settings().limits.active() {
-            // Trusted only because the edge strips client copies (README).
-            let consumer = text(ex.settings().limits.consumer.header.as_str()).map(str::to_string);
+            // A header is trusted only because the edge strips client copies; a
+            // property (jwt_authn metadata) cannot be set by clients (docs/limits.md).
+            let source = &ex.settings().limits.consumer;
+            let consumer = match source.property_path() {
+                None => text(source.header.as_str()).map(str::to_string),
+                Some(path) => limits::identity::from_property(ffi::property(&path).ok().flatten()),
+            };
             ex.set_consumer(consumer);
         }
         match ex.on_request_headers(method, path, len, end_of_stream) {
@@ -368,6 +525,15 @@ impl HttpContext for Http {
                 return self.reply(&r);
             }
         }
+        // Request stages after admission, in data-path order: the clamp edits the
+        // client-dialect body, then the provider stage translates the result.
+        let decision = match self.exchange.as_mut() {
+            Some(ex) => {
+                let clamped = ex.clamp_request(decision, &body);
+                ex.provider_stage(clamped, &body)
+            }
+            None => decision,
+        };
         let upstream = self
             .exchange
             .as_mut()

@@ -228,25 +228,102 @@ pub enum LimitCount {
     Total,
 }
 
-/// Where the consumer identity comes from. Only a header the host itself sets is
-/// trusted: the edge must strip client-sent copies (see README).
+/// Where the consumer identity comes from: `property` if set, else `jwt_claim`
+/// if set, else the header. Only what the host itself sets is trusted: a header
+/// must be stripped from client requests at the edge; dynamic metadata and
+/// properties cannot be set by clients at all (see docs/limits.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerSource {
     /// Request header carrying the consumer id, set by the host's IAM (Kong
     /// `x-consumer-id`, Envoy jwt_authn `claim_to_headers`).
     pub header: String,
+    /// Top-level claim of the JWT payload Envoy's jwt_authn verified and stored
+    /// in dynamic metadata (`payload_in_metadata`); empty: not used.
+    pub jwt_claim: String,
+    /// jwt_authn `payload_in_metadata` name, for `jwt_claim`.
+    pub jwt_payload: String,
+    /// Property path segments, e.g. `["metadata", "filter_metadata",
+    /// "envoy.filters.http.ext_authz", "tenant"]`; empty: not used.
+    pub property: Vec<String>,
 }
 
 impl Default for ConsumerSource {
     fn default() -> Self {
         ConsumerSource {
             header: "x-consumer-id".to_string(),
+            jwt_claim: String::new(),
+            jwt_payload: "jwt_payload".to_string(),
+            property: Vec::new(),
         }
     }
 }
 
-/// One token limit: a budget of `tokens` per fixed `window`, per distinct key.
+impl ConsumerSource {
+    /// The host property path to read, for the property and JWT sources; `None`
+    /// for the header source.
+    pub fn property_path(&self) -> Option<Vec<&str>> {
+        if !self.property.is_empty() {
+            return Some(self.property.iter().map(String::as_str).collect());
+        }
+        if !self.jwt_claim.is_empty() {
+            return Some(vec![
+                "metadata",
+                "filter_metadata",
+                "envoy.filters.http.jwt_authn",
+                self.jwt_payload.as_str(),
+                self.jwt_claim.as_str(),
+            ]);
+        }
+        None
+    }
+}
+
+/// What to do when a stream outruns its budget (the reservation was too small
+/// and the rules have no room left for more output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamCutoff {
+    /// Let it finish; the true-up charges what it really used.
+    #[default]
+    Finish,
+    /// End it cleanly in the client's protocol (OpenAI `finish_reason: "length"`
+    /// and `[DONE]`; Anthropic `message_delta` with `max_tokens` and
+    /// `message_stop`) and swallow the rest of the upstream stream.
+    Cut,
+}
+
+/// A model's price, in USD per million tokens, for `usd` budgets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Model name prefix; the longest matching prefix wins, `""` matches every model.
+    pub model: String,
+    /// USD per 1M uncached input tokens.
+    pub input: f64,
+    /// USD per 1M output tokens (reasoning included).
+    pub output: f64,
+    /// USD per 1M cached input tokens; the input price when absent.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+}
+
+impl ModelPrice {
+    /// Prices in nano-dollars per token (USD per 1M tokens x 1000), the integer
+    /// unit cost arithmetic uses: (input, output, cached input).
+    pub fn nano_per_token(&self) -> (u64, u64, u64) {
+        let n = |usd_per_m: f64| (usd_per_m * 1000.0).round() as u64;
+        (
+            n(self.input),
+            n(self.output),
+            n(self.cached_input.unwrap_or(self.input)),
+        )
+    }
+}
+
+/// One limit: per distinct key and fixed `window`, a budget of `tokens`, of
+/// `requests` and/or of `usd` (at least one; each is its own counter and each
+/// must admit a request).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitRule {
@@ -256,28 +333,55 @@ pub struct LimitRule {
     /// Parts the counter is keyed by; empty means one counter for everyone.
     #[serde(default)]
     pub key: Vec<LimitKeyPart>,
-    /// Window length: a positive integer and a unit (`s`, `m`, `h`, `d`), e.g. `1m`.
+    /// Window length: a positive integer and a unit (`s`, `m`, `h`, `d`, `w`),
+    /// e.g. `1m`, or `month` (the calendar month, UTC).
     pub window: String,
     /// Tokens allowed per key per window.
-    pub tokens: u64,
-    /// Which tokens count against the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    /// Requests allowed per key per window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// USD allowed per key per window, priced from `limits.prices`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd: Option<f64>,
+    /// Which tokens count against `tokens` and `usd`.
     #[serde(default)]
     pub count: LimitCount,
 }
 
 impl LimitRule {
-    /// The window in milliseconds (validated at configure, so 0 never reaches the
+    /// The window (validated at configure, so an invalid one never reaches the
     /// request path).
-    pub fn window_ms(&self) -> u64 {
-        parse_window(&self.window).unwrap_or(60_000)
+    pub fn window(&self) -> Window {
+        parse_window(&self.window).unwrap_or(Window::Fixed(60_000))
+    }
+
+    /// The `usd` budget in micro-dollars.
+    pub fn usd_micros(&self) -> Option<u64> {
+        self.usd.map(|u| (u * 1e6).round() as u64)
     }
 }
 
-/// Longest window accepted: 31 days.
+/// A rule's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// Fixed windows of this many milliseconds, aligned to the Unix epoch.
+    Fixed(u64),
+    /// Windows of this many milliseconds (whole weeks) starting on Mondays, 00:00 UTC.
+    Weeks(u64),
+    /// Calendar months, UTC.
+    Month,
+}
+
+/// Longest fixed window accepted: 31 days.
 const MAX_WINDOW_MS: u64 = 31 * 86_400_000;
 
-/// `"30s"`, `"1m"`, `"1h"`, `"7d"` in milliseconds.
-pub fn parse_window(w: &str) -> Option<u64> {
+/// `"30s"`, `"1m"`, `"1h"`, `"7d"`, `"1w"`, or `"month"`.
+pub fn parse_window(w: &str) -> Option<Window> {
+    if w == "month" {
+        return Some(Window::Month);
+    }
     let unit = w.chars().last()?;
     let digits = w.get(..w.len() - unit.len_utf8())?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
@@ -289,10 +393,16 @@ pub fn parse_window(w: &str) -> Option<u64> {
         'm' => 60_000,
         'h' => 3_600_000,
         'd' => 86_400_000,
+        'w' => 7 * 86_400_000,
         _ => return None,
     };
     let total = n.checked_mul(ms)?;
-    (total <= MAX_WINDOW_MS).then_some(total)
+    let w = if unit == 'w' {
+        Window::Weeks(total)
+    } else {
+        Window::Fixed(total)
+    };
+    (total <= MAX_WINDOW_MS).then_some(w)
 }
 
 /// Token rate limits of a route.
@@ -308,6 +418,22 @@ pub struct Limits {
     pub reserve_max_tokens_default: u64,
     /// The limits; every one must admit a request (the strictest wins).
     pub rules: Vec<LimitRule>,
+    /// Reserve at most this many completion tokens even when the request's cap is
+    /// higher (0: no cap). Clients that always send a large `max_tokens`
+    /// (Anthropic requires one) are then not refused for output they will rarely
+    /// produce; a response that outgrows its reservation is trued up, and a
+    /// stream can be cut where the budget runs out (`stream_cutoff: cut`).
+    pub reserve_max_tokens_cap: u64,
+    /// Instead of refusing a request whose prompt fits but whose completion
+    /// reservation does not, lower its `max_tokens` (or `max_completion_tokens`,
+    /// `max_output_tokens`) to what remains.
+    pub clamp_max_tokens: bool,
+    /// Smallest completion a clamp may leave; below it the request is refused.
+    pub clamp_min_tokens: u64,
+    /// What happens when a stream runs out of budget.
+    pub stream_cutoff: StreamCutoff,
+    /// Model prices for `usd` budgets.
+    pub prices: Vec<ModelPrice>,
 }
 
 impl Default for Limits {
@@ -317,6 +443,11 @@ impl Default for Limits {
             consumer: ConsumerSource::default(),
             reserve_max_tokens_default: 1024,
             rules: Vec::new(),
+            reserve_max_tokens_cap: 0,
+            clamp_max_tokens: false,
+            clamp_min_tokens: 1,
+            stream_cutoff: StreamCutoff::Finish,
+            prices: Vec::new(),
         }
     }
 }
@@ -328,18 +459,80 @@ impl Limits {
         !self.rules.is_empty()
     }
 
+    /// The price entry for a model: the longest matching `model` prefix.
+    pub fn price_for(&self, model: &str) -> Option<&ModelPrice> {
+        self.prices
+            .iter()
+            .filter(|p| model.starts_with(p.model.as_str()))
+            .max_by_key(|p| p.model.len())
+    }
+
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let h = &self.consumer.header;
-        if h.is_empty()
-            || h.len() > 64
-            || !h
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
+        let name_ok = |h: &str, max: usize| {
+            !h.is_empty()
+                && h.len() <= max
+                && h.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        };
+        let c = &self.consumer;
+        if !name_ok(&c.header, 64) {
             return Err(ConfigError::at(
                 format!("{path}.consumer.header"),
                 "expected a lower-case header name of 1 to 64 characters [a-z0-9_-]",
             ));
+        }
+        if c.jwt_payload.is_empty() || c.jwt_payload.len() > 128 {
+            return Err(ConfigError::at(
+                format!("{path}.consumer.jwt_payload"),
+                "expected the jwt_authn payload_in_metadata name (1 to 128 characters)",
+            ));
+        }
+        if c.jwt_claim.len() > 256 {
+            return Err(ConfigError::at(
+                format!("{path}.consumer.jwt_claim"),
+                "expected a claim name of at most 256 characters",
+            ));
+        }
+        if c.property.len() > 16 || c.property.iter().any(String::is_empty) {
+            return Err(ConfigError::at(
+                format!("{path}.consumer.property"),
+                "expected at most 16 non-empty path segments",
+            ));
+        }
+        if !c.property.is_empty() && !c.jwt_claim.is_empty() {
+            return Err(ConfigError::at(
+                format!("{path}.consumer.property"),
+                "set either `property` or `jwt_claim`, not both (one identity source)",
+            ));
+        }
+        if self.clamp_min_tokens == 0 {
+            return Err(ConfigError::at(
+                format!("{path}.clamp_min_tokens"),
+                "must be at least 1",
+            ));
+        }
+        for (i, p) in self.prices.iter().enumerate() {
+            let at = |f: &str| format!("{path}.prices[{i}].{f}");
+            if self.prices[..i].iter().any(|o| o.model == p.model) {
+                return Err(ConfigError::at(
+                    at("model"),
+                    format!("duplicate price for model prefix {:?}", p.model),
+                ));
+            }
+            for (f, v) in [
+                ("input", Some(p.input)),
+                ("output", Some(p.output)),
+                ("cached_input", p.cached_input),
+            ] {
+                if let Some(v) = v {
+                    if !(v.is_finite() && (0.0..=1_000_000.0).contains(&v)) {
+                        return Err(ConfigError::at(
+                            at(f),
+                            format!("expected USD per 1M tokens from 0 to 1000000, got {v}"),
+                        ));
+                    }
+                }
+            }
         }
         for (i, r) in self.rules.iter().enumerate() {
             let at = |f: &str| format!("{path}.rules[{i}].{f}");
@@ -365,13 +558,36 @@ impl Limits {
                 return Err(ConfigError::at(
                     at("window"),
                     format!(
-                        "expected a positive integer and a unit s, m, h or d, at most 31d (e.g. \"1m\"), got {:?}",
+                        "expected a positive integer and a unit s, m, h, d or w, at most 31d (e.g. \"1m\"), or \"month\", got {:?}",
                         r.window
                     ),
                 ));
             }
-            if r.tokens == 0 {
+            if r.tokens.is_none() && r.requests.is_none() && r.usd.is_none() {
+                return Err(ConfigError::at(
+                    at("tokens"),
+                    "a rule needs a budget: `tokens`, `requests` and/or `usd`",
+                ));
+            }
+            if r.tokens == Some(0) {
                 return Err(ConfigError::at(at("tokens"), "must be at least 1"));
+            }
+            if r.requests == Some(0) {
+                return Err(ConfigError::at(at("requests"), "must be at least 1"));
+            }
+            if let Some(u) = r.usd {
+                if !(u.is_finite() && (0.000001..=1e9).contains(&u)) {
+                    return Err(ConfigError::at(
+                        at("usd"),
+                        format!("expected USD from 0.000001 to 1e9, got {u}"),
+                    ));
+                }
+                if self.prices.is_empty() {
+                    return Err(ConfigError::at(
+                        at("usd"),
+                        "a `usd` budget needs `limits.prices` (USD per 1M tokens per model prefix)",
+                    ));
+                }
             }
             for (j, k) in r.key.iter().enumerate() {
                 if r.key[..j].contains(k) {
@@ -381,8 +597,50 @@ impl Limits {
                     ));
                 }
             }
+            // Two rules counting the same thing over the same key and window: the
+            // looser one could never refuse anything, which is almost surely a
+            // mistake (e.g. a route re-listing a default rule under a new name).
+            if let Some(j) = self.rules[..i].iter().position(|o| {
+                o.window() == r.window()
+                    && o.count == r.count
+                    && same_parts(&o.key, &r.key)
+                    && ((o.tokens.is_some() && r.tokens.is_some())
+                        || (o.requests.is_some() && r.requests.is_some())
+                        || (o.usd.is_some() && r.usd.is_some()))
+            }) {
+                return Err(ConfigError::at(
+                    at("name"),
+                    format!(
+                        "rule {:?} counts the same budget over the same key and window as rule {:?} ({path}.rules[{j}]): the looser one would never apply; merge them",
+                        r.name, self.rules[j].name
+                    ),
+                ));
+            }
         }
         Ok(())
+    }
+}
+
+fn same_parts(a: &[LimitKeyPart], b: &[LimitKeyPart]) -> bool {
+    a.len() == b.len() && a.iter().all(|p| b.contains(p))
+}
+
+/// Route `limits.rules` add to the defaults' rules instead of replacing them (a
+/// route rule with a default's name replaces that one), so a route can never
+/// silently drop a budget set for everyone.
+fn merge_limit_rules(defaults: &Value, merged: &mut Value, over: &Value) {
+    let rules = |v: &Value| v.get("limits")?.get("rules")?.as_array().cloned();
+    let (Some(base), Some(own)) = (rules(defaults), rules(over)) else {
+        return;
+    };
+    let name = |r: &Value| r.get("name").and_then(Value::as_str).map(str::to_owned);
+    let mut out: Vec<Value> = base
+        .into_iter()
+        .filter(|b| !own.iter().any(|o| name(o).is_some() && name(o) == name(b)))
+        .collect();
+    out.extend(own);
+    if let Some(slot) = merged.get_mut("limits").and_then(|l| l.get_mut("rules")) {
+        *slot = Value::Array(out);
     }
 }
 
@@ -503,7 +761,9 @@ impl Config {
                 return Err(ConfigError::at(path, "expected an object"));
             }
             let mut merged = defaults_value.clone();
+            let own = over.clone();
             merge(&mut merged, over);
+            merge_limit_rules(&defaults_value, &mut merged, &own);
             routes.insert(name, Rc::new(settings_from_value(merged, &path)?));
         }
         if raw.metrics.max_model_labels == 0 {
@@ -728,12 +988,12 @@ mod tests {
         assert_eq!(chat.limits.mode, LimitMode::ReportOnly);
         assert_eq!(chat.limits.reserve_max_tokens_default, 50);
         assert_eq!(chat.limits.rules.len(), 2);
-        assert_eq!(chat.limits.rules[1].window_ms(), 86_400_000);
+        assert_eq!(chat.limits.rules[1].window(), Window::Fixed(86_400_000));
         assert_eq!(chat.limits.rules[1].count, LimitCount::Total);
         assert!(!c.route(None).limits.active());
 
         let e = err(
-            r#"{"routes":{"chat":{"limits":{"rules":[{"name":"a","window":"1w","tokens":1}]}}}}"#,
+            r#"{"routes":{"chat":{"limits":{"rules":[{"name":"a","window":"5w","tokens":1}]}}}}"#,
         );
         assert_eq!(e.path, "routes.chat.limits.rules[0].window");
         let e = err(
@@ -752,15 +1012,100 @@ mod tests {
         assert_eq!(e.path, "defaults.limits.rules[0].key[0]");
         let e = err(r#"{"defaults":{"limits":{"consumer":{"header":"X Bad"}}}}"#);
         assert_eq!(e.path, "defaults.limits.consumer.header");
+        let e = err(r#"{"defaults":{"limits":{"rules":[{"name":"a","window":"1m"}]}}}"#);
+        assert_eq!(e.path, "defaults.limits.rules[0].tokens");
+        assert!(e.message.contains("`requests`"), "{e}");
+        let e = err(r#"{"defaults":{"limits":{"rules":[{"name":"a","window":"1m","usd":1.5}]}}}"#);
+        assert_eq!(e.path, "defaults.limits.rules[0].usd");
+        let e = err(r#"{"defaults":{"limits":{"consumer":{"jwt_claim":"sub","property":["a"]}}}}"#);
+        assert_eq!(e.path, "defaults.limits.consumer.property");
+        let e =
+            err(r#"{"defaults":{"limits":{"prices":[{"model":"gpt","input":1,"output":-2}]}}}"#);
+        assert_eq!(e.path, "defaults.limits.prices[0].output");
+    }
+
+    #[test]
+    fn overlapping_limit_rules_are_never_silently_ignored() {
+        // The same budget twice over the same key and window: one could never apply.
+        let e = err(r#"{"defaults":{"limits":{"rules":[
+                {"name":"a","key":["consumer","model"],"window":"1m","tokens":10},
+                {"name":"b","key":["model","consumer"],"window":"1m","tokens":20,"requests":3}]}}}"#);
+        assert_eq!(e.path, "defaults.limits.rules[1].name");
+        assert!(e.message.contains("\"a\""), "{e}");
+        // Different windows, units or counts are different budgets: all kept.
+        Config::parse(
+            br#"{"defaults":{"limits":{"rules":[
+                {"name":"a","key":["consumer"],"window":"1m","tokens":10},
+                {"name":"b","key":["consumer"],"window":"1h","tokens":20},
+                {"name":"c","key":["consumer"],"window":"1m","requests":20},
+                {"name":"d","key":["consumer"],"window":"1m","tokens":20,"count":"output"}]}}}"#,
+        )
+        .unwrap();
+        // A route's rules add to the defaults' (same name: replaced), so a route
+        // cannot drop a budget set for everyone by listing its own.
+        let c = Config::parse(
+            br#"{"defaults":{"limits":{"rules":[{"name":"global","window":"1d","tokens":100},
+                                                 {"name":"min","window":"1m","tokens":10}]}},
+                 "routes":{"chat":{"limits":{"rules":[{"name":"min","window":"1m","tokens":5},
+                                                      {"name":"chat-hour","window":"1h","requests":9}]}}}}"#,
+        )
+        .unwrap();
+        let names: Vec<(String, Option<u64>)> = c
+            .route(Some("chat"))
+            .limits
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.tokens))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("global".to_string(), Some(100)),
+                ("min".to_string(), Some(5)),
+                ("chat-hour".to_string(), None)
+            ]
+        );
+        // A route rule duplicating a default budget under another name is refused.
+        let e = err(
+            r#"{"defaults":{"limits":{"rules":[{"name":"g","window":"1d","tokens":100}]}},
+                "routes":{"chat":{"limits":{"rules":[{"name":"g2","window":"1d","tokens":50}]}}}}"#,
+        );
+        assert_eq!(e.path, "routes.chat.limits.rules[1].name");
+    }
+
+    #[test]
+    fn prices_match_the_longest_prefix() {
+        let c = Config::parse(
+            br#"{"defaults":{"limits":{"prices":[{"model":"","input":10,"output":30},
+                {"model":"gpt-4o","input":2.5,"output":10,"cached_input":1.25},
+                {"model":"gpt-4o-mini","input":0.15,"output":0.6}]}}}"#,
+        )
+        .unwrap();
+        let l = &c.route(None).limits;
+        assert_eq!(
+            l.price_for("gpt-4o-2024-08-06").unwrap().nano_per_token(),
+            (2500, 10_000, 1250)
+        );
+        assert_eq!(
+            l.price_for("gpt-4o-mini").unwrap().nano_per_token(),
+            (150, 600, 150)
+        );
+        assert_eq!(l.price_for("llama").unwrap().model, "");
     }
 
     #[test]
     fn windows_parse_strictly() {
-        assert_eq!(parse_window("30s"), Some(30_000));
-        assert_eq!(parse_window("1m"), Some(60_000));
-        assert_eq!(parse_window("2h"), Some(7_200_000));
-        assert_eq!(parse_window("31d"), Some(31 * 86_400_000));
-        for bad in ["", "m", "0m", "01m", "32d", "1w", "1.5m", "-1m", "1 m", "é"] {
+        let f = |ms| Some(Window::Fixed(ms));
+        assert_eq!(parse_window("30s"), f(30_000));
+        assert_eq!(parse_window("1m"), f(60_000));
+        assert_eq!(parse_window("2h"), f(7_200_000));
+        assert_eq!(parse_window("31d"), f(31 * 86_400_000));
+        assert_eq!(parse_window("1w"), Some(Window::Weeks(7 * 86_400_000)));
+        assert_eq!(parse_window("4w"), Some(Window::Weeks(28 * 86_400_000)));
+        assert_eq!(parse_window("month"), Some(Window::Month));
+        for bad in [
+            "", "m", "0m", "01m", "32d", "5w", "1.5m", "-1m", "1 m", "é", "1month", "Month",
+        ] {
             assert_eq!(parse_window(bad), None, "{bad}");
         }
     }

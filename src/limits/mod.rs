@@ -16,7 +16,13 @@
 //! no delete). The window start lives in the value, not the key, so entries do not
 //! multiply over time; they grow only with distinct consumers/models/routes.
 
-use crate::config::{LimitCount, LimitKeyPart, LimitMode, Limits};
+use std::fmt::Write as _;
+
+use crate::config::{LimitCount, LimitKeyPart, LimitMode, LimitRule, Limits, Window};
+
+pub mod clamp;
+pub mod cutoff;
+pub mod identity;
 
 /// How many times one counter update is retried when another worker wrote in
 /// between. With a handful of workers a few attempts suffice; the bound keeps a
@@ -44,6 +50,19 @@ pub trait Store {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
     /// Write `value` if the entry is still at version `cas` (or unconditionally for 0).
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+    /// Hold a refund for `key` to write with the next charge instead of now;
+    /// `false` (the default): not supported, write it now.
+    fn defer(&mut self, _key: &str, _window_start: u64, _delta: i64) -> bool {
+        false
+    }
+    /// Take the refund held for `key` in this window (0 if none).
+    fn take_deferred(&mut self, _key: &str, _window_start: u64) -> i64 {
+        0
+    }
+    /// Every held refund, to write now.
+    fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
+        Vec::new()
+    }
 }
 
 /// An in-memory [`Store`] with the same CAS semantics as Envoy's shared data
@@ -127,7 +146,7 @@ impl Counter {
 /// What is known about a request when it is admitted.
 #[derive(Clone, Debug, Default)]
 pub struct Subject<'a> {
-    /// Consumer id from the trusted header, if present.
+    /// Consumer id from the trusted source, if present.
     pub consumer: Option<&'a str>,
     /// Host route name.
     pub route: &'a str,
@@ -141,12 +160,79 @@ pub struct Subject<'a> {
     pub reserve_tokens: u64,
 }
 
+/// What a counter counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Tokens (input, output or total, per the rule's `count`).
+    Tokens,
+    /// Requests: one per admitted request.
+    Requests,
+    /// Cost in micro-dollars, from the route's price table.
+    MicroUsd,
+}
+
+impl Unit {
+    fn tag(self) -> char {
+        match self {
+            Unit::Tokens => 't',
+            Unit::Requests => 'r',
+            Unit::MicroUsd => 'u',
+        }
+    }
+}
+
+/// The budgets of one rule, each its own counter.
+fn budgets(r: &LimitRule) -> impl Iterator<Item = (Unit, u64)> {
+    [
+        r.tokens.map(|t| (Unit::Tokens, t)),
+        r.requests.map(|n| (Unit::Requests, n)),
+        r.usd_micros().map(|u| (Unit::MicroUsd, u)),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// A model's price in nano-dollars per token: (input, output, cached input).
+pub type Price = (u64, u64, u64);
+
 /// Tokens a rule charges for a given input/output split.
 fn cost(count: LimitCount, input: u64, output: u64) -> u64 {
     match count {
         LimitCount::Input => input,
         LimitCount::Output => output,
         LimitCount::Total => input.saturating_add(output),
+    }
+}
+
+/// Micro-dollars for `input` tokens (of which `cached` were cached) and `output`
+/// tokens, rounded up: what a `usd` budget counts.
+pub fn usd_micros(count: LimitCount, price: Price, input: u64, cached: u64, output: u64) -> u64 {
+    let (pi, po, pc) = price;
+    let cached = cached.min(input);
+    let nano_in = u128::from(input - cached) * u128::from(pi) + u128::from(cached) * u128::from(pc);
+    let nano_out = u128::from(output) * u128::from(po);
+    let nano = match count {
+        LimitCount::Input => nano_in,
+        LimitCount::Output => nano_out,
+        LimitCount::Total => nano_in + nano_out,
+    };
+    u64::try_from(nano.div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
+/// What one request costs a counter of `unit` (`None`: a `usd` budget for a
+/// model without a price; such a budget refuses, it cannot count).
+fn charge_of(
+    unit: Unit,
+    count: LimitCount,
+    price: Option<Price>,
+    input: u64,
+    cached: u64,
+    output: u64,
+) -> Option<u64> {
+    match unit {
+        Unit::Tokens => Some(cost(count, input, output)),
+        Unit::Requests => Some(1),
+        Unit::MicroUsd => Some(usd_micros(count, price?, input, cached, output)),
     }
 }
 
@@ -159,16 +245,33 @@ fn push_part(out: &mut String, tag: char, v: &str) {
     // Length-prefixed, so no value can forge another key's parts.
     out.push('/');
     out.push(tag);
-    out.push_str(&v.len().to_string());
+    let _ = write!(out, "{}", v.len());
     out.push(':');
     out.push_str(v);
 }
 
-/// The store key of one rule's counter for this subject. Requests without a
-/// consumer header share the `anonymous` consumer's budget.
-pub fn counter_key(rule_name: &str, window_ms: u64, parts: &[LimitKeyPart], s: &Subject) -> String {
-    let mut k = format!("tollgate/limits/v1/{rule_name}/{window_ms}");
-    for p in parts {
+fn window_label(out: &mut String, w: Window) {
+    match w {
+        Window::Fixed(ms) => {
+            let _ = write!(out, "{ms}");
+        }
+        Window::Weeks(ms) => {
+            let _ = write!(out, "w{ms}");
+        }
+        Window::Month => out.push_str("month"),
+    }
+}
+
+/// The store key of one rule's counter of `unit` for this subject. Requests
+/// without a consumer share the `anonymous` consumer's budget.
+pub fn counter_key(rule: &LimitRule, unit: Unit, s: &Subject) -> String {
+    let mut k = String::with_capacity(64 + rule.name.len());
+    k.push_str("tollgate/limits/v2/");
+    k.push_str(&rule.name);
+    k.push('/');
+    k.push(unit.tag());
+    window_label(&mut k, rule.window());
+    for p in &rule.key {
         match p {
             LimitKeyPart::Consumer => match s.consumer {
                 Some(c) => push_part(&mut k, 'c', c),
@@ -182,27 +285,107 @@ pub fn counter_key(rule_name: &str, window_ms: u64, parts: &[LimitKeyPart], s: &
     k
 }
 
-/// The state of the rule that matters most to a client, for its headers.
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian, UTC).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// (year, month) of a day count since 1970-01-01.
+fn civil_month(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m)
+}
+
+/// Start and end (ms since the epoch) of the window holding `now_ms`.
+pub fn window_bounds(w: Window, now_ms: u64) -> (u64, u64) {
+    match w {
+        Window::Fixed(ms) => {
+            let ms = ms.max(1);
+            let start = now_ms - now_ms % ms;
+            (start, start.saturating_add(ms))
+        }
+        Window::Weeks(ms) => {
+            // 1970-01-05, the first Monday after the epoch.
+            const MONDAY: u64 = 4 * 86_400_000;
+            let ms = ms.max(1);
+            let start = now_ms - now_ms.saturating_sub(MONDAY) % ms;
+            (start, start.saturating_add(ms))
+        }
+        Window::Month => {
+            let day = i64::try_from(now_ms / 86_400_000).unwrap_or(0);
+            let (y, m) = civil_month(day);
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            let ms = |d: i64| u64::try_from(d).unwrap_or(0).saturating_mul(86_400_000);
+            (ms(days_from_civil(y, m, 1)), ms(days_from_civil(ny, nm, 1)))
+        }
+    }
+}
+
+/// The state of one budget, for headers and messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateState {
     /// Rule name.
     pub rule: String,
-    /// Tokens per window.
+    /// What the budget counts.
+    pub unit: Unit,
+    /// Budget per window (tokens, requests or micro-dollars).
     pub limit: u64,
-    /// Tokens left in the current window (after this request's charge if admitted).
+    /// What is left in the current window (after this request's charge if admitted).
     pub remaining: u64,
     /// Milliseconds until the window resets.
     pub reset_ms: u64,
 }
 
 impl RateState {
-    /// `x-ratelimit-*-tokens` headers, as OpenAI sends them.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("x-ratelimit-limit-tokens", self.limit.to_string()),
-            ("x-ratelimit-remaining-tokens", self.remaining.to_string()),
-            ("x-ratelimit-reset-tokens", format_duration(self.reset_ms)),
-        ]
+    /// `x-ratelimit-{limit,remaining,reset}-{tokens,requests}` as OpenAI sends
+    /// them (`-usd` for cost budgets, in dollars: tollgate's own extension).
+    pub fn push_headers(&self, out: &mut Vec<(&'static str, String)>) {
+        let names = match self.unit {
+            Unit::Tokens => [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+            Unit::Requests => [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+            Unit::MicroUsd => [
+                "x-ratelimit-limit-usd",
+                "x-ratelimit-remaining-usd",
+                "x-ratelimit-reset-usd",
+            ],
+        };
+        let amount = |v: u64| match self.unit {
+            Unit::MicroUsd => format!("{}.{:06}", v / 1_000_000, v % 1_000_000),
+            _ => v.to_string(),
+        };
+        out.push((names[0], amount(self.limit)));
+        out.push((names[1], amount(self.remaining)));
+        out.push((names[2], format_duration(self.reset_ms)));
+    }
+
+    /// What the budget counts, for messages.
+    pub fn what(&self) -> &'static str {
+        match self.unit {
+            Unit::Tokens => "tokens",
+            Unit::Requests => "requests",
+            Unit::MicroUsd => "micro-USD",
+        }
     }
 }
 
@@ -227,33 +410,68 @@ pub fn format_duration(ms: u64) -> String {
 pub struct Charge {
     key: String,
     window_start: u64,
+    unit: Unit,
     count: LimitCount,
     charged: u64,
 }
 
 /// The outcome of admission.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Admission {
     /// Let the request through (always true in `report_only`).
     pub allowed: bool,
     /// The limits would have refused it (equals `!allowed` when enforcing).
     pub over_limit: bool,
-    /// For headers: the refusing rule with the latest reset, or else the rule with
-    /// the least remaining. `None` when the store was unusable.
-    pub state: Option<RateState>,
+    /// The refusing budget (the one with the latest reset), if any.
+    pub refused_by: Option<RateState>,
+    /// Per unit (tokens, requests, USD), the budget that matters most to the
+    /// client: the refusing one, else the one with the least remaining. `None`
+    /// when the store was unusable.
+    pub states: Vec<RateState>,
     /// What was charged, for [`true_up`].
     pub charges: Vec<Charge>,
     /// Counter updates that gave up (store error or CAS attempts exhausted);
     /// those rules failed open for this request.
     pub store_errors: usize,
+    /// The completion reservation was lowered to this to fit (clamp mode).
+    pub clamped_to: Option<u64>,
+    /// Output tokens this request may produce before some budget runs out
+    /// (`None`: unbounded), for the mid-stream cut-off. Computed from the counters
+    /// as read at admission, before this request's own charge.
+    pub output_allowance: Option<u64>,
+    /// The price used for `usd` budgets, kept for the true-up.
+    pub price: Option<Price>,
 }
 
 impl Admission {
+    /// The budget a client sees in messages and logs: the refusing one, else the
+    /// one with the least remaining.
+    pub fn state(&self) -> Option<&RateState> {
+        self.refused_by.as_ref().or_else(|| {
+            self.states.iter().min_by_key(|s| {
+                (
+                    s.remaining.saturating_mul(1000) / s.limit.max(1),
+                    s.remaining,
+                )
+            })
+        })
+    }
+
     /// Whole seconds a refused client should wait (`retry-after`).
     pub fn retry_after_secs(&self) -> u64 {
-        self.state
-            .as_ref()
-            .map_or(1, |s| s.reset_ms.div_ceil(1000).max(1))
+        self.state().map_or(1, |s| s.reset_ms.div_ceil(1000).max(1))
+    }
+
+    /// The `x-ratelimit-*` headers, one set per unit with budgets.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(self.states.len() * 3 + 1);
+        for s in &self.states {
+            s.push_headers(&mut out);
+        }
+        if let Some(n) = self.clamped_to {
+            out.push(("x-tollgate-max-tokens-clamped", n.to_string()));
+        }
+        out
     }
 }
 
@@ -350,74 +568,227 @@ fn add(
     Err(StoreError::Unavailable)
 }
 
-/// Admit a request: every rule must have room for prompt + reservation (strictest
-/// wins; none is skipped). Admitted requests are charged on every rule; refused
-/// ones on none. In `report_only` the request is always admitted and charged.
+/// One budget of one rule, as read at admission.
+struct Planned<'r> {
+    rule: &'r LimitRule,
+    unit: Unit,
+    limit: u64,
+    key: String,
+    start: u64,
+    end: u64,
+    /// The counter as read (`None`: store error, this budget fails open).
+    seen: Option<(Counter, u32)>,
+    /// This worker's deferred refund for the counter, taken out of the store's
+    /// deferral map: written with this request's charge, or put back.
+    deferred: i64,
+}
+
+impl Planned<'_> {
+    /// Usage before this request, deferred refunds included.
+    fn used(&self) -> Option<u64> {
+        let (c, _) = self.seen.as_ref()?;
+        Some(
+            u64::try_from(i128::from(c.used_in(self.start)) + i128::from(self.deferred))
+                .unwrap_or(0),
+        )
+    }
+
+    fn state(&self, used: u64, now_ms: u64) -> RateState {
+        RateState {
+            rule: self.rule.name.clone(),
+            unit: self.unit,
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(used),
+            reset_ms: self.end.saturating_sub(now_ms),
+        }
+    }
+
+    /// Output tokens that still fit in this budget on top of the prompt (`None`:
+    /// unbounded); `Some(0)` also when the prompt alone does not fit.
+    fn output_room(&self, prompt: u64, price: Option<Price>) -> Option<u64> {
+        let used = self.used()?;
+        let room = self.limit.saturating_sub(used);
+        let count = self.rule.count;
+        match self.unit {
+            Unit::Requests => (room == 0).then_some(0),
+            Unit::Tokens => match count {
+                LimitCount::Input => (prompt > room).then_some(0),
+                LimitCount::Output => Some(room),
+                LimitCount::Total => Some(room.saturating_sub(prompt)),
+            },
+            Unit::MicroUsd => {
+                let Some(p) = price else { return Some(0) };
+                let prompt_micros = usd_micros(count, p, prompt, 0, 0);
+                if prompt_micros > room {
+                    return Some(0);
+                }
+                if count == LimitCount::Input || p.1 == 0 {
+                    return None;
+                }
+                let prompt_nano = match count {
+                    LimitCount::Total => u128::from(prompt) * u128::from(p.0),
+                    _ => 0,
+                };
+                let nano_room = (u128::from(room) * 1000).saturating_sub(prompt_nano);
+                Some(u64::try_from(nano_room / u128::from(p.1)).unwrap_or(u64::MAX))
+            }
+        }
+    }
+}
+
+/// Per unit, the budget that matters most to a client, from `(plan index, usage,
+/// over the limit)`: an over-limit one (latest reset first), else the least
+/// remaining. Only the chosen ones are turned into [`RateState`]s.
+fn pick_states(plan: &[Planned], seen: &[(usize, u64, bool)], now_ms: u64) -> Vec<RateState> {
+    let mut out = Vec::with_capacity(3);
+    for unit in [Unit::Tokens, Unit::Requests, Unit::MicroUsd] {
+        let best = seen
+            .iter()
+            .filter_map(|&(i, used, over)| Some((plan.get(i)?, used, over)))
+            .filter(|(p, _, _)| p.unit == unit)
+            .max_by_key(|(p, used, over)| {
+                let reset = p.end.saturating_sub(now_ms);
+                (
+                    *over,
+                    if *over { reset } else { 0 },
+                    u64::MAX - p.limit.saturating_sub(*used),
+                    reset,
+                )
+            });
+        if let Some((p, used, _)) = best {
+            out.push(p.state(used, now_ms));
+        }
+    }
+    out
+}
+
+/// Put back the deferred refunds admission took but did not write.
+fn restore_deferred(store: &mut dyn Store, plan: &[Planned]) {
+    for p in plan.iter().filter(|p| p.deferred != 0) {
+        store.defer(&p.key, p.start, p.deferred);
+    }
+}
+
+/// Admit a request: every budget of every rule must have room for prompt +
+/// reservation (strictest wins; none is skipped). Admitted requests are charged on
+/// every budget; refused ones on none. In `report_only` the request is always
+/// admitted and charged. With `clamp_max_tokens`, a request whose prompt fits but
+/// whose reservation does not is admitted with the reservation lowered to what
+/// fits (at least `clamp_min_tokens`); see [`Admission::clamped_to`].
+///
+/// Hostcalls: per budget one `get` and one CAS `set` (more only on contention or
+/// when a counter is created). Refunds this worker deferred ([`Store::defer`]) are
+/// folded into the same `set`.
 pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> Admission {
     let enforce = cfg.mode == LimitMode::Enforce;
     let mut store_errors = 0;
-    // Phase 1: read every rule, find the refusing ones (no writes).
-    let mut plan = Vec::with_capacity(cfg.rules.len());
+    let price = (cfg.rules.iter().any(|r| r.usd.is_some()))
+        .then(|| cfg.price_for(s.model).map(|p| p.nano_per_token()))
+        .flatten();
+    // Phase 1: read every budget (no writes).
+    let mut plan: Vec<Planned> = Vec::with_capacity(cfg.rules.len());
     for r in &cfg.rules {
-        let w = r.window_ms().max(1);
-        let ws = now_ms - now_ms % w;
-        let key = counter_key(&r.name, w, &r.key, s);
-        let want = cost(r.count, s.prompt_tokens, s.reserve_tokens);
-        let used = match read(store, &key, ws) {
-            Ok(seen) => Some(seen),
-            Err(_) => {
-                store_errors += 1;
-                None
-            }
-        };
-        plan.push((r, key, ws, w, want, used));
+        let (start, end) = window_bounds(r.window(), now_ms);
+        for (unit, limit) in budgets(r) {
+            let key = counter_key(r, unit, s);
+            let (seen, deferred) = match read(store, &key, start) {
+                Ok(seen) => (Some(seen), store.take_deferred(&key, start)),
+                Err(_) => {
+                    store_errors += 1;
+                    (None, 0)
+                }
+            };
+            plan.push(Planned {
+                rule: r,
+                unit,
+                limit,
+                key,
+                start,
+                end,
+                seen,
+                deferred,
+            });
+        }
     }
-    let state_of = |r: &crate::config::LimitRule, used: u64, ws: u64, w: u64| RateState {
-        rule: r.name.clone(),
-        limit: r.tokens,
-        remaining: r.tokens.saturating_sub(used),
-        reset_ms: ws.saturating_add(w).saturating_sub(now_ms),
-    };
-    let refusing = plan
+    let prompt = s.prompt_tokens;
+    let output_allowance = plan
         .iter()
-        .filter_map(|(r, _, ws, w, want, used)| {
-            let used = used.as_ref()?.0.used_in(*ws);
-            (used.saturating_add(*want) > r.tokens).then(|| state_of(r, used, *ws, *w))
+        .filter_map(|p| p.output_room(prompt, price))
+        .min();
+    let mut reserve = s.reserve_tokens;
+    let mut clamped_to = None;
+    if cfg.clamp_max_tokens && enforce {
+        if let Some(room) = output_allowance {
+            if room < reserve && room >= cfg.clamp_min_tokens {
+                reserve = room;
+                clamped_to = Some(room);
+            }
+        }
+    }
+    let want_of = |p: &Planned| charge_of(p.unit, p.rule.count, price, prompt, 0, reserve);
+    // (plan index, usage before, would go over)
+    let before: Vec<(usize, u64, bool)> = plan
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let used = p.used()?;
+            let over = want_of(p).is_none_or(|w| used.saturating_add(w) > p.limit);
+            Some((i, used, over))
         })
-        .max_by_key(|st| st.reset_ms);
+        .collect();
+    let refusing = before
+        .iter()
+        .filter(|(_, _, over)| *over)
+        .filter_map(|&(i, used, _)| Some((plan.get(i)?, used)))
+        .max_by_key(|(p, _)| p.end)
+        .map(|(p, used)| p.state(used, now_ms));
     if let (true, Some(st)) = (enforce, &refusing) {
+        restore_deferred(store, &plan);
         return Admission {
             allowed: false,
             over_limit: true,
-            state: Some(st.clone()),
-            charges: Vec::new(),
+            refused_by: Some(st.clone()),
+            states: pick_states(&plan, &before, now_ms),
             store_errors,
+            price,
+            ..Admission::default()
         };
     }
-    // Phase 2: charge each rule with check-and-set; undo on a late refusal.
+    // Phase 2: charge each budget with check-and-set; undo on a late refusal.
     let mut charges: Vec<Charge> = Vec::with_capacity(plan.len());
     let mut late_refusal = None;
-    for (r, key, ws, w, want, seen) in &plan {
-        if seen.is_none() {
-            continue;
-        }
-        let limit = enforce.then_some(r.tokens);
-        match add(store, key, *ws, i128::from(*want), limit, *seen) {
-            Ok(true) => charges.push(Charge {
-                key: key.clone(),
-                window_start: *ws,
-                count: r.count,
-                charged: *want,
-            }),
+    let mut after: Vec<(usize, u64, bool)> = Vec::with_capacity(plan.len());
+    for i in 0..plan.len() {
+        let Some(p) = plan.get_mut(i) else { break };
+        let Some(seen) = p.seen.take() else { continue };
+        let want = want_of(p).unwrap_or(0);
+        let limit = enforce.then_some(p.limit);
+        let delta = i128::from(want) + i128::from(p.deferred);
+        match add(store, &p.key, p.start, delta, limit, Some(seen)) {
+            Ok(true) => {
+                let used = p.used_after(seen, want);
+                p.deferred = 0;
+                after.push((i, used, used > p.limit));
+                charges.push(Charge {
+                    // Nothing deferred is left to restore under this key.
+                    key: std::mem::take(&mut p.key),
+                    window_start: p.start,
+                    unit: p.unit,
+                    count: p.rule.count,
+                    charged: want,
+                });
+            }
             Ok(false) => {
                 // Another worker spent the room between our read and write.
-                let used = read(store, key, *ws).map_or(r.tokens, |(c, _)| c.used_in(*ws));
-                late_refusal = Some(state_of(r, used, *ws, *w));
+                let used =
+                    read(store, &p.key, p.start).map_or(p.limit, |(c, _)| c.used_in(p.start));
+                late_refusal = Some(p.state(used, now_ms));
                 break;
             }
             Err(_) => store_errors += 1,
         }
     }
+    restore_deferred(store, &plan);
     if let Some(st) = late_refusal {
         for c in &charges {
             let _ = add(
@@ -432,42 +803,123 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
         return Admission {
             allowed: false,
             over_limit: true,
-            state: Some(st),
-            charges: Vec::new(),
+            states: vec![st.clone()],
+            refused_by: Some(st),
             store_errors,
+            price,
+            ..Admission::default()
         };
     }
-    // Headers report the rule with the least remaining after this charge.
-    let over_limit = refusing.is_some();
-    let state = match refusing {
-        Some(st) => Some(RateState { remaining: 0, ..st }),
-        None => plan
-            .iter()
-            .filter_map(|(r, _, ws, w, want, used)| {
-                let used = used.as_ref()?.0.used_in(*ws).saturating_add(*want);
-                Some(state_of(r, used, *ws, *w))
-            })
-            .min_by_key(|st| (st.remaining, u64::MAX - st.reset_ms)),
-    };
     Admission {
         allowed: true,
-        over_limit,
-        state,
+        over_limit: refusing.is_some(),
+        // Report-only: it went through, and took what it would have been refused.
+        refused_by: refusing.map(|st| RateState { remaining: 0, ..st }),
+        states: pick_states(&plan, &after, now_ms),
         charges,
         store_errors,
+        clamped_to,
+        output_allowance: if enforce { output_allowance } else { None },
+        price,
+    }
+}
+
+impl Planned<'_> {
+    /// Usage after this request's charge (deferred refunds included).
+    fn used_after(&self, seen: (Counter, u32), want: u64) -> u64 {
+        u64::try_from(
+            i128::from(seen.0.used_in(self.start)) + i128::from(self.deferred) + i128::from(want),
+        )
+        .unwrap_or(0)
     }
 }
 
 /// Replace the admission charges by what the exchange really used (the provider's
-/// usage, or tollgate's count): refunds unused reservations, charges overruns.
-/// Counters whose window has since ended are left alone.
-pub fn true_up(store: &mut dyn Store, a: &Admission, input: u64, output: u64) {
-    for c in &a.charges {
-        let real = cost(c.count, input, output);
+/// usage, or tollgate's count): overruns are charged at once; refunds of unused
+/// reservation are deferred when the store supports it ([`Store::defer`]: folded
+/// into this worker's next write of the counter, or [`flush_deferred`]), else
+/// written at once. `cached` is the part of `input` read from the provider's cache
+/// (priced apart). Counters whose window has since ended are left alone.
+pub fn true_up(store: &mut dyn Store, a: &Admission, input: u64, cached: u64, output: u64) {
+    true_up_charges(store, &a.charges, a.price, input, cached, output);
+}
+
+/// [`true_up`] for charges taken out of their [`Admission`] (`price`: its
+/// [`Admission::price`]).
+pub fn true_up_charges(
+    store: &mut dyn Store,
+    charges: &[Charge],
+    price: Option<Price>,
+    input: u64,
+    cached: u64,
+    output: u64,
+) {
+    for c in charges {
+        let Some(real) = charge_of(c.unit, c.count, price, input, cached, output) else {
+            continue;
+        };
         let delta = i128::from(real) - i128::from(c.charged);
+        if delta < 0 {
+            let d = i64::try_from(delta).unwrap_or(i64::MIN);
+            if store.defer(&c.key, c.window_start, d) {
+                continue;
+            }
+        }
         if delta != 0 {
             let _ = add(store, &c.key, c.window_start, delta, None, None);
         }
+    }
+}
+
+/// Write every deferred refund (called on a timer, so a refund never waits
+/// longer than the timer period when the counter sees no further request).
+pub fn flush_deferred(store: &mut dyn Store) {
+    for (key, ws, delta) in store.drain_deferred() {
+        let _ = add(store, &key, ws, i128::from(delta), None, None);
+    }
+}
+
+/// Refunds held back per counter: a refund is written together with this worker's
+/// next charge of the same counter, saving the `get` + `set` a separate write
+/// costs. Held refunds only make a counter read higher than it is (never lower),
+/// so the overshoot bound is unaffected; another worker sees them once this one
+/// writes or flushes.
+#[derive(Default, Debug)]
+pub struct Deferred {
+    map: std::collections::HashMap<String, (u64, i64)>,
+}
+
+impl Deferred {
+    /// Hold `delta` (a refund, negative) for `key` in window `ws`.
+    pub fn defer(&mut self, key: &str, ws: u64, delta: i64) {
+        match self.map.get_mut(key) {
+            Some(e) if e.0 == ws => e.1 = e.1.saturating_add(delta),
+            Some(e) => *e = (ws, delta),
+            None => {
+                self.map.insert(key.to_string(), (ws, delta));
+            }
+        }
+    }
+
+    /// Take what is held for `key` in window `ws` (a refund for an older window is dropped).
+    pub fn take(&mut self, key: &str, ws: u64) -> i64 {
+        if self.map.is_empty() {
+            return 0;
+        }
+        match self.map.remove(key) {
+            Some((w, d)) if w == ws => d,
+            _ => 0,
+        }
+    }
+
+    /// Everything held, emptying the map.
+    pub fn drain(&mut self) -> Vec<(String, u64, i64)> {
+        self.map.drain().map(|(k, (w, d))| (k, w, d)).collect()
+    }
+
+    /// Nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 

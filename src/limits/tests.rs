@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{Config, Limits};
+use crate::config::{Config, LimitCount, LimitKeyPart, LimitRule, Limits};
 
 fn limits(json: &str) -> Limits {
     let c = Config::parse(format!(r#"{{"defaults":{{"limits":{json}}}}}"#).as_bytes()).unwrap();
@@ -17,6 +17,20 @@ fn subject(consumer: Option<&str>, prompt: u64, reserve: u64) -> Subject<'_> {
     }
 }
 
+/// The token counter key of a rule with this name, window and key.
+fn counter_key(name: &str, window_ms: u64, parts: &[LimitKeyPart], s: &Subject) -> String {
+    let rule = LimitRule {
+        name: name.to_string(),
+        key: parts.to_vec(),
+        window: format!("{}s", window_ms.div_ceil(1000)),
+        tokens: Some(1),
+        requests: None,
+        usd: None,
+        count: LimitCount::Total,
+    };
+    super::counter_key(&rule, Unit::Tokens, s)
+}
+
 const T0: u64 = 1_699_999_200_000; // an hour boundary
 
 fn store() -> MemoryStore {
@@ -31,14 +45,14 @@ fn admits_until_prompt_plus_reservation_does_not_fit() {
     let mut st = store();
     let a = admit(&l, &mut st, T0, &subject(Some("alice"), 30, 20));
     assert!(a.allowed && !a.over_limit);
-    let s = a.state.clone().unwrap();
+    let s = a.state().cloned().unwrap();
     assert_eq!((s.limit, s.remaining, s.reset_ms), (100, 50, 60_000));
     let a2 = admit(&l, &mut st, T0 + 1000, &subject(Some("alice"), 30, 20));
     assert!(a2.allowed);
-    assert_eq!(a2.state.unwrap().remaining, 0);
+    assert_eq!(a2.state().cloned().unwrap().remaining, 0);
     let a3 = admit(&l, &mut st, T0 + 2000, &subject(Some("alice"), 1, 0));
     assert!(!a3.allowed && a3.over_limit);
-    assert_eq!(a3.state.clone().unwrap().remaining, 0);
+    assert_eq!(a3.state().cloned().unwrap().remaining, 0);
     assert_eq!(a3.retry_after_secs(), 58);
     // Another consumer has its own budget.
     assert!(admit(&l, &mut st, T0 + 2000, &subject(Some("bob"), 30, 20)).allowed);
@@ -55,16 +69,16 @@ fn strictest_rule_wins_and_refusal_charges_nothing() {
     let mut st = store();
     let a = admit(&l, &mut st, T0, &subject(None, 50, 50));
     assert!(a.allowed);
-    let s = a.state.unwrap();
+    let s = a.state().cloned().unwrap();
     assert_eq!((s.rule.as_str(), s.remaining), ("hour", 50));
     let refused = admit(&l, &mut st, T0, &subject(None, 50, 50));
     assert!(!refused.allowed);
-    assert_eq!(refused.state.as_ref().unwrap().rule, "hour");
+    assert_eq!(refused.state().unwrap().rule, "hour");
     assert_eq!(refused.retry_after_secs(), 3600);
     // The minute rule was not charged for the refused request.
     let minute = limits(r#"{"rules":[{"name":"min","window":"1m","tokens":1000}]}"#);
     let a = admit(&minute, &mut st, T0, &subject(None, 0, 0));
-    assert_eq!(a.state.unwrap().remaining, 900);
+    assert_eq!(a.state().cloned().unwrap().remaining, 900);
 }
 
 #[test]
@@ -76,7 +90,7 @@ fn true_up_replaces_the_reservation_with_real_usage() {
     );
     let mut st = store();
     let a = admit(&l, &mut st, T0, &subject(None, 10, 500));
-    true_up(&mut st, &a, 10, 7);
+    true_up(&mut st, &a, 10, 0, 7);
     let probe = admit(&l, &mut st, T0, &subject(None, 0, 0));
     let remaining: Vec<_> = probe
         .charges
@@ -85,12 +99,12 @@ fn true_up_replaces_the_reservation_with_real_usage() {
         .collect();
     assert_eq!(remaining.len(), 3);
     // Least remaining is the total rule: 1000 - 17.
-    assert_eq!(probe.state.unwrap().remaining, 983);
+    assert_eq!(probe.state().cloned().unwrap().remaining, 983);
     // An overrun is charged too.
     let a = admit(&l, &mut st, T0, &subject(None, 10, 5));
-    true_up(&mut st, &a, 10, 400);
+    true_up(&mut st, &a, 10, 0, 400);
     let probe = admit(&l, &mut st, T0, &subject(None, 0, 0));
-    assert_eq!(probe.state.unwrap().remaining, 1000 - 17 - 410);
+    assert_eq!(probe.state().cloned().unwrap().remaining, 1000 - 17 - 410);
 }
 
 #[test]
@@ -101,7 +115,7 @@ fn report_only_never_refuses_but_says_it_would() {
     assert!(a.allowed && !a.over_limit);
     let a = admit(&l, &mut st, T0, &subject(None, 8, 0));
     assert!(a.allowed && a.over_limit);
-    assert_eq!(a.state.unwrap().remaining, 0);
+    assert_eq!(a.state().cloned().unwrap().remaining, 0);
 }
 
 #[test]
@@ -113,9 +127,9 @@ fn keys_are_unforgeable_and_bounded() {
     let b = counter_key("r", 60_000, &parts, &s);
     assert_ne!(a, b);
     let long = "é".repeat(1000);
-    let k = counter_key("r", 1, &parts, &subject(Some(&long), 0, 0));
+    let k = counter_key("r", 1000, &parts, &subject(Some(&long), 0, 0));
     assert!(k.len() < 400, "{}", k.len());
-    let anon = counter_key("r", 1, &parts, &subject(None, 0, 0));
+    let anon = counter_key("r", 1000, &parts, &subject(None, 0, 0));
     assert!(anon.contains("/anonymous"));
 }
 
@@ -184,7 +198,7 @@ fn cas_conflicts_are_retried_and_never_overshoot() {
 #[test]
 fn late_refusal_refunds_earlier_rules() {
     let l = limits(
-        r#"{"rules":[{"name":"a","window":"1m","tokens":1000},
+        r#"{"rules":[{"name":"a","window":"1m","tokens":1000,"count":"input"},
                      {"name":"b","window":"1m","tokens":100}]}"#,
     );
     let kb = counter_key("b", 60_000, &[], &subject(None, 0, 0));
@@ -215,7 +229,7 @@ fn unusable_store_fails_open_and_says_so() {
     let a = admit(&l, &mut Broken, T0, &subject(None, 50, 0));
     assert!(a.allowed);
     assert_eq!(a.store_errors, 1);
-    assert!(a.state.is_none());
+    assert!(a.state().is_none());
 }
 
 #[test]
@@ -230,4 +244,235 @@ fn creation_is_serialised_by_the_lock() {
     st.set(CREATE_LOCK_KEY, &3u64.to_le_bytes(), 0).unwrap();
     create(&mut st, "k2", 7);
     assert!(st.get("k2").unwrap().is_some());
+}
+
+fn priced(json_rules: &str) -> Limits {
+    limits(&format!(
+        r#"{{"prices":[{{"model":"gpt-4o","input":2.5,"output":10,"cached_input":1.25}}],"rules":{json_rules}}}"#
+    ))
+}
+
+#[test]
+fn request_budgets_count_one_per_request_and_show_their_own_headers() {
+    let l = limits(
+        r#"{"rules":[{"name":"rpm","key":["consumer"],"window":"1m","requests":2,"tokens":1000}]}"#,
+    );
+    let mut st = store();
+    let a = admit(&l, &mut st, T0, &subject(Some("a"), 10, 10));
+    let h = a.headers();
+    let get =
+        |h: &[(&str, String)], k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    assert_eq!(get(&h, "x-ratelimit-limit-requests").as_deref(), Some("2"));
+    assert_eq!(
+        get(&h, "x-ratelimit-remaining-requests").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        get(&h, "x-ratelimit-reset-requests").as_deref(),
+        Some("1m0s")
+    );
+    assert_eq!(
+        get(&h, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("980")
+    );
+    // True-up never changes a request count.
+    true_up(&mut st, &a, 10, 0, 500);
+    let a = admit(&l, &mut st, T0 + 30_000, &subject(Some("a"), 10, 10));
+    assert!(a.allowed);
+    assert_eq!(
+        get(&a.headers(), "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        get(&a.headers(), "x-ratelimit-reset-requests").as_deref(),
+        Some("30s")
+    );
+    let refused = admit(&l, &mut st, T0 + 30_000, &subject(Some("a"), 1, 1));
+    assert!(!refused.allowed);
+    let s = refused.state().unwrap();
+    assert_eq!(
+        (s.unit, s.rule.as_str(), s.remaining),
+        (Unit::Requests, "rpm", 0)
+    );
+    // A refused request's headers still show both units.
+    assert_eq!(
+        get(&refused.headers(), "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
+    assert!(get(&refused.headers(), "x-ratelimit-remaining-tokens").is_some());
+}
+
+#[test]
+fn usd_budgets_charge_prompt_and_reservation_then_true_up_to_real_cost() {
+    // $0.01 budget; gpt-4o: $2.50/M input, $10/M output, $1.25/M cached.
+    let l = priced(r#"[{"name":"spend","key":["consumer"],"window":"1d","usd":0.01}]"#);
+    let mut st = store();
+    // 1000 prompt + 500 reserved = 2500 + 5000 micro-dollars.
+    let a = admit(&l, &mut st, T0, &subject(Some("a"), 1000, 500));
+    assert!(a.allowed);
+    let s = a.state().unwrap();
+    assert_eq!(
+        (s.unit, s.limit, s.remaining),
+        (Unit::MicroUsd, 10_000, 2_500)
+    );
+    let h = a.headers();
+    assert!(
+        h.contains(&("x-ratelimit-remaining-usd", "0.002500".to_string())),
+        "{h:?}"
+    );
+    // Real: 1000 input of which 800 cached, 100 output:
+    // 200 * 2.5 + 800 * 1.25 + 100 * 10 = 2500 micro-dollars.
+    true_up(&mut st, &a, 1000, 800, 100);
+    let probe = admit(&l, &mut st, T0, &subject(Some("a"), 0, 0));
+    assert_eq!(probe.state().unwrap().remaining, 10_000 - 2500);
+    // Too expensive now: 3000 prompt (7500) + 500 output (5000).
+    assert!(!admit(&l, &mut st, T0, &subject(Some("a"), 3000, 500)).allowed);
+    // A model without a price cannot be counted: a usd budget refuses it.
+    let mut s = subject(Some("a"), 1, 1);
+    s.model = "llama-3";
+    let r = admit(&l, &mut st, T0, &s);
+    assert!(!r.allowed);
+    assert_eq!(r.state().unwrap().rule, "spend");
+    assert_eq!(
+        usd_micros(LimitCount::Total, (2500, 10_000, 1250), 1, 0, 0),
+        3
+    );
+}
+
+#[test]
+fn month_and_week_windows() {
+    // 2026-02-14T12:00:00Z -> February 2026.
+    let now = 1_771_070_400_000;
+    let (start, end) = window_bounds(Window::Month, now);
+    assert_eq!(start, 1_769_904_000_000, "2026-02-01");
+    assert_eq!(end, 1_772_323_200_000, "2026-03-01");
+    let (s2, e2) = window_bounds(Window::Month, 1_798_675_200_000); // 2026-12-31
+    assert_eq!(
+        (s2, e2),
+        (1_796_083_200_000, 1_798_761_600_000),
+        "Dec 2026 .. Jan 2027"
+    );
+    // Weeks start on Mondays: 2026-02-09 00:00 UTC.
+    let (ws, we) = window_bounds(Window::Weeks(7 * 86_400_000), now);
+    assert_eq!((ws, we), (1_770_595_200_000, 1_771_200_000_000));
+    let l = limits(r#"{"rules":[{"name":"m","window":"month","tokens":100}]}"#);
+    let mut st = store();
+    assert!(admit(&l, &mut st, now, &subject(None, 60, 0)).allowed);
+    assert!(!admit(&l, &mut st, end - 1, &subject(None, 60, 0)).allowed);
+    let next = admit(&l, &mut st, end, &subject(None, 60, 0));
+    assert!(next.allowed, "a new month starts empty");
+}
+
+#[test]
+fn clamp_lowers_the_reservation_to_what_fits_and_never_below_the_minimum() {
+    let l = limits(
+        r#"{"clamp_max_tokens":true,"clamp_min_tokens":10,
+            "rules":[{"name":"t","window":"1m","tokens":100},
+                     {"name":"o","window":"1h","tokens":70,"count":"output"}]}"#,
+    );
+    let mut st = store();
+    // 30 prompt + 500 reserved: total room 70, output room 70 -> clamped to 70.
+    let a = admit(&l, &mut st, T0, &subject(None, 30, 500));
+    assert!(a.allowed);
+    assert_eq!(a.clamped_to, Some(70));
+    assert_eq!(a.output_allowance, Some(70));
+    assert!(a
+        .headers()
+        .contains(&("x-tollgate-max-tokens-clamped", "70".to_string())));
+    true_up(&mut st, &a, 30, 0, 60);
+    // Used: total 90, output 60. Room for 5 output tokens < minimum 10: refused.
+    let r = admit(&l, &mut st, T0, &subject(None, 5, 100));
+    assert!(!r.allowed && r.clamped_to.is_none());
+    // A prompt that does not fit is refused, not clamped.
+    let r = admit(&l, &mut st, T0, &subject(None, 20, 1));
+    assert!(!r.allowed);
+    // Without clamping, the reservation must fit as asked.
+    let plain = limits(r#"{"rules":[{"name":"t","window":"1m","tokens":100}]}"#);
+    let mut st = store();
+    let a = admit(&plain, &mut st, T0, &subject(None, 30, 500));
+    assert!(!a.allowed && a.clamped_to.is_none());
+    let a = admit(&plain, &mut st, T0, &subject(None, 30, 50));
+    assert_eq!(
+        a.output_allowance,
+        Some(70),
+        "what the stream may use before a cut"
+    );
+}
+
+#[test]
+fn usd_clamp_converts_room_to_output_tokens() {
+    let l = priced(r#"[{"name":"spend","window":"1d","usd":0.01}]"#);
+    let mut l = l;
+    l.clamp_max_tokens = true;
+    let mut st = store();
+    // 1000 prompt = 2500 micro; 7500 left / 10 micro per output token = 750.
+    let a = admit(&l, &mut st, T0, &subject(None, 1000, 5000));
+    assert_eq!(a.clamped_to, Some(750));
+    assert_eq!(a.state().unwrap().remaining, 0);
+}
+
+/// A store that defers refunds, as the adapter's shared-data store does.
+#[derive(Default)]
+struct Deferring {
+    inner: MemoryStore,
+    held: Deferred,
+    sets: usize,
+}
+
+impl Store for Deferring {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.inner.get(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.sets += 1;
+        self.inner.set(key, value, cas)
+    }
+    fn defer(&mut self, key: &str, ws: u64, delta: i64) -> bool {
+        self.held.defer(key, ws, delta);
+        true
+    }
+    fn take_deferred(&mut self, key: &str, ws: u64) -> i64 {
+        self.held.take(key, ws)
+    }
+    fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
+        self.held.drain()
+    }
+}
+
+#[test]
+fn deferred_refunds_ride_on_the_next_charge_and_are_exact() {
+    let l = limits(r#"{"rules":[{"name":"m","window":"1m","tokens":1000}]}"#);
+    let mut st = Deferring::default();
+    init_store(&mut st);
+    let a = admit(&l, &mut st, T0, &subject(None, 10, 500));
+    let sets = st.sets;
+    true_up(&mut st, &a, 10, 0, 20);
+    assert_eq!(st.sets, sets, "the refund costs no hostcall now");
+    assert!(!st.held.is_empty());
+    // The next admission sees the refund: 1000 - 30 - (10 + 100).
+    let b = admit(&l, &mut st, T0 + 1, &subject(None, 10, 100));
+    assert_eq!(b.state().unwrap().remaining, 1000 - 30 - 110);
+    assert_eq!(st.sets, sets + 1, "one write for charge and refund");
+    assert!(st.held.is_empty());
+    let key = counter_key("m", 60_000, &[], &subject(None, 0, 0));
+    let (v, _) = st.inner.get(&key).unwrap().unwrap();
+    assert_eq!(Counter::decode(&v).unwrap().used, 140);
+    // A refused request puts the refund back; a flush writes it.
+    true_up(&mut st, &b, 10, 0, 0);
+    assert!(!admit(&l, &mut st, T0 + 2, &subject(None, 10, 5000)).allowed);
+    flush_deferred(&mut st);
+    let (v, _) = st.inner.get(&key).unwrap().unwrap();
+    assert_eq!(Counter::decode(&v).unwrap().used, 40);
+    assert!(st.held.is_empty());
+    // Overruns are never deferred.
+    let c = admit(&l, &mut st, T0 + 3, &subject(None, 10, 0));
+    true_up(&mut st, &c, 10, 0, 300);
+    assert!(st.held.is_empty());
+    let (v, _) = st.inner.get(&key).unwrap().unwrap();
+    assert_eq!(Counter::decode(&v).unwrap().used, 350);
+    // A refund for a window that has ended is dropped.
+    let d = admit(&l, &mut st, T0 + 4, &subject(None, 10, 100));
+    true_up(&mut st, &d, 10, 0, 0);
+    let e = admit(&l, &mut st, T0 + 60_000, &subject(None, 10, 0));
+    assert_eq!(e.state().unwrap().remaining, 990);
 }

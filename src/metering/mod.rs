@@ -103,6 +103,12 @@ pub struct Exchange {
     admission: Option<Admission>,
     /// Provider rewriting (route's `provider` object), if any.
     provider: Option<Stage>,
+    /// The parsed client request, kept only for the provider stage.
+    parsed: Option<Value>,
+    /// The client itself asked for a usage chunk (`stream_options.include_usage`).
+    client_asked_usage: bool,
+    /// Mid-stream cut-off (`limits.stream_cutoff: cut`), once the stream started.
+    cut: Option<limits::cutoff::StreamCut>,
 }
 
 impl Exchange {
@@ -127,6 +133,9 @@ impl Exchange {
             consumer: None,
             admission: None,
             provider: None,
+            parsed: None,
+            client_asked_usage: false,
+            cut: None,
         }
     }
 
@@ -271,10 +280,32 @@ impl Exchange {
             && matches!(api, Api::ChatCompletions | Api::Completions)
         {
             let inj = inject::ensure_stream_usage(body, &parsed);
+            self.client_asked_usage = inj.client_asked;
             self.stream = Some(self.stream_meter(api, !inj.client_asked));
             new_body = inj.body;
         }
-        if let Err(reply) = self.rewrite_for_provider(body, &parsed, &mut new_body) {
+        if self.provider.is_some() {
+            // The provider stage runs after admission and the clamp (see `provider_stage`).
+            self.parsed = Some(parsed);
+        }
+        match new_body {
+            Some(b) => BodyDecision::Replace(b),
+            None => BodyDecision::Forward,
+        }
+    }
+
+    /// The last request stage, after admission and the clamp: translate whatever
+    /// `decision` forwards for the route's provider. `original` is the client's body.
+    pub fn provider_stage(&mut self, decision: BodyDecision, original: &[u8]) -> BodyDecision {
+        let Some(parsed) = self.parsed.take() else {
+            return decision;
+        };
+        let mut new_body = match decision {
+            BodyDecision::Forward => None,
+            BodyDecision::Replace(b) => Some(b),
+            BodyDecision::Respond(r) => return BodyDecision::Respond(r),
+        };
+        if let Err(reply) = self.rewrite_for_provider(original, &parsed, &mut new_body) {
             return BodyDecision::Respond(reply);
         }
         match new_body {
@@ -416,13 +447,17 @@ impl Exchange {
     }
 
     /// Completion tokens reserved at admission: the request's own cap, else the
-    /// route's default; embeddings produce none.
+    /// route's default, at most `reserve_max_tokens_cap`; embeddings produce none.
     fn reservation(&self) -> u64 {
         if self.api == Some(Api::Embeddings) {
             return 0;
         }
-        self.max_tokens
-            .unwrap_or(self.settings.limits.reserve_max_tokens_default)
+        let l = &self.settings.limits;
+        let r = self.max_tokens.unwrap_or(l.reserve_max_tokens_default);
+        match l.reserve_max_tokens_cap {
+            0 => r,
+            cap => r.min(cap),
+        }
     }
 
     /// Admission against the route's limits, after the body was counted. Returns
@@ -446,15 +481,19 @@ impl Exchange {
                 .api
                 .map(Api::family)
                 .unwrap_or(crate::dialect::Family::OpenAi);
-            let (rule, limit, remaining, reset) = a.state.as_ref().map_or(("?", 0, 0, 0), |s| {
-                (s.rule.as_str(), s.limit, s.remaining, s.reset_ms)
-            });
-            let msg = format!(
-                "Rate limit reached for tokens (tollgate rule '{rule}'): limit {limit}, remaining {remaining}, requested {prompt} prompt + {} reserved completion tokens. Please try again in {}.",
-                subject.reserve_tokens,
-                limits::format_duration(reset)
-            );
-            let mut headers = self.rate_limit_headers_of(&a);
+            let msg = match a.state() {
+                Some(s) => format!(
+                    "Rate limit reached for {} (tollgate rule '{}'): limit {}, remaining {}, requested {prompt} prompt + {} reserved completion tokens. Please try again in {}.",
+                    s.what(),
+                    s.rule,
+                    s.limit,
+                    s.remaining,
+                    subject.reserve_tokens,
+                    limits::format_duration(s.reset_ms)
+                ),
+                None => "Rate limit reached (tollgate).".to_string(),
+            };
+            let mut headers = a.headers();
             let secs = a.retry_after_secs();
             headers.push(("retry-after", secs.to_string()));
             headers.push(("retry-after-ms", (secs * 1000).to_string()));
@@ -482,32 +521,49 @@ impl Exchange {
         self.settings.limits.mode == LimitMode::ReportOnly
     }
 
-    fn rate_limit_headers_of(&self, a: &Admission) -> Vec<(&'static str, String)> {
-        a.state.as_ref().map(|s| s.headers()).unwrap_or_default()
-    }
-
     /// `x-ratelimit-*-tokens` headers for an admitted request's response (empty
     /// when no limits apply).
     pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
         self.admission
             .as_ref()
-            .map(|a| self.rate_limit_headers_of(a))
+            .map(Admission::headers)
             .unwrap_or_default()
+    }
+
+    /// After admission: the request body with its completion cap lowered to the
+    /// clamp (see [`limits::clamp`]), applied to whatever `decision` forwards.
+    pub fn clamp_request(&self, decision: BodyDecision, body: &[u8]) -> BodyDecision {
+        let (Some(api), Some(to)) = (self.api, self.admission.as_ref().and_then(|a| a.clamped_to))
+        else {
+            return decision;
+        };
+        let current = match &decision {
+            BodyDecision::Forward => body,
+            BodyDecision::Replace(b) => b.as_slice(),
+            BodyDecision::Respond(_) => return decision,
+        };
+        match limits::clamp::clamp_body(api, current, to) {
+            Some(b) => BodyDecision::Replace(b),
+            None => decision,
+        }
+    }
+
+    /// Output tokens counted when the stream was cut for lack of budget, if it was.
+    pub fn stream_cut_at(&self) -> Option<u64> {
+        self.cut.as_ref().and_then(|c| c.cut_at())
     }
 
     /// True the admission charges up to the real usage of the finished exchange.
     /// Runs once; later calls do nothing.
     pub fn settle(&mut self, store: &mut dyn Store, report: &Report) {
         if let Some(a) = self.admission.as_mut() {
-            let charged = std::mem::take(&mut a.charges);
-            let a = Admission {
-                charges: charged,
-                ..a.clone()
-            };
-            limits::true_up(
+            let charges = std::mem::take(&mut a.charges);
+            limits::true_up_charges(
                 store,
-                &a,
+                &charges,
+                a.price,
                 report.usage.prompt_tokens,
+                report.usage.cached_tokens,
                 report.usage.completion_tokens,
             );
         }
@@ -547,6 +603,7 @@ impl Exchange {
             if self.stream.is_none() {
                 self.stream = Some(self.stream_meter(api, false));
             }
+            self.cut = self.stream_cut(api);
             return ResponseMode::Stream;
         }
         // A stream we prepared for came back as JSON (e.g. the provider ignored
@@ -592,21 +649,53 @@ impl Exchange {
     /// A chunk of an SSE response: returns what the client should receive instead,
     /// if anything must change. At `end_of_stream` the report is ready via [`Exchange::finish`].
     pub fn on_stream_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Rewrite {
-        if let Some(p) = self.provider.as_mut().filter(|p| p.translates_response()) {
-            let out = p.stream_chunk(chunk, end_of_stream);
-            return match self
-                .stream
-                .as_mut()
-                .map(|s| s.on_chunk(&out, end_of_stream))
-            {
-                Some(Rewrite::Replace(stripped)) => Rewrite::Replace(stripped),
-                _ => Rewrite::Replace(out),
-            };
-        }
-        match self.stream.as_mut() {
-            Some(s) => s.on_chunk(chunk, end_of_stream),
+        // A translated stream is first rewritten into the client's dialect; metering
+        // and the cut-off then read what the client will receive.
+        let translated = self
+            .provider
+            .as_mut()
+            .filter(|p| p.translates_response())
+            .map(|p| p.stream_chunk(chunk, end_of_stream));
+        let input = translated.as_deref().unwrap_or(chunk);
+        let metered = match self.stream.as_mut() {
+            Some(s) => s.on_chunk(input, end_of_stream),
             None => Rewrite::Unchanged,
+        };
+        let metered = match (metered, translated) {
+            (Rewrite::Unchanged, Some(t)) => Rewrite::Replace(t),
+            (m, _) => m,
+        };
+        let Some(cut) = self.cut.as_mut() else {
+            return metered;
+        };
+        match (
+            cut.on_chunk(match &metered {
+                Rewrite::Unchanged => chunk,
+                Rewrite::Replace(b) => b,
+            }),
+            metered,
+        ) {
+            (Rewrite::Unchanged, m) => m,
+            (r, _) => r,
         }
+    }
+
+    /// A mid-stream cut-off when the route asks for one and admission bounded the
+    /// output this request may produce.
+    fn stream_cut(&self, api: Api) -> Option<limits::cutoff::StreamCut> {
+        let l = &self.settings.limits;
+        if l.stream_cutoff != crate::config::StreamCutoff::Cut {
+            return None;
+        }
+        let allowance = self.admission.as_ref()?.output_allowance?;
+        limits::cutoff::StreamCut::new(
+            api,
+            allowance,
+            self.prompt.map_or(0, |p| p.tokens),
+            self.client_asked_usage,
+            self.counter(),
+            usize::try_from(self.settings.metering.max_event_bytes).unwrap_or(usize::MAX),
+        )
     }
 
     /// Build the final report once (later calls return `None`). Called at the end

@@ -329,6 +329,8 @@ fn claude_exchange(body: &[u8]) -> (Exchange, BodyDecision) {
     );
     ex.set_clock(1_700_000_000_000);
     let d = ex.on_request_body(body);
+    // The adapter runs admission and the clamp in between (none configured here).
+    let d = ex.provider_stage(d, body);
     (ex, d)
 }
 
@@ -459,7 +461,8 @@ fn a_limit_refusal_is_not_translated_as_a_provider_error() {
     ex.on_request_headers("POST", "/v1/chat/completions", None, false);
     let d = ex
         .on_request_body(br#"{"model":"m","messages":[{"role":"user","content":"Hello there"}]}"#);
-    assert!(matches!(d, BodyDecision::Replace(_)));
+    // Translation is the last request stage: it has not run before admission.
+    assert!(matches!(d, BodyDecision::Forward));
     let mut store = crate::limits::MemoryStore::default();
     let reply = ex.admit(&mut store, 1_000).expect("refused");
     assert_eq!(reply.status, 429);

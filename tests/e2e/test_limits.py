@@ -8,6 +8,11 @@ do not share budgets. Windows are fixed and aligned to the clock: tests that
 depend on a one-minute window first wait out the last seconds of a minute."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import re
 import threading
 import time
 
@@ -289,3 +294,267 @@ def test_spoofed_identity_headers_are_ignored(envoy_with):
     # And claiming a fresh identity does not escape the attacker's own limit.
     refused(client("attacker", spoof="someone-new"), max_tokens=200)
     refused(client("victim"), max_tokens=100)
+
+
+# --------------------------------------------------------------------------------------
+# Request budgets, clamping, mid-stream cut-off, USD budgets, identity from a JWT.
+# --------------------------------------------------------------------------------------
+
+def header_values(h, unit: str) -> tuple[str, str, str]:
+    return (h[f"x-ratelimit-limit-{unit}"], h[f"x-ratelimit-remaining-{unit}"], h[f"x-ratelimit-reset-{unit}"])
+
+
+def test_request_budgets_send_the_openai_request_headers_and_refuse_in_dialect(envoy_with):
+    fresh_minute()
+    cfg = {"defaults": {"limits": {"rules": [
+        {"name": "rpm", "key": ["consumer"], "window": "1m", "requests": 3, "tokens": 100000}]}}}
+    env = envoy_with(cfg, name="limits-requests")
+    client = oai(env, "c-rpm")
+    seen = []
+    for _ in range(3):
+        raw = chat(client, max_tokens=20)
+        seen.append(header_values(raw.headers, "requests"))
+        assert raw.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert [s[:2] for s in seen] == [("3", "2"), ("3", "1"), ("3", "0")]
+    # OpenAI's own format: "12s", "1m0s".
+    assert all(re.fullmatch(r"(1m0s|[1-9][0-9]?s)", s[2]) for s in seen), seen
+    e = refused(client, max_tokens=20)
+    assert e.status_code == 429
+    body = e.response.json()["error"]
+    assert body["code"] == "rate_limit_exceeded" and body["type"] == "requests"
+    assert "Rate limit reached for requests" in body["message"] and "'rpm'" in body["message"]
+    h = e.response.headers
+    assert header_values(h, "requests")[:2] == ("3", "0")
+    assert 1 <= int(h["retry-after"]) <= 60
+    assert h["x-ratelimit-limit-tokens"] == "100000"
+    # Streams carry them too, on the headers that go out before the body.
+    with oai(env, "c-rpm-2").chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=MESSAGES, max_tokens=5, stream=True) as s:
+        assert header_values(s.headers, "requests")[:2] == ("3", "2")
+        list(s.parse())
+
+
+JWT_SECRET = b"tollgate-e2e-hs256-secret-0123456789"
+
+
+def b64url(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def make_jwt(claims: dict, secret: bytes = JWT_SECRET) -> str:
+    """An HS256 JWT, signed with the standard library (RFC 7515)."""
+    head = b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode())
+    body = b64url(json.dumps(claims).encode())
+    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64url(sig)}"
+
+
+def with_jwt_authn(doc):
+    """Envoy's jwt_authn in front of tollgate, verifying against a local JWKS and
+    writing the verified payload to dynamic metadata (payload_in_metadata)."""
+    import harness
+
+    jwks = {"keys": [{"kty": "oct", "alg": "HS256", "kid": "k1", "k": b64url(JWT_SECRET)}]}
+    harness.hcm(doc)["http_filters"].insert(0, {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"test": {
+                "issuer": "https://issuer.test",
+                "local_jwks": {"inline_string": json.dumps(jwks)},
+                "payload_in_metadata": "jwt_payload",
+            }},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "test"}}],
+        },
+    })
+
+
+def test_identity_from_a_verified_jwt_claim_ignores_spoofed_headers(envoy_with):
+    cfg = {"defaults": {"limits": {
+        "consumer": {"jwt_claim": "sub", "jwt_payload": "jwt_payload"},
+        "rules": [{"name": "per-sub", "key": ["consumer"], "window": "1h", "tokens": 300}]}}}
+    env = envoy_with(cfg, name="limits-jwt", mutate=with_jwt_authn)
+    exp = int(time.time()) + 3600
+
+    def client(sub, spoof=None, secret=JWT_SECRET):
+        token = make_jwt({"iss": "https://issuer.test", "sub": sub, "exp": exp}, secret)
+        h = {"x-consumer-id": spoof} if spoof else {}
+        # The OpenAI SDK sends its api_key as `Authorization: Bearer`, where jwt_authn looks.
+        return openai.OpenAI(base_url=env.base_url + "/v1", api_key=token, max_retries=0, default_headers=h)
+
+    big = chat(client("jwt-victim"), max_tokens=280, words=2000)
+    assert big.parse().usage.completion_tokens >= 270
+    refused(client("jwt-victim"), max_tokens=100)
+    # A header naming the victim changes nothing: the verified claim is the identity.
+    ok = chat(client("jwt-attacker", spoof="jwt-victim"), max_tokens=200, words=2000)
+    assert int(ok.headers["x-ratelimit-remaining-tokens"]) == 300 - ok.parse().usage.prompt_tokens - 200
+    refused(client("jwt-attacker", spoof="someone-new"), max_tokens=200)
+    # A token not signed by the JWKS never gets as far as tollgate.
+    before = len(env.mock.requests())
+    with pytest.raises(openai.AuthenticationError):
+        client("jwt-victim", secret=b"not-the-key-" * 3).chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, max_tokens=5)
+    assert len(env.mock.requests()) == before
+
+
+CUT_RULES = [{"name": "cut-hour", "key": ["consumer"], "window": "1h", "tokens": 200}]
+
+
+@pytest.fixture(scope="module")
+def cut_env(envoy_with):
+    cfg = {"defaults": {"limits": {"stream_cutoff": "cut", "reserve_max_tokens_default": 20,
+                                   "reserve_max_tokens_cap": 20, "rules": CUT_RULES}},
+           "routes": {"anthropic": {"provider": "anthropic"}}}
+    return envoy_with(cfg, name="limits-cut")
+
+
+def test_openai_stream_is_cut_in_protocol_when_the_budget_runs_out(cut_env):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import oracle
+
+    enc = oracle.encoding("o200k_base")
+    client = oai(cut_env, "c-cut-openai")
+    # No max_tokens: 20 are reserved, the mock streams 2000 words.
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True},
+        extra_headers={"x-mock-reply-words": "2000"}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    usage = chunks[-1].usage
+    allowance = 200 - usage.prompt_tokens
+    # Counted per delta with tollgate's tokenizer, cut right after the delta that
+    # reaches the allowance (a delta may hold more than one token); tiktoken on the
+    # joined text agrees within a few tokens (merges across delta boundaries).
+    assert allowance <= usage.completion_tokens <= allowance + 3, (usage, allowance)
+    assert abs(len(enc.encode(text)) - allowance) <= 5, (len(enc.encode(text)), allowance)
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    # The provider's real usage (2000 words) was drained and charged: no budget left.
+    e = refused(client, max_tokens=1)
+    assert e.response.headers["x-ratelimit-remaining-tokens"] == "0"
+    deadline = time.monotonic() + 5
+    while '"decision":"stream_cut"' not in cut_env.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert '"decision":"stream_cut"' in cut_env.logs()
+    assert cut_env.stats().get("tollgate_rate_limit_decisions", rule="cut-hour", decision="stream_cut") >= 1
+
+    # Without include_usage the client gets no usage chunk, still a clean end.
+    raw = requests.post(cut_env.base_url + "/v1/chat/completions", timeout=30, stream=True,
+                        headers={"x-consumer-id": "c-cut-openai-2", "x-mock-reply-words": "2000"},
+                        json={"model": "gpt-4o", "messages": MESSAGES, "stream": True})
+    body = raw.content.decode()
+    assert body.endswith("data: [DONE]\n\n")
+    events = [json.loads(line[6:]) for line in body.split("\n") if line.startswith("data: {")]
+    assert not any("usage" in e for e in events)
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_anthropic_stream_is_cut_in_protocol_when_the_budget_runs_out(cut_env):
+    c = anthropic.Anthropic(base_url=cut_env.base_url, api_key="test", max_retries=0,
+                            default_headers={"x-consumer-id": "c-cut-anthropic"})
+    # max_tokens 4000, but only 20 reserved (reserve_max_tokens_cap): admitted.
+    with c.messages.stream(model="claude-sonnet-5-5", max_tokens=4000,
+                           messages=[{"role": "user", "content": "Hi"}],
+                           extra_headers={"x-mock-reply-words": "2000"}) as s:
+        # Admission charged tollgate's prompt estimate (Claude has no public
+        # vocabulary) plus the 20 reserved: what remains after the prompt is the allowance.
+        allowance = int(s.response.headers["x-ratelimit-remaining-tokens"]) + 20
+        events = [e.type for e in s]
+        final = s.get_final_message()
+    assert final.stop_reason == "max_tokens"
+    assert events[-1] == "message_stop"
+    assert "content_block_stop" in events
+    assert allowance <= final.usage.output_tokens <= allowance + 3, (final.usage, allowance)
+    words = final.content[0].text.split()
+    assert 20 < len(words) < 200, "cut far before the 2000 words the provider sent"
+
+
+def test_clamp_lowers_max_tokens_instead_of_refusing(envoy_with):
+    cfg = {"defaults": {"limits": {"clamp_max_tokens": True, "clamp_min_tokens": 10, "rules": [
+        {"name": "clamp-hour", "key": ["consumer"], "window": "1h", "tokens": 150}]}},
+        "routes": {"anthropic": {"provider": "anthropic"}}}
+    env = envoy_with(cfg, name="limits-clamp")
+    client = oai(env, "c-clamp")
+    raw = chat(client, max_tokens=1000, words=2000)
+    prompt = raw.parse().usage.prompt_tokens
+    sent = env.mock.last_body()
+    assert sent["max_tokens"] == 150 - prompt, "spliced into the forwarded body"
+    assert sent["messages"] == MESSAGES
+    assert raw.headers["x-tollgate-max-tokens-clamped"] == str(150 - prompt)
+    assert raw.parse().choices[0].finish_reason == "length"
+    assert raw.parse().usage.completion_tokens == 150 - prompt
+    # Nothing left: too little to clamp to (clamp_min_tokens), so refused.
+    refused(client, max_tokens=1000)
+    # No cap in the request: the API's own one is added (the default reservation,
+    # 1024, does not fit).
+    c2 = oai(env, "c-clamp-2")
+    raw = c2.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+    assert env.mock.last_body()["max_completion_tokens"] == 150 - raw.parse().usage.prompt_tokens
+    # Anthropic: max_tokens lowered too.
+    a = anthropic.Anthropic(base_url=env.base_url, api_key="test", max_retries=0,
+                            default_headers={"x-consumer-id": "c-clamp-anthropic"})
+    msg = a.messages.with_raw_response.create(model="claude-sonnet-5-5", max_tokens=4000,
+                                              messages=[{"role": "user", "content": "Hi"}])
+    clamped = int(msg.headers["x-tollgate-max-tokens-clamped"])
+    assert env.mock.last_body()["max_tokens"] == clamped
+    assert 130 < clamped < 150, "150 less tollgate's estimate of the Claude prompt"
+    assert msg.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert env.stats().get("tollgate_rate_limit_decisions", rule="clamp-hour", decision="clamped") >= 3
+
+
+def test_usd_budget_admits_on_price_and_trues_up_to_real_cost(envoy_with):
+    # gpt-4o at $2.50 / $10 / $1.25 (cached) per 1M tokens; $0.01 per consumer per month.
+    cfg = {"defaults": {"limits": {
+        "prices": [{"model": "gpt-4o", "input": 2.5, "output": 10, "cached_input": 1.25}],
+        "rules": [{"name": "spend", "key": ["consumer"], "window": "month", "usd": 0.01}]}}}
+    env = envoy_with(cfg, name="limits-usd")
+    client = oai(env, "c-usd")
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=500,
+        extra_headers={"x-mock-reply-words": "100", "x-mock-cached-tokens": "4"})
+    u = raw.parse().usage
+    prompt_micros = (u.prompt_tokens * 2500 + 999) // 1000
+    h = raw.headers
+    assert h["x-ratelimit-limit-usd"] == "0.010000"
+    # Admission charged the prompt (uncached: unknown yet) plus 500 output tokens.
+    assert h["x-ratelimit-remaining-usd"] == f"0.{10_000 - prompt_micros - 5000:06d}"
+    assert re.fullmatch(r"\d+h\d+m\d+s", h["x-ratelimit-reset-usd"]) or h["x-ratelimit-reset-usd"].endswith("s")
+    # True-up: real cost with 4 cached tokens at the cached price.
+    cached = u.prompt_tokens_details.cached_tokens
+    assert cached == 4
+    real = ((u.prompt_tokens - cached) * 2500 + cached * 1250 + u.completion_tokens * 10_000 + 999) // 1000
+    nxt = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES, max_tokens=10)
+    p2 = (nxt.parse().usage.prompt_tokens * 2500 + 999) // 1000
+    assert nxt.headers["x-ratelimit-remaining-usd"] == f"0.{10_000 - real - p2 - 100:06d}"
+    # A reservation the budget cannot pay for is refused, naming the budget.
+    e = refused(client, max_tokens=1000)
+    msg = e.response.json()["error"]["message"]
+    assert "micro-USD" in msg and "'spend'" in msg
+    # A model without a price cannot be counted: refused rather than let through free.
+    e = refused(oai(env, "c-usd-2"), max_tokens=5, model="llama-3")
+    assert "'spend'" in e.response.json()["error"]["message"]
+
+
+def test_identity_from_a_generic_property_path_shares_a_tenant_budget(envoy_with):
+    # Any property: here a numeric `tenant` claim (Envoy returns it as an 8-byte
+    # double), so two users of one tenant share the tenant's budget.
+    path = ["metadata", "filter_metadata", "envoy.filters.http.jwt_authn", "jwt_payload", "tenant"]
+    cfg = {"defaults": {"limits": {"consumer": {"property": path}, "rules": [
+        {"name": "per-tenant", "key": ["consumer"], "window": "1h", "tokens": 300}]}}}
+    env = envoy_with(cfg, name="limits-property", mutate=with_jwt_authn)
+    exp = int(time.time()) + 3600
+
+    def client(sub, tenant):
+        token = make_jwt({"iss": "https://issuer.test", "sub": sub, "tenant": tenant, "exp": exp})
+        return openai.OpenAI(base_url=env.base_url + "/v1", api_key=token, max_retries=0)
+
+    big = chat(client("ann", 42), max_tokens=280, words=2000)
+    assert big.parse().usage.completion_tokens >= 270
+    # Another user of tenant 42: the same (spent) budget.
+    refused(client("bob", 42), max_tokens=100)
+    # Tenant 7 has its own.
+    ok = chat(client("bob", 7), max_tokens=100)
+    assert int(ok.headers["x-ratelimit-remaining-tokens"]) == 300 - ok.parse().usage.prompt_tokens - 100
