@@ -336,3 +336,66 @@ def test_limits_apply_to_translated_traffic(envoy_with, wasm):
     assert e.value.response.json()["error"]["code"] == "rate_limit_exceeded", e.value.response.json()
     assert "tiny" in e.value.response.json()["error"]["message"]
     assert len(env.mock.requests()) == before, "refused before translation and forwarding"
+
+
+def test_host_fallback_retries_a_429_on_a_second_cluster(envoy_with, wasm):
+    """Envoy's own fallback (docs/providers.md): the route's retry policy retries a 429
+    once, and an aggregate cluster with the previous_priorities retry priority sends
+    the retry to the second cluster. The primary cluster's upstream filter makes the
+    mock answer 429 there only. The retry resends the request tollgate already
+    translated, and the client gets the fallback's translated answer."""
+    def fallback(doc):
+        mutate(doc)
+        clusters = doc["static_resources"]["clusters"]
+        base = next(c for c in clusters if c["name"] == "mock_llm")
+        # The primary "provider": a listener of this Envoy answering Anthropic's 429.
+        port = harness.free_port()
+        limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "primary is rate limited"}}
+        doc["static_resources"]["listeners"].append({
+            "name": "primary_429",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "primary_429",
+                    "route_config": {"virtual_hosts": [{"name": "p", "domains": ["*"], "routes": [{
+                        "match": {"prefix": "/"},
+                        "direct_response": {"status": 429, "body": {"inline_string": json.dumps(limited)}}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]})
+        primary = copy.deepcopy(base)
+        primary["name"] = primary["load_assignment"]["cluster_name"] = "primary"
+        primary["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+            "port_value"] = port
+        second = copy.deepcopy(base)
+        second["name"] = second["load_assignment"]["cluster_name"] = "secondary"
+        clusters += [primary, second, {
+            "name": "with_fallback", "connect_timeout": "1s", "lb_policy": "CLUSTER_PROVIDED",
+            "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                "clusters": ["primary", "secondary"]}}}]
+        for r in harness.hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]:
+            if r.get("name") == "provider_dispatch":
+                r["route"]["retry_policy"] = {
+                    "retry_on": "retriable-status-codes,5xx", "retriable_status_codes": [429], "num_retries": 1,
+                    "retry_priority": {"name": "envoy.retry_priorities.previous_priorities", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                        "update_frequency": 1}}}
+
+    cfg = copy.deepcopy(CONFIG)
+    cfg["routes"]["claude"]["provider"]["endpoint"]["cluster"] = "with_fallback"
+    env = envoy_with(cfg, name="providers-fallback", mutate=fallback)
+    c = client(env, "claude")
+    before = len(env.mock.requests())
+    r = c.chat.completions.create(model="fast", messages=MESSAGES)
+    assert r.choices[0].message.content and r.usage.completion_tokens > 0
+    seen = env.mock.requests()[before:]
+    assert len(seen) == 1 and seen[0]["path"] == "/v1/messages", seen
+    stats = env.admin_stats()
+    # One attempt on each member cluster; the 429 was retried and the retry succeeded.
+    assert stats.get("cluster.primary.upstream_rq_total") == 1
+    assert stats.get("cluster.secondary.upstream_rq_total") == 1
+    assert stats.get("cluster.with_fallback.retry.upstream_rq_429") == 1
+    assert stats.get("cluster.with_fallback.upstream_rq_retry_success") == 1
+
