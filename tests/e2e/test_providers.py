@@ -59,7 +59,9 @@ def mutate(doc):
     ours = [
         {"name": "provider_dispatch",
          "match": {"prefix": "/", "headers": [{"name": "x-tollgate-cluster", "present_match": True}]},
-         "route": {"cluster_header": "x-tollgate-cluster", "timeout": "300s"}},
+         "route": {"cluster_header": "x-tollgate-cluster", "timeout": "300s"},
+         # Chosen the cluster; the provider need not learn our cluster names.
+         "request_headers_to_remove": ["x-tollgate-cluster"]},
         {"name": "claude", "match": {"prefix": "/claude/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
         {"name": "mistral", "match": {"prefix": "/mistral/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
         {"name": "azure", "match": {"prefix": "/azure/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
@@ -107,7 +109,7 @@ def test_anthropic_non_streaming_answer_usage_and_upstream_request(env):
     assert h["x-api-key"] == ANTHROPIC_KEY
     assert "authorization" not in h
     assert h["anthropic-version"] == "2023-06-01"
-    assert h["x-tollgate-cluster"] == "mock_anthropic"
+    assert "x-tollgate-cluster" not in h  # used for the route, removed before the provider
     sent = json.loads(seen["body"])
     assert sent["model"] == "claude-haiku-4-5"
     assert sent["system"] == "Answer briefly."
