@@ -566,3 +566,52 @@ fn timing_probe() {
     }
     eprintln!("response {:?}", t.elapsed() / n);
 }
+
+#[test]
+fn hostile_streams_and_bodies_never_panic_and_stay_valid_sse() {
+    let mut rng = crate::testing::XorShift(0x5eed_1234);
+    let p = provider();
+    let base = TOOL_STREAM.as_bytes();
+    for round in 0..300 {
+        // Mutate a real stream: flip, drop and duplicate bytes.
+        let mut input = base.to_vec();
+        for _ in 0..(round % 12) {
+            let n = input.len() as u64;
+            let i = (rng.next_u64() % n) as usize;
+            match rng.next_u64() % 3 {
+                0 => input[i] = (rng.next_u64() & 0xff) as u8,
+                1 => {
+                    input.remove(i);
+                }
+                _ => {
+                    let b = input[i];
+                    input.insert(i, b);
+                }
+            }
+        }
+        let mut s = Anthropic.stream_translator(&rctx(&p));
+        let mut out = Vec::new();
+        for piece in input.chunks(1 + (rng.next_u64() % 97) as usize) {
+            s.on_chunk(piece, false, &mut out);
+        }
+        s.on_chunk(&[], true, &mut out);
+        // Whatever came in, what goes out is well-formed OpenAI SSE.
+        let text = String::from_utf8(out).expect("utf-8 out");
+        for ev in text.split("\n\n").filter(|e| !e.is_empty()) {
+            let data = ev.strip_prefix("data: ").expect("data event");
+            if data != "[DONE]" {
+                serde_json::from_str::<Value>(data).expect("JSON chunk");
+            }
+        }
+        // Truncated and mutated non-streaming bodies: an error or a valid completion.
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"Hi"},{"type":"tool_use","id":"t","name":"f","input":{"a":[1,2]}}],"stop_reason":"tool_use","usage":{"input_tokens":1,"output_tokens":2}}"#;
+        let cut = (rng.next_u64() % body.len() as u64) as usize;
+        for b in [&body[..cut], &input[..cut.min(input.len())]] {
+            if let Ok(out) = Anthropic.translate_response(&rctx(&p), b) {
+                serde_json::from_slice::<Value>(&out).expect("valid completion");
+            }
+            serde_json::from_slice::<Value>(&Anthropic.translate_error(500, b))
+                .expect("valid error");
+        }
+    }
+}
