@@ -340,7 +340,7 @@ def test_limits_apply_to_translated_traffic(envoy_with, wasm):
     assert len(env.mock.requests()) == before, "refused before translation and forwarding"
 
 
-def test_host_fallback_retries_a_429_on_a_second_cluster(envoy_with, wasm):
+def test_host_fallback_retries_a_429_on_a_second_cluster(envoy_with, wasm, monkeypatch):
     """Envoy's own fallback (docs/providers.md): the route's retry policy retries a 429
     once, and an aggregate cluster with the previous_priorities retry priority sends
     the retry to the second cluster. The primary cluster's upstream filter makes the
@@ -385,8 +385,16 @@ def test_host_fallback_retries_a_429_on_a_second_cluster(envoy_with, wasm):
                         "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
                         "update_frequency": 1}}}
 
+        # This Envoy passes the key from its own process environment (host_env_keys).
+        for f in harness.hcm(doc)["http_filters"]:
+            if f.get("name") == "tollgate":
+                f["typed_config"]["config"]["vm_config"]["environment_variables"] = {
+                    "host_env_keys": ["TG_ANTHROPIC_HOST_KEY"]}
+
+    monkeypatch.setenv("TG_ANTHROPIC_HOST_KEY", "sk-ant-from-envoy-process-env")
     cfg = copy.deepcopy(CONFIG)
     cfg["routes"]["claude"]["provider"]["endpoint"]["cluster"] = "with_fallback"
+    cfg["routes"]["claude"]["provider"]["api_key"] = {"env": "TG_ANTHROPIC_HOST_KEY"}
     env = envoy_with(cfg, name="providers-fallback", mutate=fallback)
     c = client(env, "claude")
     before = len(env.mock.requests())
@@ -394,6 +402,7 @@ def test_host_fallback_retries_a_429_on_a_second_cluster(envoy_with, wasm):
     assert r.choices[0].message.content and r.usage.completion_tokens > 0
     seen = env.mock.requests()[before:]
     assert len(seen) == 1 and seen[0]["path"] == "/v1/messages", seen
+    assert seen[0]["headers"]["x-api-key"] == "sk-ant-from-envoy-process-env"
     stats = env.admin_stats()
     # One attempt on each member cluster; the 429 was retried and the retry succeeded.
     assert stats.get("cluster.primary.upstream_rq_total") == 1
