@@ -508,66 +508,6 @@ fn stream_crlf_framing_is_accepted() {
 }
 
 #[test]
-#[ignore]
-fn timing_probe() {
-    let p = provider();
-    let body = std::fs::read("/tmp/pa-chat-1k.json").unwrap();
-    let resp = std::fs::read("/tmp/pa-anth-resp.json").unwrap();
-    let n = 20000;
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        std::hint::black_box(&v);
-    }
-    eprintln!("parse {:?}", t.elapsed() / n);
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        let ctx = RequestContext {
-            provider: &p,
-            model: "m",
-            streaming: false,
-            now_unix_ms: 0,
-            client_path: "/v1/chat/completions",
-        };
-        std::hint::black_box(
-            Anthropic
-                .translate_request(
-                    &ctx,
-                    &RequestBody {
-                        bytes: &body,
-                        value: &v,
-                    },
-                )
-                .unwrap(),
-        );
-    }
-    eprintln!("request {:?}", t.elapsed() / n);
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(ChatRequest::from_value(&v).unwrap());
-    }
-    eprintln!("chatrequest {:?}", t.elapsed() / n);
-    let c = ChatRequest::from_value(&v).unwrap();
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(request_body(&c, "m", 100).unwrap());
-    }
-    eprintln!("request_body {:?}", t.elapsed() / n);
-    let rb = request_body(&c, "m", 100).unwrap();
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(serde_json::to_vec(&rb).unwrap());
-    }
-    eprintln!("to_vec {:?}", t.elapsed() / n);
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(Anthropic.translate_response(&rctx(&p), &resp).unwrap());
-    }
-    eprintln!("response {:?}", t.elapsed() / n);
-}
-
-#[test]
 fn hostile_streams_and_bodies_never_panic_and_stay_valid_sse() {
     let mut rng = crate::testing::XorShift(0x5eed_1234);
     let p = provider();
