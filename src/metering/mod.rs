@@ -155,7 +155,9 @@ impl Exchange {
         content_length: Option<u64>,
         end_of_stream: bool,
     ) -> HeadersDecision {
-        if !self.settings.enabled || !self.settings.metering.enabled {
+        // A route rewritten for a provider needs the body flow even with metering off.
+        let rewrites = self.settings.upstream.is_some();
+        if !self.settings.enabled || (!self.settings.metering.enabled && !rewrites) {
             return HeadersDecision::PassThrough;
         }
         if !method.eq_ignore_ascii_case("POST") || end_of_stream {
@@ -385,7 +387,14 @@ impl Exchange {
     }
 
     fn invalid_body(&mut self, api: Api, why: &str) -> BodyDecision {
-        match self.settings.invalid_body {
+        // A body the provider stage cannot read cannot be sent on as-is either: it
+        // would reach the provider's route untranslated.
+        let pass = self.settings.invalid_body == InvalidBody::Pass && self.provider.is_none();
+        match if pass {
+            InvalidBody::Pass
+        } else {
+            InvalidBody::Reject
+        } {
             InvalidBody::Pass => {
                 // Not ours to meter: forget the API so responses pass through too.
                 self.api = None;

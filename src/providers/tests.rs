@@ -469,3 +469,27 @@ fn a_limit_refusal_is_not_translated_as_a_provider_error() {
         ResponseMode::Translate
     );
 }
+
+#[test]
+fn provider_routes_translate_with_metering_off_and_refuse_unreadable_bodies() {
+    let cfg =
+        r#"{"routes":{"claude":{"metering":{"enabled":false},"provider":{"kind":"anthropic"}}}}"#;
+    let c = Config::parse(cfg.as_bytes()).unwrap();
+    let mut ex = Exchange::new(c.route(Some("claude")), std::rc::Rc::from("claude"));
+    assert_eq!(
+        ex.on_request_headers("POST", "/v1/chat/completions", None, false),
+        HeadersDecision::WaitForBody
+    );
+    let d = ex.on_request_body(br#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#);
+    assert!(matches!(d, BodyDecision::Replace(_)), "{d:?}");
+    assert_eq!(ex.take_upstream_headers().unwrap().path, "/v1/messages");
+
+    // invalid_body `pass` (the default) cannot forward an untranslatable body.
+    let (_, d) = claude_exchange(b"{not json");
+    let BodyDecision::Respond(r) = d else {
+        panic!("expected a 400, got {d:?}")
+    };
+    assert_eq!(r.status, 400);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+}
