@@ -103,6 +103,10 @@ pub struct Exchange {
     admission: Option<Admission>,
     /// Provider rewriting (route's `provider` object), if any.
     provider: Option<Stage>,
+    /// Client path, kept when the provider is chosen from the body's model.
+    provider_path: Option<String>,
+    /// Host clock for the provider stage (Unix ms).
+    clock_ms: u64,
 }
 
 impl Exchange {
@@ -127,6 +131,8 @@ impl Exchange {
             consumer: None,
             admission: None,
             provider: None,
+            provider_path: None,
+            clock_ms: 0,
         }
     }
 
@@ -156,7 +162,8 @@ impl Exchange {
         end_of_stream: bool,
     ) -> HeadersDecision {
         // A route rewritten for a provider needs the body flow even with metering off.
-        let rewrites = self.settings.upstream.is_some();
+        let rewrites =
+            self.settings.upstream.is_some() || !self.settings.upstreams_by_model.is_empty();
         if !self.settings.enabled || (!self.settings.metering.enabled && !rewrites) {
             return HeadersDecision::PassThrough;
         }
@@ -167,7 +174,10 @@ impl Exchange {
             return HeadersDecision::PassThrough;
         };
         self.api = Some(api);
-        if let Some(cfg) = self.settings.upstream.clone() {
+        if !self.settings.upstreams_by_model.is_empty() {
+            // The provider depends on the model: chosen once the body is complete.
+            self.provider_path = Some(path.to_string());
+        } else if let Some(cfg) = self.settings.upstream.clone() {
             let mut stage = Stage::new(cfg);
             match stage.on_request_headers(api, path) {
                 Ok(true) => self.provider = Some(stage),
@@ -236,6 +246,11 @@ impl Exchange {
         };
         let model = parsed.get("model").and_then(Value::as_str).unwrap_or("");
         self.model = (!model.is_empty()).then(|| model.to_string());
+        if let Some(path) = self.provider_path.take() {
+            if let Err(reply) = self.choose_provider(api, &path, model) {
+                return BodyDecision::Respond(reply);
+            }
+        }
         self.streaming = parsed
             .get("stream")
             .and_then(Value::as_bool)
@@ -324,17 +339,54 @@ impl Exchange {
         }
     }
 
+    /// The route's provider for `model`: the first `providers` entry serving it, else
+    /// `provider`. Errors when the API cannot go to it.
+    fn choose_provider(&mut self, api: Api, path: &str, model: &str) -> Result<(), LocalReply> {
+        let cfg = self
+            .settings
+            .upstreams_by_model
+            .iter()
+            .find(|p| p.serves(model))
+            .or(self.settings.upstream.as_ref())
+            .cloned();
+        let Some(cfg) = cfg else { return Ok(()) };
+        let mut stage = Stage::new(cfg);
+        stage.set_clock(self.clock_ms);
+        match stage.on_request_headers(api, path) {
+            Ok(true) => self.provider = Some(stage),
+            Ok(false) => {}
+            Err(e) => {
+                self.reported = true;
+                return Err(LocalReply {
+                    status: e.status,
+                    body: error_body(api.family(), ErrorKind::InvalidRequest, &e.message),
+                    headers: Vec::new(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Host wall clock (Unix ms) for the provider stage (request signing, `created`).
     /// Only needed when [`Exchange::has_provider`].
     pub fn set_clock(&mut self, now_unix_ms: u64) {
+        self.clock_ms = now_unix_ms;
         if let Some(p) = self.provider.as_mut() {
             p.set_clock(now_unix_ms);
         }
     }
 
-    /// True when this exchange is rewritten for a provider.
+    /// True when this exchange is (or may be, once the model is known) rewritten
+    /// for a provider.
     pub fn has_provider(&self) -> bool {
-        self.provider.is_some()
+        self.provider.is_some() || self.provider_path.is_some()
+    }
+
+    /// The provider label for metrics, logs and limit keys: the chosen provider's.
+    fn provider_label(&self) -> &str {
+        self.provider
+            .as_ref()
+            .map_or(self.settings.provider.as_str(), |p| p.config().label())
     }
 
     /// The request rewrite for the provider (`:path`, `:authority`, headers), once,
@@ -445,7 +497,7 @@ impl Exchange {
             consumer: self.consumer.as_deref(),
             route: &self.route,
             model: self.model.as_deref().unwrap_or(""),
-            provider: &self.settings.provider,
+            provider: self.provider_label(),
             prompt_tokens: prompt,
             reserve_tokens: self.reservation(),
         };
@@ -683,7 +735,7 @@ impl Exchange {
         Some(Report {
             api,
             route: self.route.clone(),
-            provider: self.settings.provider.clone(),
+            provider: self.provider_label().to_string(),
             request_model: self.model.clone(),
             response_model: self.response_model.clone(),
             streaming: self.streaming,

@@ -33,6 +33,12 @@ CONFIG = {
             "kind": "openai_compatible", "name": "mistral", "api_key": {"inline": "sk-mistral-inline"},
             "endpoint": {"authority": "api.mistral.test", "base_path": "/v1", "cluster": "mock_compat"},
             "model_map": {"small": "mistral-small-latest"}}},
+        "mixed": {
+            "provider": {"kind": "openai_compatible", "name": "mistral",
+                         "endpoint": {"authority": "api.mistral.test", "cluster": "mock_compat"}},
+            "providers": [{"kind": "anthropic", "models": ["claude-*", "fast"],
+                           "api_key": {"env": "TG_ANTHROPIC_KEY"}, "model_map": {"fast": "claude-haiku-4-5"},
+                           "endpoint": {"authority": "api.anthropic.test", "cluster": "mock_anthropic"}}]},
         "azure": {"provider": {
             "kind": "azure_openai", "api_key": {"inline": "azure-key-1"},
             "endpoint": {"authority": "myres.openai.azure.com", "cluster": "mock_compat"},
@@ -65,6 +71,7 @@ def mutate(doc):
         {"name": "claude", "match": {"prefix": "/claude/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
         {"name": "mistral", "match": {"prefix": "/mistral/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
         {"name": "azure", "match": {"prefix": "/azure/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
+        {"name": "mixed", "match": {"prefix": "/mixed/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
     ]
     routes[:0] = ours
     # The API key comes from the VM's environment (WASI environ), filled by Envoy.
@@ -268,6 +275,25 @@ def test_openai_compatible_route_rewrites_path_authority_auth_and_model(env):
     assert all(ch.usage is None for ch in chunks)
 
 
+def test_one_route_picks_the_provider_from_the_model(env):
+    c = client(env, "mixed")
+    mark = env.mark()
+    a = c.chat.completions.create(model="fast", messages=MESSAGES, stream=True,
+                                  stream_options={"include_usage": True})
+    chunks = list(a)
+    seen = env.mock.last()
+    assert seen["path"] == "/v1/messages" and seen["headers"]["host"] == "api.anthropic.test"
+    assert seen["headers"]["x-api-key"] == ANTHROPIC_KEY
+    assert chunks[-1].usage.completion_tokens > 0
+    o = c.chat.completions.create(model="mistral-small-latest", messages=MESSAGES)
+    seen = env.mock.last()
+    assert seen["path"] == "/v1/chat/completions" and seen["headers"]["host"] == "api.mistral.test"
+    assert o.usage.prompt_tokens > 0
+    entries = env.new_entries(mark, count=2)
+    assert [(e["provider"], e["upstream_cluster"]) for e in entries] == [
+        ("anthropic", "mock_anthropic"), ("mistral", "mock_compat")]
+
+
 def test_azure_route_puts_the_deployment_in_the_path(env):
     c = client(env, "azure")
     r = c.chat.completions.create(model="gpt-4o", messages=MESSAGES)
@@ -395,6 +421,7 @@ def test_host_fallback_retries_a_429_on_a_second_cluster(envoy_with, wasm, monke
     cfg = copy.deepcopy(CONFIG)
     cfg["routes"]["claude"]["provider"]["endpoint"]["cluster"] = "with_fallback"
     cfg["routes"]["claude"]["provider"]["api_key"] = {"env": "TG_ANTHROPIC_HOST_KEY"}
+    del cfg["routes"]["mixed"]  # its key is in key_values, which this Envoy does not set
     env = envoy_with(cfg, name="providers-fallback", mutate=fallback)
     c = client(env, "claude")
     before = len(env.mock.requests())
