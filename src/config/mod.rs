@@ -659,6 +659,13 @@ pub struct RouteSettings {
     /// `provider`); `None` leaves requests as the client sent them.
     #[serde(skip)]
     pub upstream: Option<Rc<crate::providers::ProviderConfig>>,
+    /// Providers chosen by the request's `model` (each entry's `models`), tried in
+    /// order before `provider`: one route, several providers. Raw here; parsed into
+    /// [`RouteSettings::upstreams_by_model`].
+    pub providers: Vec<Value>,
+    /// `providers`, parsed and validated.
+    #[serde(skip)]
+    pub upstreams_by_model: Vec<Rc<crate::providers::ProviderConfig>>,
     /// Largest request body accepted; larger gets a 413 in the client's dialect.
     /// The default, 960 KiB, sits one 64 KiB read below Envoy's default 1 MiB
     /// buffer limit: a chunked upload must cross tollgate's cap before the host's,
@@ -678,6 +685,8 @@ impl Default for RouteSettings {
             enabled: true,
             provider: "openai".to_string(),
             upstream: None,
+            providers: Vec::new(),
+            upstreams_by_model: Vec::new(),
             max_request_bytes: 960 * 1024,
             invalid_body: InvalidBody::Pass,
             metering: Metering::default(),
@@ -810,6 +819,19 @@ fn settings_from_value(mut v: Value, path: &str) -> Result<RouteSettings, Config
     let mut s: RouteSettings =
         serde_path_to_error::deserialize(v).map_err(|e| path_error(path, e))?;
     s.upstream = upstream;
+    for (i, raw) in std::mem::take(&mut s.providers).into_iter().enumerate() {
+        let at = format!("{path}.providers[{i}]");
+        let mut pc: crate::providers::ProviderConfig =
+            serde_path_to_error::deserialize(raw).map_err(|e| path_error(&at, e))?;
+        pc.resolve(&at, &|name| std::env::var(name).ok())?;
+        if pc.models.is_empty() {
+            return Err(ConfigError::at(
+                format!("{at}.models"),
+                "required in `providers` entries: the models (or `prefix*` patterns) this provider serves",
+            ));
+        }
+        s.upstreams_by_model.push(Rc::new(pc));
+    }
     s.validate(path)?;
     Ok(s)
 }

@@ -109,6 +109,10 @@ pub struct Exchange {
     client_asked_usage: bool,
     /// Mid-stream cut-off (`limits.stream_cutoff: cut`), once the stream started.
     cut: Option<limits::cutoff::StreamCut>,
+    /// Client path, kept when the provider is chosen from the body's model.
+    provider_path: Option<String>,
+    /// Host clock for the provider stage (Unix ms).
+    clock_ms: u64,
 }
 
 impl Exchange {
@@ -136,6 +140,8 @@ impl Exchange {
             parsed: None,
             client_asked_usage: false,
             cut: None,
+            provider_path: None,
+            clock_ms: 0,
         }
     }
 
@@ -164,7 +170,10 @@ impl Exchange {
         content_length: Option<u64>,
         end_of_stream: bool,
     ) -> HeadersDecision {
-        if !self.settings.enabled || !self.settings.metering.enabled {
+        // A route rewritten for a provider needs the body flow even with metering off.
+        let rewrites =
+            self.settings.upstream.is_some() || !self.settings.upstreams_by_model.is_empty();
+        if !self.settings.enabled || (!self.settings.metering.enabled && !rewrites) {
             return HeadersDecision::PassThrough;
         }
         if !method.eq_ignore_ascii_case("POST") || end_of_stream {
@@ -174,7 +183,10 @@ impl Exchange {
             return HeadersDecision::PassThrough;
         };
         self.api = Some(api);
-        if let Some(cfg) = self.settings.upstream.clone() {
+        if !self.settings.upstreams_by_model.is_empty() {
+            // The provider depends on the model: chosen once the body is complete.
+            self.provider_path = Some(path.to_string());
+        } else if let Some(cfg) = self.settings.upstream.clone() {
             let mut stage = Stage::new(cfg);
             match stage.on_request_headers(api, path) {
                 Ok(true) => self.provider = Some(stage),
@@ -243,6 +255,11 @@ impl Exchange {
         };
         let model = parsed.get("model").and_then(Value::as_str).unwrap_or("");
         self.model = (!model.is_empty()).then(|| model.to_string());
+        if let Some(path) = self.provider_path.take() {
+            if let Err(reply) = self.choose_provider(api, &path, model) {
+                return BodyDecision::Respond(reply);
+            }
+        }
         self.streaming = parsed
             .get("stream")
             .and_then(Value::as_bool)
@@ -274,6 +291,7 @@ impl Exchange {
                 .pointer("/stream_options/include_usage")
                 .and_then(Value::as_bool)
                 == Some(true);
+            self.client_asked_usage = asked;
             self.stream = Some(self.stream_meter(api, !asked));
         } else if self.streaming
             && m.inject_stream_usage
@@ -353,17 +371,54 @@ impl Exchange {
         }
     }
 
+    /// The route's provider for `model`: the first `providers` entry serving it, else
+    /// `provider`. Errors when the API cannot go to it.
+    fn choose_provider(&mut self, api: Api, path: &str, model: &str) -> Result<(), LocalReply> {
+        let cfg = self
+            .settings
+            .upstreams_by_model
+            .iter()
+            .find(|p| p.serves(model))
+            .or(self.settings.upstream.as_ref())
+            .cloned();
+        let Some(cfg) = cfg else { return Ok(()) };
+        let mut stage = Stage::new(cfg);
+        stage.set_clock(self.clock_ms);
+        match stage.on_request_headers(api, path) {
+            Ok(true) => self.provider = Some(stage),
+            Ok(false) => {}
+            Err(e) => {
+                self.reported = true;
+                return Err(LocalReply {
+                    status: e.status,
+                    body: error_body(api.family(), ErrorKind::InvalidRequest, &e.message),
+                    headers: Vec::new(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Host wall clock (Unix ms) for the provider stage (request signing, `created`).
     /// Only needed when [`Exchange::has_provider`].
     pub fn set_clock(&mut self, now_unix_ms: u64) {
+        self.clock_ms = now_unix_ms;
         if let Some(p) = self.provider.as_mut() {
             p.set_clock(now_unix_ms);
         }
     }
 
-    /// True when this exchange is rewritten for a provider.
+    /// True when this exchange is (or may be, once the model is known) rewritten
+    /// for a provider.
     pub fn has_provider(&self) -> bool {
-        self.provider.is_some()
+        self.provider.is_some() || self.provider_path.is_some()
+    }
+
+    /// The provider label for metrics, logs and limit keys: the chosen provider's.
+    fn provider_label(&self) -> &str {
+        self.provider
+            .as_ref()
+            .map_or(self.settings.provider.as_str(), |p| p.config().label())
     }
 
     /// The request rewrite for the provider (`:path`, `:authority`, headers), once,
@@ -416,7 +471,14 @@ impl Exchange {
     }
 
     fn invalid_body(&mut self, api: Api, why: &str) -> BodyDecision {
-        match self.settings.invalid_body {
+        // A body the provider stage cannot read cannot be sent on as-is either: it
+        // would reach the provider's route untranslated.
+        let pass = self.settings.invalid_body == InvalidBody::Pass && self.provider.is_none();
+        match if pass {
+            InvalidBody::Pass
+        } else {
+            InvalidBody::Reject
+        } {
             InvalidBody::Pass => {
                 // Not ours to meter: forget the API so responses pass through too.
                 self.api = None;
@@ -471,7 +533,7 @@ impl Exchange {
             consumer: self.consumer.as_deref(),
             route: &self.route,
             model: self.model.as_deref().unwrap_or(""),
-            provider: &self.settings.provider,
+            provider: self.provider_label(),
             prompt_tokens: prompt,
             reserve_tokens: self.reservation(),
         };
@@ -763,7 +825,7 @@ impl Exchange {
         Some(Report {
             api,
             route: self.route.clone(),
-            provider: self.settings.provider.clone(),
+            provider: self.provider_label().to_string(),
             request_model: self.model.clone(),
             response_model: self.response_model.clone(),
             streaming: self.streaming,

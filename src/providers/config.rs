@@ -232,6 +232,10 @@ pub struct ProviderConfig {
     /// AWS options (Bedrock).
     #[serde(default)]
     pub aws: AwsOptions,
+    /// In a route's `providers` list: the client models this provider serves, exact
+    /// names or `prefix*` patterns, matched before the model map.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 impl ProviderConfig {
@@ -246,7 +250,16 @@ impl ProviderConfig {
             anthropic: AnthropicOptions::default(),
             azure: AzureOptions::default(),
             aws: AwsOptions::default(),
+            models: Vec::new(),
         }
+    }
+
+    /// True when `model` is one of `models` (exact, or a `prefix*` pattern).
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| match m.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => m == model,
+        })
     }
 
     /// The metric/log label.
@@ -302,6 +315,17 @@ impl ProviderConfig {
                 return Err(ConfigError::at(
                     at("endpoint.cluster"),
                     "expected an Envoy cluster name",
+                ));
+            }
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if m.is_empty()
+                || m.get(..m.len().saturating_sub(1))
+                    .is_some_and(|h| h.contains('*'))
+            {
+                return Err(ConfigError::at(
+                    format!("{path}.models[{i}]"),
+                    "expected a model name or a `prefix*` pattern (one trailing `*`)",
                 ));
             }
         }

@@ -3,7 +3,9 @@
 //!
 //! # Interface (stable; read by the Gemini/Bedrock translators)
 //!
-//! Interface changes since first commit: none.
+//! Interface changes since first commit: additions only (`push_usage`,
+//! `ProviderConfig::models` + `serves` for model-based provider choice); build
+//! `ProviderConfig` with `ProviderConfig::new`, not a struct literal.
 //!
 //! One [`Translator`] per provider kind, chosen by [`translator`] (the registry: one
 //! `match` arm per [`ProviderKind`]). A translator is stateless and `'static`; the

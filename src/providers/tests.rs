@@ -472,3 +472,75 @@ fn a_limit_refusal_is_not_translated_as_a_provider_error() {
         ResponseMode::Translate
     );
 }
+
+#[test]
+fn provider_routes_translate_with_metering_off_and_refuse_unreadable_bodies() {
+    let cfg =
+        r#"{"routes":{"claude":{"metering":{"enabled":false},"provider":{"kind":"anthropic"}}}}"#;
+    let c = Config::parse(cfg.as_bytes()).unwrap();
+    let mut ex = Exchange::new(c.route(Some("claude")), std::rc::Rc::from("claude"));
+    assert_eq!(
+        ex.on_request_headers("POST", "/v1/chat/completions", None, false),
+        HeadersDecision::WaitForBody
+    );
+    let body = br#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#;
+    let d = ex.on_request_body(body);
+    let d = ex.provider_stage(d, body);
+    assert!(matches!(d, BodyDecision::Replace(_)), "{d:?}");
+    assert_eq!(ex.take_upstream_headers().unwrap().path, "/v1/messages");
+
+    // invalid_body `pass` (the default) cannot forward an untranslatable body.
+    let (_, d) = claude_exchange(b"{not json");
+    let BodyDecision::Respond(r) = d else {
+        panic!("expected a 400, got {d:?}")
+    };
+    assert_eq!(r.status, 400);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+}
+
+#[test]
+fn the_model_in_the_body_picks_the_provider() {
+    let cfg = r#"{"routes":{"mixed":{
+        "provider":{"kind":"openai_compatible","name":"groq","endpoint":{"authority":"api.groq.com","base_path":"/openai/v1"}},
+        "providers":[
+          {"kind":"anthropic","models":["claude-*","fast"],"model_map":{"fast":"claude-haiku-4-5"},
+           "endpoint":{"authority":"api.anthropic.com","cluster":"anthropic"}}]}}}"#;
+    let c = Config::parse(cfg.as_bytes()).unwrap();
+    let run = |model: &str| {
+        let mut ex = Exchange::new(c.route(Some("mixed")), std::rc::Rc::from("mixed"));
+        assert_eq!(
+            ex.on_request_headers("POST", "/v1/chat/completions", None, false),
+            HeadersDecision::WaitForBody
+        );
+        assert!(ex.has_provider(), "the adapter must fetch the clock");
+        let body =
+            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Hi"}}]}}"#);
+        let d = ex.on_request_body(body.as_bytes());
+        ex.provider_stage(d, body.as_bytes());
+        let h = ex.take_upstream_headers().unwrap();
+        ex.on_response_headers(200, Some("application/json"), None);
+        (h, ex)
+    };
+    let (h, _) = run("fast");
+    assert_eq!(h.path, "/v1/messages");
+    assert_eq!(h.authority.as_deref(), Some("api.anthropic.com"));
+    let (h, _) = run("claude-opus-4-1");
+    assert_eq!(h.path, "/v1/messages");
+    let (h, mut ex) = run("llama-3.1-8b-instant");
+    assert_eq!(h.path, "/openai/v1/chat/completions");
+    assert_eq!(h.authority.as_deref(), Some("api.groq.com"));
+    let r = ex
+        .on_response_complete(Some(
+            br#"{"model":"llama","usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+        ))
+        .unwrap();
+    assert_eq!(r.provider, "groq");
+
+    let e = err(r#"{"routes":{"r":{"providers":[{"kind":"anthropic"}]}}}"#);
+    assert_eq!(e.path, "routes.r.providers[0].models");
+    let e = err(r#"{"routes":{"r":{"providers":[{"kind":"anthropic","models":["a*b*"]}]}}}"#);
+    assert_eq!(e.path, "routes.r.providers[0].models[0]");
+    let e = err(r#"{"routes":{"r":{"providers":[{"kind":"nope","models":["x"]}]}}}"#);
+    assert_eq!(e.path, "routes.r.providers[0].kind");
+}

@@ -33,6 +33,12 @@ CONFIG = {
             "kind": "openai_compatible", "name": "mistral", "api_key": {"inline": "sk-mistral-inline"},
             "endpoint": {"authority": "api.mistral.test", "base_path": "/v1", "cluster": "mock_compat"},
             "model_map": {"small": "mistral-small-latest"}}},
+        "mixed": {
+            "provider": {"kind": "openai_compatible", "name": "mistral",
+                         "endpoint": {"authority": "api.mistral.test", "cluster": "mock_compat"}},
+            "providers": [{"kind": "anthropic", "models": ["claude-*", "fast"],
+                           "api_key": {"env": "TG_ANTHROPIC_KEY"}, "model_map": {"fast": "claude-haiku-4-5"},
+                           "endpoint": {"authority": "api.anthropic.test", "cluster": "mock_anthropic"}}]},
         "azure": {"provider": {
             "kind": "azure_openai", "api_key": {"inline": "azure-key-1"},
             "endpoint": {"authority": "myres.openai.azure.com", "cluster": "mock_compat"},
@@ -59,10 +65,13 @@ def mutate(doc):
     ours = [
         {"name": "provider_dispatch",
          "match": {"prefix": "/", "headers": [{"name": "x-tollgate-cluster", "present_match": True}]},
-         "route": {"cluster_header": "x-tollgate-cluster", "timeout": "300s"}},
+         "route": {"cluster_header": "x-tollgate-cluster", "timeout": "300s"},
+         # Chosen the cluster; the provider need not learn our cluster names.
+         "request_headers_to_remove": ["x-tollgate-cluster"]},
         {"name": "claude", "match": {"prefix": "/claude/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
         {"name": "mistral", "match": {"prefix": "/mistral/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
         {"name": "azure", "match": {"prefix": "/azure/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
+        {"name": "mixed", "match": {"prefix": "/mixed/"}, "route": {"cluster": "mock_llm", "timeout": "300s"}},
     ]
     routes[:0] = ours
     # The API key comes from the VM's environment (WASI environ), filled by Envoy.
@@ -107,7 +116,7 @@ def test_anthropic_non_streaming_answer_usage_and_upstream_request(env):
     assert h["x-api-key"] == ANTHROPIC_KEY
     assert "authorization" not in h
     assert h["anthropic-version"] == "2023-06-01"
-    assert h["x-tollgate-cluster"] == "mock_anthropic"
+    assert "x-tollgate-cluster" not in h  # used for the route, removed before the provider
     sent = json.loads(seen["body"])
     assert sent["model"] == "claude-haiku-4-5"
     assert sent["system"] == "Answer briefly."
@@ -266,6 +275,25 @@ def test_openai_compatible_route_rewrites_path_authority_auth_and_model(env):
     assert all(ch.usage is None for ch in chunks)
 
 
+def test_one_route_picks_the_provider_from_the_model(env):
+    c = client(env, "mixed")
+    mark = env.mark()
+    a = c.chat.completions.create(model="fast", messages=MESSAGES, stream=True,
+                                  stream_options={"include_usage": True})
+    chunks = list(a)
+    seen = env.mock.last()
+    assert seen["path"] == "/v1/messages" and seen["headers"]["host"] == "api.anthropic.test"
+    assert seen["headers"]["x-api-key"] == ANTHROPIC_KEY
+    assert chunks[-1].usage.completion_tokens > 0
+    o = c.chat.completions.create(model="mistral-small-latest", messages=MESSAGES)
+    seen = env.mock.last()
+    assert seen["path"] == "/v1/chat/completions" and seen["headers"]["host"] == "api.mistral.test"
+    assert o.usage.prompt_tokens > 0
+    entries = env.new_entries(mark, count=2)
+    assert [(e["provider"], e["upstream_cluster"]) for e in entries] == [
+        ("anthropic", "mock_anthropic"), ("mistral", "mock_compat")]
+
+
 def test_azure_route_puts_the_deployment_in_the_path(env):
     c = client(env, "azure")
     r = c.chat.completions.create(model="gpt-4o", messages=MESSAGES)
@@ -336,3 +364,76 @@ def test_limits_apply_to_translated_traffic(envoy_with, wasm):
     assert e.value.response.json()["error"]["code"] == "rate_limit_exceeded", e.value.response.json()
     assert "tiny" in e.value.response.json()["error"]["message"]
     assert len(env.mock.requests()) == before, "refused before translation and forwarding"
+
+
+def test_host_fallback_retries_a_429_on_a_second_cluster(envoy_with, wasm, monkeypatch):
+    """Envoy's own fallback (docs/providers.md): the route's retry policy retries a 429
+    once, and an aggregate cluster with the previous_priorities retry priority sends
+    the retry to the second cluster. The primary cluster's upstream filter makes the
+    mock answer 429 there only. The retry resends the request tollgate already
+    translated, and the client gets the fallback's translated answer."""
+    def fallback(doc):
+        mutate(doc)
+        clusters = doc["static_resources"]["clusters"]
+        base = next(c for c in clusters if c["name"] == "mock_llm")
+        # The primary "provider": a listener of this Envoy answering Anthropic's 429.
+        port = harness.free_port()
+        limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "primary is rate limited"}}
+        doc["static_resources"]["listeners"].append({
+            "name": "primary_429",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "primary_429",
+                    "route_config": {"virtual_hosts": [{"name": "p", "domains": ["*"], "routes": [{
+                        "match": {"prefix": "/"},
+                        "direct_response": {"status": 429, "body": {"inline_string": json.dumps(limited)}}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]})
+        primary = copy.deepcopy(base)
+        primary["name"] = primary["load_assignment"]["cluster_name"] = "primary"
+        primary["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+            "port_value"] = port
+        second = copy.deepcopy(base)
+        second["name"] = second["load_assignment"]["cluster_name"] = "secondary"
+        clusters += [primary, second, {
+            "name": "with_fallback", "connect_timeout": "1s", "lb_policy": "CLUSTER_PROVIDED",
+            "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                "clusters": ["primary", "secondary"]}}}]
+        for r in harness.hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]:
+            if r.get("name") == "provider_dispatch":
+                r["route"]["retry_policy"] = {
+                    "retry_on": "retriable-status-codes,5xx", "retriable_status_codes": [429], "num_retries": 1,
+                    "retry_priority": {"name": "envoy.retry_priorities.previous_priorities", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                        "update_frequency": 1}}}
+
+        # This Envoy passes the key from its own process environment (host_env_keys).
+        for f in harness.hcm(doc)["http_filters"]:
+            if f.get("name") == "tollgate":
+                f["typed_config"]["config"]["vm_config"]["environment_variables"] = {
+                    "host_env_keys": ["TG_ANTHROPIC_HOST_KEY"]}
+
+    monkeypatch.setenv("TG_ANTHROPIC_HOST_KEY", "sk-ant-from-envoy-process-env")
+    cfg = copy.deepcopy(CONFIG)
+    cfg["routes"]["claude"]["provider"]["endpoint"]["cluster"] = "with_fallback"
+    cfg["routes"]["claude"]["provider"]["api_key"] = {"env": "TG_ANTHROPIC_HOST_KEY"}
+    del cfg["routes"]["mixed"]  # its key is in key_values, which this Envoy does not set
+    env = envoy_with(cfg, name="providers-fallback", mutate=fallback)
+    c = client(env, "claude")
+    before = len(env.mock.requests())
+    r = c.chat.completions.create(model="fast", messages=MESSAGES)
+    assert r.choices[0].message.content and r.usage.completion_tokens > 0
+    seen = env.mock.requests()[before:]
+    assert len(seen) == 1 and seen[0]["path"] == "/v1/messages", seen
+    assert seen[0]["headers"]["x-api-key"] == "sk-ant-from-envoy-process-env"
+    stats = env.admin_stats()
+    # One attempt on each member cluster; the 429 was retried and the retry succeeded.
+    assert stats.get("cluster.primary.upstream_rq_total") == 1
+    assert stats.get("cluster.secondary.upstream_rq_total") == 1
+    assert stats.get("cluster.with_fallback.retry.upstream_rq_429") == 1
+    assert stats.get("cluster.with_fallback.upstream_rq_retry_success") == 1
+
