@@ -5,6 +5,7 @@
 //! failure is logged and survived; nothing here may panic.
 
 mod ffi;
+mod global;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -49,7 +50,10 @@ impl Store for SharedData {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
+        global::set_root_id(id);
+        Box::new(Root::default())
+    });
 }}
 
 /// Metric ids by name, and the bounded model-label set, shared by a VM's requests.
@@ -133,8 +137,9 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
+            calls: global::Calls::new(context_id),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             host: self.host,
@@ -160,9 +165,25 @@ struct Http {
     waiting_for_body: bool,
     /// Response headers read when they were held, written back with `x-llm-*` added.
     held_response_headers: Vec<u8>,
+    /// Calls to the shared rate-limit service (`limits.global`).
+    calls: global::Calls,
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.global_grpc_answer(token_id, status_code, response_size);
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        self.global_http_answer(token_id);
+    }
+}
 
 impl Http {
     fn route_name(&mut self) -> Option<String> {
@@ -232,6 +253,7 @@ impl Http {
         if let Some(ex) = self.exchange.as_mut() {
             ex.settle(&mut SharedData, report);
         }
+        self.global_settle(report);
         if add_headers {
             // Headers were held: write them back with ours added, in one call.
             let held = std::mem::take(&mut self.held_response_headers);
@@ -283,7 +305,7 @@ impl HttpContext for Http {
         let path = text(":path").unwrap_or("");
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
         let has_accept_encoding = find_header(&headers, "accept-encoding").is_some();
-        if ex.settings().limits.active() {
+        if ex.settings().limits.active() || ex.settings().limits.global.active() {
             // Trusted only because the edge strips client copies (README).
             let consumer = text(ex.settings().limits.consumer.header.as_str()).map(str::to_string);
             ex.set_consumer(consumer);
@@ -335,7 +357,7 @@ impl HttpContext for Http {
                 return self.reply(&r);
             }
         }
-        match decision {
+        let action = match decision {
             BodyDecision::Forward => Action::Continue,
             BodyDecision::Replace(new_body) => {
                 match ffi::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body) {
@@ -352,8 +374,11 @@ impl HttpContext for Http {
                 }
                 Action::Continue
             }
-            BodyDecision::Respond(r) => self.reply(&r),
-        }
+            BodyDecision::Respond(r) => return self.reply(&r),
+        };
+        // Shared limits last: the request is held (body already edited) until the
+        // rate-limit service answers.
+        self.global_admit().unwrap_or(action)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

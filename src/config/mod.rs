@@ -223,6 +223,8 @@ pub struct Limits {
     pub reserve_max_tokens_default: u64,
     /// The limits; every one must admit a request (the strictest wins).
     pub rules: Vec<LimitRule>,
+    /// Limits shared across replicas, on the host's distributed rate limiting.
+    pub global: crate::limits::global::GlobalLimits,
 }
 
 impl Default for Limits {
@@ -232,6 +234,7 @@ impl Default for Limits {
             consumer: ConsumerSource::default(),
             reserve_max_tokens_default: 1024,
             rules: Vec::new(),
+            global: Default::default(),
         }
     }
 }
@@ -297,6 +300,7 @@ impl Limits {
                 }
             }
         }
+        self.global.validate(&format!("{path}.global"))?;
         Ok(())
     }
 }

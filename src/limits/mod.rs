@@ -18,6 +18,8 @@
 
 use crate::config::{LimitCount, LimitKeyPart, LimitMode, Limits};
 
+pub mod global;
+
 /// How many times one counter update is retried when another worker wrote in
 /// between. With a handful of workers a few attempts suffice; the bound keeps a
 /// pathological store from spinning a worker.

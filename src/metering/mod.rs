@@ -97,6 +97,7 @@ pub struct Exchange {
     max_tokens: Option<u64>,
     consumer: Option<String>,
     admission: Option<Admission>,
+    global: limits::global::Ticket,
 }
 
 impl Exchange {
@@ -120,6 +121,7 @@ impl Exchange {
             max_tokens: None,
             consumer: None,
             admission: None,
+            global: limits::global::Ticket::default(),
         }
     }
 
@@ -136,6 +138,11 @@ impl Exchange {
     /// Route settings this exchange runs under.
     pub fn settings(&self) -> &RouteSettings {
         &self.settings
+    }
+
+    /// The route's settings, shared (for callers that also need `&mut self`).
+    pub fn settings_rc(&self) -> Rc<RouteSettings> {
+        self.settings.clone()
     }
 
     /// Decide from the request headers whether tollgate needs the body.
@@ -373,12 +380,46 @@ impl Exchange {
     }
 
     /// `x-ratelimit-*-tokens` headers for an admitted request's response (empty
-    /// when no limits apply).
+    /// when no limits apply); the tighter of the local and the shared limits.
     pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
-        self.admission
-            .as_ref()
-            .map(|a| self.rate_limit_headers_of(a))
+        let local = self.admission.as_ref().and_then(|a| a.state.as_ref());
+        limits::global::tighter(local, self.global.state.as_ref())
+            .map(|s| s.headers())
             .unwrap_or_default()
+    }
+
+    /// Input of the shared-limit admission (`limits.global`); `None` when the route
+    /// has none or the request was not counted.
+    pub fn global_subject(&self) -> Option<Subject<'_>> {
+        let g = &self.settings.limits.global;
+        if !(self.settings.enabled && g.active() && self.api.is_some()) {
+            return None;
+        }
+        let prompt = self.prompt.as_ref()?;
+        Some(Subject {
+            consumer: self.consumer.as_deref(),
+            route: &self.route,
+            model: self.model.as_deref().unwrap_or(""),
+            provider: &self.settings.provider,
+            prompt_tokens: prompt.tokens,
+            reserve_tokens: self.reservation(),
+        })
+    }
+
+    /// The shared-limit state of this exchange (what was charged, the last answer).
+    pub fn global_ticket(&mut self) -> &mut limits::global::Ticket {
+        &mut self.global
+    }
+
+    /// The 429 for a refusal by the shared limits, in the client's dialect; the
+    /// exchange is then over (nothing is reported).
+    pub fn global_refusal(&mut self, decision: limits::global::Decision) -> LocalReply {
+        let family = self
+            .api
+            .map(Api::family)
+            .unwrap_or(crate::dialect::Family::OpenAi);
+        self.reported = true;
+        limits::global::refusal(family, decision, &self.global)
     }
 
     /// True the admission charges up to the real usage of the finished exchange.
