@@ -106,11 +106,15 @@ impl Default for GlobalLimits {
     fn default() -> Self {
         GlobalLimits {
             mode: GlobalMode::Off,
-            cluster: String::new(),
+            cluster: "rate_limit_service".to_string(),
             authority: String::new(),
             path: "/check_and_report".to_string(),
             domain: "tollgate".to_string(),
-            descriptors: Vec::new(),
+            descriptors: vec![DescriptorEntry {
+                key: "consumer".to_string(),
+                from: Some(LimitKeyPart::Consumer),
+                value: None,
+            }],
             timeout_ms: 200,
             failure_mode: FailureMode::Open,
             count: LimitCount::Total,
