@@ -25,7 +25,7 @@ BENCH_ARGS ?=
 .PHONY: help toolchain build mock venv run test lint e2e bench clean-venv rls
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# *//'
+	@sed -n '3,11p' Makefile | sed 's/^# *//'
 
 toolchain:
 	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || true

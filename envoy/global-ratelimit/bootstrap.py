@@ -77,8 +77,10 @@ def ratelimit_filter(domain: str, timeout: str = "0.2s", failure_mode_deny: bool
 def route_rate_limits() -> list:
     """Same descriptor twice: at request time and when the stream is done. Envoy sends
     `hits_addend` from the filter state `envoy.ratelimit.hits_addend` each time."""
-    action = [{"request_headers": {"header_name": CONSUMER_HEADER, "descriptor_key": "consumer"}}]
-    return [{"actions": action}, {"actions": action, "apply_on_stream_done": True}]
+    def action():
+        return [{"request_headers": {"header_name": CONSUMER_HEADER, "descriptor_key": "consumer"}}]
+
+    return [{"actions": action()}, {"actions": action(), "apply_on_stream_done": True}]
 
 
 def openai_error_body_for_rl() -> dict:

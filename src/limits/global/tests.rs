@@ -39,8 +39,12 @@ fn config_defaults_to_off_and_validates_with_exact_paths() {
     // Defaults: the cluster of envoy/global-ratelimit and one `consumer` entry.
     let d = cfg(r#"{"mode":"rls_grpc"}"#);
     assert_eq!(d.cluster, "rate_limit_service");
-    assert_eq!(descriptor(&d, &subject(Some("bob"))), vec![("consumer", "bob")]);
-    let e = err(r#"{"mode":"rls_grpc","cluster":"","descriptors":[{"key":"u","from":"consumer"}]}"#);
+    assert_eq!(
+        descriptor(&d, &subject(Some("bob"))),
+        vec![("consumer", "bob")]
+    );
+    let e =
+        err(r#"{"mode":"rls_grpc","cluster":"","descriptors":[{"key":"u","from":"consumer"}]}"#);
     assert_eq!(e.path, "routes.r.limits.global.cluster");
     let e = err(r#"{"mode":"http","cluster":"rls","descriptors":[]}"#);
     assert_eq!(e.path, "routes.r.limits.global.descriptors");
