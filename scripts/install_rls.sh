@@ -3,6 +3,10 @@
 #   redis-server (Debian package) and rls-limitador (tools/rls-limitador: the Limitador
 #   library with Redis storage behind Envoy's RLS gRPC API and Limitador's HTTP API).
 # Idempotent: a second run with nothing changed costs a cargo no-op check.
+#
+# The build (about 240 crates: tonic, redis, cel's generated parser...) is cached OUTSIDE
+# the checkout, in $TOLLGATE_CACHE_DIR (default ~/.cache/tollgate), so fresh clones on
+# the same machine (CI runs in one) reuse it; only the binary is copied into .cache/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,11 +22,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 start=$(date +%s)
-# The published limitador crate, with the one-line feature-gate fix (see
-# tools/rls-limitador/Cargo.toml): fetched by cargo from crates.io, patched in .cache/.
-src=.cache/rls-limitador/limitador-0.14.0
+cache="${TOLLGATE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate}/rls-limitador"
+mkdir -p "$cache"
+# The published limitador crate, with the feature-gate fix (see
+# tools/rls-limitador/Cargo.toml): fetched by cargo from crates.io, patched in the cache.
+src="$cache/limitador-0.14.0"
 if [ ! -f "$src/.patched" ]; then
-    fetch=.cache/rls-limitador/fetch
+    fetch="$cache/fetch"
     mkdir -p "$fetch/src"
     printf '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n[workspace]\n[dependencies]\nlimitador = { version = "=0.14.0", default-features = false }\n' >"$fetch/Cargo.toml"
     : >"$fetch/src/lib.rs"
@@ -45,8 +51,14 @@ for rel, gate in [
 PY
     touch "$src/.patched"
 fi
-CARGO_TARGET_DIR="$PWD/.cache/rls-limitador/target" \
-    cargo build --release --locked --quiet --manifest-path tools/rls-limitador/Cargo.toml
+# limitador's own dead-code warnings are noise here: the log is shown only on failure.
+if ! CARGO_TARGET_DIR="$cache/target" \
+    cargo build --release --locked --manifest-path tools/rls-limitador/Cargo.toml \
+    --config "patch.crates-io.limitador.path=\"$src\"" >"$cache/build.log" 2>&1; then
+    tail -60 "$cache/build.log" >&2
+    echo "install_rls: build failed (full log: $cache/build.log)" >&2
+    exit 1
+fi
 mkdir -p .cache/rls-limitador/bin
-cp -f .cache/rls-limitador/target/release/rls-limitador .cache/rls-limitador/bin/
+cp -f "$cache/target/release/rls-limitador" .cache/rls-limitador/bin/
 echo "install_rls: .cache/rls-limitador/bin/rls-limitador ready ($(( $(date +%s) - start )) s)" >&2
