@@ -6,6 +6,7 @@
 #   make run     mock provider on :10001 + Envoy with tollgate on :10000 (admin :9901)
 #   make test    fmt, clippy, cargo tests, build, pytest (what .ci/run runs)
 #   make e2e     pytest only (after make build mock)
+#   make rls     redis-server + rls-limitador for the shared-limit e2e tests (cached in .cache/)
 #   make bench   benches/run.py (BENCH_ARGS="--quick" for a smoke run)
 
 SHELL := /bin/bash
@@ -21,10 +22,10 @@ CONCURRENCY ?= 1
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help toolchain build mock venv run test lint e2e bench clean-venv
+.PHONY: help toolchain build mock venv run test lint e2e bench clean-venv rls
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# *//'
+	@sed -n '3,11p' Makefile | sed 's/^# *//'
 
 toolchain:
 	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
@@ -64,7 +65,11 @@ lint: toolchain
 test: venv lint
 	cargo test --workspace
 	$(MAKE) build mock
+	$(MAKE) rls
 	$(MAKE) e2e
+
+rls:
+	bash scripts/install_rls.sh
 
 e2e: venv
 	$(VENV)/bin/python -m pytest -q tests/ $(PYTEST_ARGS)

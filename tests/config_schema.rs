@@ -77,7 +77,15 @@ fn objects(root: &Value) -> Vec<(Vec<&'static str>, Value)> {
     let limits = deref(root, &root["$defs"]["limits"]).clone();
     let consumer = deref(root, &limits["properties"]["consumer"]).clone();
     let rule = deref(root, &limits["properties"]["rules"]["items"]).clone();
+    let global = deref(root, &limits["properties"]["global"]).clone();
+    let entry = deref(root, &global["properties"]["descriptors"]["items"]).clone();
     vec![
+        (vec!["defaults", "limits", "global"], global.clone()),
+        (vec!["routes", "r1", "limits", "global"], global),
+        (
+            vec!["defaults", "limits", "global", "descriptors", "[0]"],
+            entry,
+        ),
         (vec!["defaults", "limits"], limits.clone()),
         (vec!["routes", "r1", "limits"], limits),
         (vec!["defaults", "limits", "consumer"], consumer.clone()),

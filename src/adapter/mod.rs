@@ -5,6 +5,7 @@
 //! failure is logged and survived; nothing here may panic.
 
 mod ffi;
+mod global;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -83,7 +84,10 @@ impl Store for SharedData {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
+        global::set_root_id(id);
+        Box::new(Root::default())
+    });
 }}
 
 /// Metric ids by name, and the bounded model-label set, shared by a VM's requests.
@@ -259,8 +263,9 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
+            calls: global::Calls::new(context_id),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             host: self.host,
@@ -295,9 +300,25 @@ struct Http {
     waiting_for_body: bool,
     /// Response headers read when they were held, written back with `x-llm-*` added.
     held_response_headers: Vec<u8>,
+    /// Calls to the shared rate-limit service (`limits.global`).
+    calls: global::Calls,
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.global_grpc_answer(token_id, status_code, response_size);
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        self.global_http_answer(token_id);
+    }
+}
 
 impl Http {
     fn route_name(&mut self) -> Option<String> {
@@ -384,6 +405,7 @@ impl Http {
                     .rate_limit(ex.route(), rule, "stream_cut");
             }
         }
+        self.global_settle(report);
         if add_headers {
             // Headers were held: write them back with ours added, in one call.
             let held = std::mem::take(&mut self.held_response_headers);
@@ -465,7 +487,7 @@ impl HttpContext for Http {
         let path = text(":path").unwrap_or("");
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
         let has_accept_encoding = find_header(&headers, "accept-encoding").is_some();
-        if ex.settings().limits.active() {
+        if ex.settings().limits.active() || ex.settings().limits.global.active() {
             // A header is trusted only because the edge strips client copies; a
             // property (jwt_authn metadata) cannot be set by clients (docs/limits.md).
             let source = &ex.settings().limits.consumer;
@@ -538,7 +560,7 @@ impl HttpContext for Http {
             .exchange
             .as_mut()
             .and_then(Exchange::take_upstream_headers);
-        match decision {
+        let action = match decision {
             BodyDecision::Forward => {
                 if let Some(u) = upstream {
                     rewrite_upstream(&u, None);
@@ -565,8 +587,11 @@ impl HttpContext for Http {
                 }
                 Action::Continue
             }
-            BodyDecision::Respond(r) => self.reply(&r),
-        }
+            BodyDecision::Respond(r) => return self.reply(&r),
+        };
+        // Shared limits last: the request is held (body already edited) until the
+        // rate-limit service answers.
+        self.global_admit().unwrap_or(action)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

@@ -434,6 +434,8 @@ pub struct Limits {
     pub stream_cutoff: StreamCutoff,
     /// Model prices for `usd` budgets.
     pub prices: Vec<ModelPrice>,
+    /// Limits shared across replicas, on the host's distributed rate limiting.
+    pub global: crate::limits::global::GlobalLimits,
 }
 
 impl Default for Limits {
@@ -448,6 +450,7 @@ impl Default for Limits {
             clamp_min_tokens: 1,
             stream_cutoff: StreamCutoff::Finish,
             prices: Vec::new(),
+            global: Default::default(),
         }
     }
 }
@@ -617,6 +620,7 @@ impl Limits {
                 ));
             }
         }
+        self.global.validate(&format!("{path}.global"))?;
         Ok(())
     }
 }

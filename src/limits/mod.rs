@@ -24,6 +24,8 @@ pub mod clamp;
 pub mod cutoff;
 pub mod identity;
 
+pub mod global;
+
 /// How many times one counter update is retried when another worker wrote in
 /// between. With a handful of workers a few attempts suffice; the bound keeps a
 /// pathological store from spinning a worker.

@@ -101,6 +101,7 @@ pub struct Exchange {
     max_tokens: Option<u64>,
     consumer: Option<String>,
     admission: Option<Admission>,
+    global: limits::global::Ticket,
     /// Provider rewriting (route's `provider` object), if any.
     provider: Option<Stage>,
     /// The parsed client request, kept only for the provider stage.
@@ -136,6 +137,7 @@ impl Exchange {
             max_tokens: None,
             consumer: None,
             admission: None,
+            global: limits::global::Ticket::default(),
             provider: None,
             parsed: None,
             client_asked_usage: false,
@@ -158,6 +160,11 @@ impl Exchange {
     /// Route settings this exchange runs under.
     pub fn settings(&self) -> &RouteSettings {
         &self.settings
+    }
+
+    /// The route's settings, shared (for callers that also need `&mut self`).
+    pub fn settings_rc(&self) -> Rc<RouteSettings> {
+        self.settings.clone()
     }
 
     /// Decide from the request headers whether tollgate needs the body.
@@ -584,12 +591,38 @@ impl Exchange {
     }
 
     /// `x-ratelimit-*-tokens` headers for an admitted request's response (empty
-    /// when no limits apply).
+    /// when no limits apply); the tighter of the local and the shared limits.
     pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
-        self.admission
+        let Some(shared) = self.global.state.as_ref() else {
+            return self
+                .admission
+                .as_ref()
+                .map(Admission::headers)
+                .unwrap_or_default();
+        };
+        // The shared limit counts tokens: its state stands in for the local token
+        // budget when it has less room left.
+        let mut states: Vec<&limits::RateState> = self
+            .admission
             .as_ref()
-            .map(Admission::headers)
-            .unwrap_or_default()
+            .map(|a| a.states.iter().collect())
+            .unwrap_or_default();
+        match states.iter_mut().find(|s| s.unit == shared.unit) {
+            Some(s) => {
+                if shared.remaining < s.remaining {
+                    *s = shared;
+                }
+            }
+            None => states.push(shared),
+        }
+        let mut out = Vec::with_capacity(states.len() * 3 + 1);
+        for s in states {
+            s.push_headers(&mut out);
+        }
+        if let Some(n) = self.admission.as_ref().and_then(|a| a.clamped_to) {
+            out.push(("x-tollgate-max-tokens-clamped", n.to_string()));
+        }
+        out
     }
 
     /// After admission: the request body with its completion cap lowered to the
@@ -613,6 +646,40 @@ impl Exchange {
     /// Output tokens counted when the stream was cut for lack of budget, if it was.
     pub fn stream_cut_at(&self) -> Option<u64> {
         self.cut.as_ref().and_then(|c| c.cut_at())
+    }
+
+    /// Input of the shared-limit admission (`limits.global`); `None` when the route
+    /// has none or the request was not counted.
+    pub fn global_subject(&self) -> Option<Subject<'_>> {
+        let g = &self.settings.limits.global;
+        if !(self.settings.enabled && g.active() && self.api.is_some()) {
+            return None;
+        }
+        let prompt = self.prompt.as_ref()?;
+        Some(Subject {
+            consumer: self.consumer.as_deref(),
+            route: &self.route,
+            model: self.model.as_deref().unwrap_or(""),
+            provider: &self.settings.provider,
+            prompt_tokens: prompt.tokens,
+            reserve_tokens: self.reservation(),
+        })
+    }
+
+    /// The shared-limit state of this exchange (what was charged, the last answer).
+    pub fn global_ticket(&mut self) -> &mut limits::global::Ticket {
+        &mut self.global
+    }
+
+    /// The 429 for a refusal by the shared limits, in the client's dialect; the
+    /// exchange is then over (nothing is reported).
+    pub fn global_refusal(&mut self, decision: limits::global::Decision) -> LocalReply {
+        let family = self
+            .api
+            .map(Api::family)
+            .unwrap_or(crate::dialect::Family::OpenAi);
+        self.reported = true;
+        limits::global::refusal(family, decision, &self.global)
     }
 
     /// True the admission charges up to the real usage of the finished exchange.
