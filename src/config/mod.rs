@@ -321,6 +321,8 @@ pub struct RouteSettings {
     pub metering: Metering,
     /// Token rate limits (local, per gateway instance). No rules: nothing is done.
     pub limits: Limits,
+    /// PII and secret redaction of prompts and completions (off by default).
+    pub pii: crate::pii::PiiConfig,
 }
 
 impl Default for RouteSettings {
@@ -332,6 +334,7 @@ impl Default for RouteSettings {
             invalid_body: InvalidBody::Pass,
             metering: Metering::default(),
             limits: Limits::default(),
+            pii: crate::pii::PiiConfig::default(),
         }
     }
 }
@@ -442,8 +445,12 @@ impl Config {
 }
 
 fn settings_from_value(v: Value, path: &str) -> Result<RouteSettings, ConfigError> {
-    let s: RouteSettings = serde_path_to_error::deserialize(v).map_err(|e| path_error(path, e))?;
+    let mut s: RouteSettings =
+        serde_path_to_error::deserialize(v).map_err(|e| path_error(path, e))?;
     s.validate(path)?;
+    s.pii
+        .compile()
+        .map_err(|(field, msg)| ConfigError::at(format!("{path}.pii.{field}"), msg))?;
     Ok(s)
 }
 
