@@ -76,7 +76,15 @@ fn objects(root: &Value) -> Vec<(Vec<&'static str>, Value)> {
     let limits = deref(root, &root["$defs"]["limits"]).clone();
     let consumer = deref(root, &limits["properties"]["consumer"]).clone();
     let rule = deref(root, &limits["properties"]["rules"]["items"]).clone();
+    let pii = deref(root, &root["$defs"]["pii"]).clone();
+    let pii_detectors = deref(root, &pii["properties"]["detectors"]).clone();
+    let pii_custom = deref(root, &pii["properties"]["custom"]["items"]).clone();
     vec![
+        (vec!["defaults", "pii"], pii.clone()),
+        (vec!["routes", "r1", "pii"], pii),
+        (vec!["defaults", "pii", "detectors"], pii_detectors.clone()),
+        (vec!["routes", "r1", "pii", "detectors"], pii_detectors),
+        (vec!["defaults", "pii", "custom", "[0]"], pii_custom),
         (vec!["defaults", "limits"], limits.clone()),
         (vec!["routes", "r1", "limits"], limits),
         (vec!["defaults", "limits", "consumer"], consumer.clone()),

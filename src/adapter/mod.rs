@@ -142,6 +142,8 @@ impl RootContext for Root {
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
             held_response_headers: Vec::new(),
+            response_body_replaced: false,
+            pii_emitted: false,
         }))
     }
 
@@ -160,6 +162,10 @@ struct Http {
     waiting_for_body: bool,
     /// Response headers read when they were held, written back with `x-llm-*` added.
     held_response_headers: Vec<u8>,
+    /// The held response body was rewritten (PII restore): drop `content-length`.
+    response_body_replaced: bool,
+    /// PII metrics and filter state were written (once per request).
+    pii_emitted: bool,
 }
 
 impl Context for Http {}
@@ -239,7 +245,12 @@ impl Http {
             if let Some(ex) = self.exchange.as_ref() {
                 ours.extend(ex.rate_limit_headers());
             }
-            let map = merge_header_map(&parse_header_map(&held), &ours, &[]);
+            let stale: &[&str] = if self.response_body_replaced {
+                &["content-length"]
+            } else {
+                &[]
+            };
+            let map = merge_header_map(&parse_header_map(&held), &ours, stale);
             if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
                 debug!("cannot set x-llm headers: {s:?}");
             }
@@ -266,6 +277,37 @@ impl Http {
         );
         if ffi::debug_enabled() {
             debug!("{}", report.log_line());
+        }
+        drop(m);
+        self.emit_pii();
+    }
+
+    /// PII findings of the exchange: a counter per detector and direction, and
+    /// the `llm.pii` filter state (categories and counts, never values). Once.
+    fn emit_pii(&mut self) {
+        if self.pii_emitted {
+            return;
+        }
+        let Some(ex) = self.exchange.as_ref() else {
+            return;
+        };
+        let Some(pii) = ex.pii() else { return };
+        self.pii_emitted = true;
+        let mut m = self.metrics.borrow_mut();
+        for (name, req, resp) in pii.counts() {
+            m.add(
+                crate::pii::metric_name(ex.route(), name, crate::pii::Direction::Request),
+                req,
+            );
+            m.add(
+                crate::pii::metric_name(ex.route(), name, crate::pii::Direction::Response),
+                resp,
+            );
+        }
+        if let Some(state) = pii.filter_state() {
+            if let Err(s) = ffi::set_property(&["llm.pii"], state.as_bytes()) {
+                debug!("tollgate: cannot set filter state llm.pii: {s:?}");
+            }
         }
     }
 }
@@ -352,7 +394,10 @@ impl HttpContext for Http {
                 }
                 Action::Continue
             }
-            BodyDecision::Respond(r) => self.reply(&r),
+            BodyDecision::Respond(r) => {
+                self.emit_pii();
+                self.reply(&r)
+            }
         }
     }
 
@@ -418,8 +463,17 @@ impl HttpContext for Http {
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                let body =
+                let mut body =
                     ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                if let Some(new_body) = ex.pii_response(&body) {
+                    match ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &new_body) {
+                        Ok(()) => {
+                            self.response_body_replaced = true;
+                            body = new_body;
+                        }
+                        Err(s) => warn!("tollgate: cannot rewrite response body: {s:?}"),
+                    }
+                }
                 if let Some(r) = ex.on_response_complete(Some(&body)) {
                     self.emit(&r, true);
                 }
@@ -463,5 +517,6 @@ impl HttpContext for Http {
                 self.emit(&r, false);
             }
         }
+        self.emit_pii();
     }
 }

@@ -97,6 +97,8 @@ pub struct Exchange {
     max_tokens: Option<u64>,
     consumer: Option<String>,
     admission: Option<Admission>,
+    /// PII state of this exchange (routes with `pii.enabled`).
+    pii: Option<crate::pii::PiiExchange>,
 }
 
 impl Exchange {
@@ -120,6 +122,7 @@ impl Exchange {
             max_tokens: None,
             consumer: None,
             admission: None,
+            pii: None,
         }
     }
 
@@ -148,7 +151,9 @@ impl Exchange {
         content_length: Option<u64>,
         end_of_stream: bool,
     ) -> HeadersDecision {
-        if !self.settings.enabled || !self.settings.metering.enabled {
+        if !self.settings.enabled
+            || (!self.settings.metering.enabled && self.settings.pii.engine().is_none())
+        {
             return HeadersDecision::PassThrough;
         }
         if !method.eq_ignore_ascii_case("POST") || end_of_stream {
@@ -233,17 +238,58 @@ impl Exchange {
         count.estimated |= counter.estimated();
         self.prompt = Some(count);
 
+        let mut replaced = None;
         if self.streaming
             && m.inject_stream_usage
             && matches!(api, Api::ChatCompletions | Api::Completions)
         {
             let inj = inject::ensure_stream_usage(body, &parsed);
             self.stream = Some(self.stream_meter(api, !inj.client_asked));
-            if let Some(new_body) = inj.body {
-                return BodyDecision::Replace(new_body);
+            replaced = inj.body;
+        }
+        if let Some(decision) = self.pii_request(api, replaced.as_deref().unwrap_or(body)) {
+            return decision;
+        }
+        match replaced {
+            Some(new_body) => BodyDecision::Replace(new_body),
+            None => BodyDecision::Forward,
+        }
+    }
+
+    /// PII stage of the request (after counting, on the body as it will be sent):
+    /// `None` when it changes nothing.
+    fn pii_request(&mut self, api: Api, body: &[u8]) -> Option<BodyDecision> {
+        let engine = self.settings.pii.engine()?.clone();
+        let pii = self
+            .pii
+            .insert(crate::pii::PiiExchange::new(engine, api));
+        match pii.on_request(body) {
+            crate::pii::RequestOutcome::Unchanged => None,
+            crate::pii::RequestOutcome::Replace(b) => Some(BodyDecision::Replace(b)),
+            crate::pii::RequestOutcome::Block(err) => {
+                // Refused before forwarding: nothing was used, nothing to report.
+                self.reported = true;
+                Some(BodyDecision::Respond(LocalReply {
+                    status: ErrorKind::InvalidRequest.status(),
+                    body: err,
+                    headers: Vec::new(),
+                }))
             }
         }
-        BodyDecision::Forward
+    }
+
+    /// This exchange's PII findings, for metrics and filter state.
+    pub fn pii(&self) -> Option<&crate::pii::PiiExchange> {
+        self.pii.as_ref()
+    }
+
+    /// PII stage of a whole JSON answer (restore placeholders, scan completions):
+    /// the body to send instead, if it changed.
+    pub fn pii_response(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        if !(200..300).contains(&self.response_status) {
+            return None;
+        }
+        self.pii.as_mut()?.on_response_json(body)
     }
 
     /// A counter for this exchange's model with the route's full byte budget: one
@@ -414,6 +460,7 @@ impl Exchange {
             return ResponseMode::PassThrough;
         }
         let ct = content_type.unwrap_or("");
+        let pii_reads = self.pii.as_ref().is_some_and(|p| p.wants_response());
         if starts_with_ignore_case(ct, "text/event-stream") {
             if self.stream.is_none() {
                 self.stream = Some(self.stream_meter(api, false));
@@ -425,7 +472,9 @@ impl Exchange {
         self.stream = None;
         if starts_with_ignore_case(ct, "application/json") || ct.is_empty() {
             let small = content_length.is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
-            if self.settings.metering.response_headers && small {
+            // PII restore/scan rewrites the answer: it must be held whole.
+            let pii_fits = pii_reads && content_length.is_none_or(|n| n <= MAX_BUFFERED_RESPONSE);
+            if (self.settings.metering.response_headers && small) || pii_fits {
                 ResponseMode::Buffer
             } else {
                 ResponseMode::Copy
@@ -463,9 +512,22 @@ impl Exchange {
     /// A chunk of an SSE response: returns what the client should receive instead,
     /// if anything must change. At `end_of_stream` the report is ready via [`Exchange::finish`].
     pub fn on_stream_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Rewrite {
-        match self.stream.as_mut() {
-            Some(s) => s.on_chunk(chunk, end_of_stream),
+        // PII first (restore/scan), then metering on what the client will get.
+        let pii = match self.pii.as_mut() {
+            Some(p) => p.on_stream_chunk(chunk, end_of_stream),
             None => Rewrite::Unchanged,
+        };
+        let input = match &pii {
+            Rewrite::Replace(b) => b.as_slice(),
+            Rewrite::Unchanged => chunk,
+        };
+        let metered = match self.stream.as_mut() {
+            Some(s) => s.on_chunk(input, end_of_stream),
+            None => Rewrite::Unchanged,
+        };
+        match metered {
+            Rewrite::Unchanged => pii,
+            replaced => replaced,
         }
     }
 

@@ -75,7 +75,7 @@ detectors! {
     email,
     /// Phone numbers: E.164 / `00` international, North American, European national.
     phone,
-    /// Payment card numbers (13–19 digits, known issuer prefix, Luhn).
+    /// Payment card numbers (12–19 digits, known issuer prefix, Luhn).
     credit_card,
     /// IBANs (country length and mod-97 checked).
     iban,
@@ -192,10 +192,7 @@ impl PiiConfig {
     /// Validate and compile (once, at configure). Errors are `(field, message)`
     /// relative to the `pii` object.
     pub fn compile(&mut self) -> Result<(), (String, String)> {
-        if !self.enabled {
-            self.engine = EngineSlot(None);
-            return Ok(());
-        }
+        self.engine = EngineSlot(None);
         if !(256..=1 << 20).contains(&self.max_stream_hold_bytes) {
             return Err((
                 "max_stream_hold_bytes".into(),
@@ -206,7 +203,7 @@ impl PiiConfig {
             .iter()
             .any(|n| self.detectors.get(n) == Action::Hash)
             || self.custom.iter().any(|c| c.action == Action::Hash);
-        if hashes && self.hash_key.len() < 16 {
+        if self.enabled && hashes && self.hash_key.len() < 16 {
             return Err((
                 "hash_key".into(),
                 "a detector uses `hash`: set a secret key of at least 16 bytes (unkeyed hashes of e-mails or card numbers are reversible by dictionary)".into(),
@@ -236,6 +233,25 @@ impl PiiConfig {
             if !(1..=4096).contains(&c.max_len) {
                 return Err((format!("custom[{i}].max_len"), "expected 1 to 4096".into()));
             }
+            match regex::bytes::RegexBuilder::new(&c.pattern)
+                .unicode(false)
+                .size_limit(1 << 20)
+                .build()
+            {
+                Err(e) => {
+                    return Err((format!("custom[{i}].pattern"), format!("invalid regex: {e}")))
+                }
+                Ok(r) if r.is_match(b"") => {
+                    return Err((
+                        format!("custom[{i}].pattern"),
+                        "the pattern matches the empty string".into(),
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
+        if !self.enabled {
+            return Ok(());
         }
         let engine = Engine::build(self)?;
         self.engine = EngineSlot(Some(Rc::new(engine)));

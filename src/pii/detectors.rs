@@ -49,7 +49,8 @@ pub fn builtin() -> Vec<Spec> {
         Spec {
             name: "private_key",
             tag: "PRIVATE_KEY",
-            pattern: r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[A-Za-z0-9+/=\s:,.\-]*?-----END[A-Z ]{0,40}PRIVATE KEY-----|[A-Za-z0-9+/=\s]*)".into(),
+            // `\\` too: a key quoted inside JSON-in-text keeps its `\n` escapes.
+            pattern: r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[A-Za-z0-9+/=\s:,.\\\-]*?-----END[A-Z ]{0,40}PRIVATE KEY-----|[A-Za-z0-9+/=\s\\]*)".into(),
             validate: None,
             // Held from the BEGIN marker instead (see `stream`), up to its cap.
             spaced_max_len: 0,
@@ -123,7 +124,7 @@ pub fn builtin() -> Vec<Spec> {
         Spec {
             name: "credit_card",
             tag: "CREDIT_CARD",
-            pattern: const_format(&[B, r"[0-9](?:[ \-]?[0-9]){12,18}", B]),
+            pattern: const_format(&[B, r"[0-9](?:[ \-]?[0-9]){11,18}", B]),
             validate: Some(credit_card),
             spaced_max_len: 24,
         },
@@ -206,6 +207,8 @@ const PHONE: &str = concat!(
     r"|(?:(?:(?-u:\b)(?:00)?1[ .\-])?\([2-9][0-9]{2}\) ?|(?:(?-u:\b)(?:00)?1[ .\-])?(?-u:\b)[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}",
     // National trunk-prefix formats (EU/UK: 0…), with at least one separator.
     r"|(?:\(0[1-9][0-9]{0,4}\)|(?-u:\b)0[1-9][0-9]{0,4})[ .\-/][0-9]{2,8}(?:[ .\-][0-9]{2,8}){0,3}",
+    // National 10/11 digits written without separators (0… trunk prefix).
+    r"|(?-u:\b)0[1-9][0-9]{8,9}",
     r")(?:[ ]?(?:x|ext\.?|#)[ ]?[0-9]{1,6})?(?-u:\b)"
 );
 
@@ -240,7 +243,7 @@ pub fn luhn(span: &[u8]) -> bool {
         }
         sum += d;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Tries the candidate and then shorter prefixes cut at separators (a following
@@ -276,7 +279,7 @@ fn credit_card(hay: &[u8], start: usize, end: usize) -> Option<usize> {
 
 fn card_ok(span: &[u8]) -> bool {
     let n = span.iter().filter(|b| b.is_ascii_digit()).count();
-    if !(13..=19).contains(&n) {
+    if !(12..=19).contains(&n) {
         return false;
     }
     // One separator style throughout, and groups no shorter than 3 digits
@@ -294,14 +297,21 @@ fn card_ok(span: &[u8]) -> bool {
         return false;
     }
     let d: Vec<u8> = span.iter().copied().filter(u8::is_ascii_digit).collect();
-    let p2 = (d.first().copied().unwrap_or(0) - b'0') as u32 * 10
-        + (d.get(1).copied().unwrap_or(b'0') - b'0') as u32;
+    let p2 = u32::from(d.first().copied().unwrap_or(b'0').wrapping_sub(b'0')) * 10
+        + u32::from(d.get(1).copied().unwrap_or(b'0').wrapping_sub(b'0'));
     let p4: u32 = d
         .iter()
         .take(4)
         .fold(0, |a, &b| a * 10 + u32::from(b - b'0'));
+    let maestro = matches!(p4, 5018 | 5020 | 5038 | 6304 | 6759 | 6761..=6763 | 6390 | 604)
+        || (56..=58).contains(&p2);
+    if n == 12 {
+        return maestro && luhn(span);
+    }
     let iin = match d.first() {
         Some(b'4') => true,                                      // Visa
+        Some(b'1') => p4 == 1800,                                // JCB 15
+        Some(b'2') if p4 == 2131 => true,                        // JCB 15
         Some(b'5') => (50..=59).contains(&p2),                   // Mastercard, Maestro
         Some(b'2') => (2221..=2720).contains(&p4),               // Mastercard 2-series
         Some(b'3') => matches!(p2, 30 | 34 | 35 | 36 | 37 | 38), // Amex, Diners, JCB
@@ -491,9 +501,10 @@ fn phone(hay: &[u8], start: usize, end: usize) -> Option<usize> {
     if !(min..=15).contains(&n) {
         return None;
     }
-    if matches!(prev(hay, start), Some(b'.' | b'/' | b'-' | b'_' | b':'))
+    // Not part of a larger identifier (`#001694067`, a UUID's `00562206-f41a`).
+    if matches!(prev(hay, start), Some(b'.' | b'/' | b'-' | b'_' | b':' | b'#'))
         || (matches!(byte_at(hay, end), Some(b'.' | b'-' | b'/' | b':'))
-            && byte_at(hay, end + 1).is_some_and(|b| b.is_ascii_digit()))
+            && byte_at(hay, end + 1).is_some_and(|b| b.is_ascii_alphanumeric()))
     {
         return None;
     }
@@ -502,7 +513,12 @@ fn phone(hay: &[u8], start: usize, end: usize) -> Option<usize> {
         .split(|b| !b.is_ascii_digit())
         .filter(|g| !g.is_empty())
         .collect();
-    if !international && groups.len() >= 3 && groups.first().is_some_and(|g| g.len() == 4) {
+    if !international
+        && groups.len() >= 3
+        && groups
+            .first()
+            .is_some_and(|g| g.len() == 4 && !g.starts_with(b"0"))
+    {
         return None;
     }
     Some(end)
