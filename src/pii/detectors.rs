@@ -22,6 +22,9 @@ pub struct Spec {
     pub pattern: String,
     /// Checks the candidate (checksum, number rules, context).
     pub validate: Option<Validator>,
+    /// Bytes a match can start with: only these detectors are tried where a
+    /// candidate starts with such a byte.
+    pub first: fn(u8) -> bool,
     /// Longest match possible in bytes, counting only matches that contain a byte
     /// outside [`is_token_byte`]: a stream holds back at least this much so such a
     /// value split across chunks is still seen whole. Matches made only of token
@@ -48,6 +51,7 @@ pub fn builtin() -> Vec<Spec> {
     vec![
         Spec {
             name: "private_key",
+            first: |b| b == b'-',
             tag: "PRIVATE_KEY",
             // `\\` too: a key quoted inside JSON-in-text keeps its `\n` escapes.
             pattern: r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[A-Za-z0-9+/=\s:,.\\\-]*?-----END[A-Z ]{0,40}PRIVATE KEY-----|[A-Za-z0-9+/=\s\\]*)".into(),
@@ -57,6 +61,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "aws_access_key",
+            first: |b| b == b'A',
             tag: "AWS_ACCESS_KEY",
             pattern: const_format(&[B, r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}", B]),
             validate: None,
@@ -64,27 +69,30 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "anthropic_api_key",
+            first: |b| b == b's',
             tag: "ANTHROPIC_API_KEY",
-            pattern: const_format(&[B, r"sk-ant-[a-z]{3,8}[0-9]{2}-[A-Za-z0-9_\-]{20,200}"]),
+            pattern: const_format(&[B, r"sk-ant-[a-z]{3,8}[0-9]{2}-[A-Za-z0-9_\-]{20,}"]),
             validate: None,
             spaced_max_len: 0,
         },
         Spec {
             name: "openai_api_key",
+            first: |b| b == b's',
             tag: "OPENAI_API_KEY",
             pattern: const_format(&[
                 B,
-                r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,200}",
+                r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}",
             ]),
             validate: Some(openai_key),
             spaced_max_len: 0,
         },
         Spec {
             name: "github_token",
+            first: |b| b == b'g',
             tag: "GITHUB_TOKEN",
             pattern: const_format(&[
                 B,
-                r"(?:(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,255})",
+                r"(?:(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,})",
                 B,
             ]),
             validate: None,
@@ -92,13 +100,15 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "slack_token",
+            first: |b| b == b'x',
             tag: "SLACK_TOKEN",
-            pattern: const_format(&[B, r"xox[abposr]-[A-Za-z0-9\-]{10,250}"]),
+            pattern: const_format(&[B, r"xox[abposr]-[A-Za-z0-9\-]{10,}"]),
             validate: None,
             spaced_max_len: 0,
         },
         Spec {
             name: "jwt",
+            first: |b| b == b'e',
             tag: "JWT",
             pattern: const_format(&[
                 B,
@@ -109,13 +119,15 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "email",
+            first: |b| b.is_ascii_alphanumeric(),
             tag: "EMAIL",
-            pattern: r"[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,6}[A-Za-z]{2,24}(?-u:\b)".into(),
+            pattern: r"[A-Za-z0-9][A-Za-z0-9._%+\-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?-u:\b)".into(),
             validate: Some(email),
             spaced_max_len: 0,
         },
         Spec {
             name: "iban",
+            first: |b| b.is_ascii_uppercase(),
             tag: "IBAN",
             pattern: const_format(&[B, r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}", B]),
             validate: Some(iban),
@@ -123,6 +135,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "credit_card",
+            first: |b| b.is_ascii_digit(),
             tag: "CREDIT_CARD",
             pattern: const_format(&[B, r"[0-9](?:[ \-]?[0-9]){11,18}", B]),
             validate: Some(credit_card),
@@ -130,6 +143,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "us_ssn",
+            first: |b| b.is_ascii_digit(),
             tag: "US_SSN",
             pattern: const_format(&[B, r"[0-9]{3}[\- ][0-9]{2}[\- ][0-9]{4}", B]),
             validate: Some(us_ssn),
@@ -137,6 +151,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "ca_sin",
+            first: |b| b.is_ascii_digit(),
             tag: "CA_SIN",
             pattern: const_format(&[B, r"[0-79][0-9]{2}[\- ][0-9]{3}[\- ][0-9]{3}", B]),
             validate: Some(ca_sin),
@@ -144,6 +159,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "es_nif",
+            first: |b| b.is_ascii_digit() || matches!(b, b'X' | b'Y' | b'Z'),
             tag: "ES_NIF",
             pattern: const_format(&[B, r"(?:[0-9]{8}|[XYZ]-?[0-9]{7})-?[A-Z]", B]),
             validate: Some(es_nif),
@@ -151,6 +167,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "mac_address",
+            first: |b| b.is_ascii_hexdigit(),
             tag: "MAC_ADDRESS",
             pattern: const_format(&[
                 B,
@@ -162,6 +179,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "ip_address",
+            first: |b| b.is_ascii_hexdigit() || b == b':',
             tag: "IP_ADDRESS",
             pattern: IP.into(),
             validate: Some(ip),
@@ -169,6 +187,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "phone",
+            first: |b| b.is_ascii_digit() || b == b'+' || b == b'(',
             tag: "PHONE",
             pattern: PHONE.into(),
             validate: Some(phone),
@@ -176,6 +195,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "secret_assignment",
+            first: |b| matches!(b.to_ascii_lowercase(), b'p' | b's' | b'c' | b'a'),
             tag: "SECRET",
             pattern: r#"(?i:(?-u:\b)(?:password|passwd|pwd|passphrase|secret|client[_\-]?secret|api[_\-]?key|apikey|access[_\-]?key|secret[_\-]?key|access[_\-]?token|auth[_\-]?token|private[_\-]?key))["']?[ \t]{0,3}[:=][ \t]{0,3}["']?(?P<v>[^\s"',;<>]{4,128})"#.into(),
             validate: Some(secret_value),

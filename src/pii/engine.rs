@@ -1,23 +1,23 @@
 //! All detectors of a route in one automaton.
 //!
 //! Every enabled detector's pattern becomes one alternative of a single
-//! `regex::bytes::Regex` (`(?P<d0>…)|(?P<d1>…)|…`), so text is scanned once
-//! whatever the number of detectors: the lazy DFA finds candidates, and only on
-//! a candidate are captures resolved (which alternative matched) and its
+//! `regex::bytes::Regex` (`(?:…)|(?:…)|…`), so text is scanned once whatever the
+//! number of detectors: the lazy DFA finds candidates, and only on a candidate
+//! is the matching detector identified (anchored, a few bytes of work) and its
 //! validator (Luhn, mod-97, SSN rules) run. A candidate its validator rejects is
-//! offered to the later alternatives at the same place, within a bounded window,
-//! so a failed card number can still be a phone number.
+//! offered to the later alternatives at the same place, so a failed card number
+//! can still be a phone number.
 
 use std::cell::OnceCell;
 use std::rc::Rc;
 
-use regex::bytes::{CaptureLocations, Regex, RegexBuilder};
+use regex::bytes::{Regex, RegexBuilder};
 
 use super::config::{Action, PiiConfig, PiiMode};
 use super::detectors::{self, Validator};
 
-/// Bytes searched when re-offering a rejected candidate to later detectors.
-const FALLBACK_WINDOW: usize = 512;
+/// Longest value considered (bytes from its start).
+const MAX_MATCH: usize = 16 * 1024;
 
 /// Placeholder shape put back by `restore` (and never mistaken for PII).
 const PLACEHOLDER: &str = r"<[A-Z][A-Z0-9_]{0,40}_[0-9]{1,6}>";
@@ -35,16 +35,21 @@ pub struct Det {
     validate: Option<Validator>,
     pattern: String,
     single: OnceCell<Option<Regex>>,
+    /// The pattern starts with an ASCII word boundary.
+    word_left: bool,
+    /// Bytes a match can start with.
+    first: fn(u8) -> bool,
+    /// The pattern has a `v` group (only the value is replaced).
+    has_value: bool,
     /// True for the internal placeholder detector of the response side.
     pub placeholder: bool,
 }
 
-/// One compiled alternation and the mapping from its groups to detectors.
+/// One compiled alternation of detectors, and their priority order.
 struct Automaton {
     re: Regex,
-    /// (detector index, capture group of the whole alternative, group of the
-    /// replaced value if not the whole match)
-    slots: Vec<(usize, usize, Option<usize>)>,
+    /// Detector indexes, in the order of the alternation.
+    order: Vec<usize>,
 }
 
 /// A validated finding: the replaced span and the detector.
@@ -96,7 +101,10 @@ impl Engine {
                 tag: Rc::from(spec.tag),
                 action,
                 validate: spec.validate,
+                first: spec.first,
+                has_value: spec.pattern.contains("(?P<v>"),
                 pattern: spec.pattern,
+                word_left: false,
                 single: OnceCell::new(),
                 placeholder: false,
             });
@@ -112,10 +120,16 @@ impl Engine {
                 tag: Rc::from(c.name.to_ascii_uppercase().as_str()),
                 action: c.action,
                 validate: None,
+                first: |_| true,
+                has_value: c.pattern.contains("(?P<v>"),
                 pattern: c.pattern.clone(),
+                word_left: false,
                 single: OnceCell::new(),
                 placeholder: false,
             });
+        }
+        for d in &mut dets {
+            d.word_left = d.pattern.starts_with(r"(?-u:\b)");
         }
         let restores = dets.iter().any(|d| d.action == Action::Restore);
         let n_real = dets.len();
@@ -124,7 +138,10 @@ impl Engine {
             tag: Rc::from("PLACEHOLDER"),
             action: Action::Restore,
             validate: None,
+            first: |b| b == b'<',
+            has_value: false,
             pattern: PLACEHOLDER.to_string(),
+            word_left: false,
             single: OnceCell::new(),
             placeholder: true,
         });
@@ -165,6 +182,12 @@ impl Engine {
 
     /// Every validated finding in `hay[from..]`, in order, not overlapping, on the
     /// request or the response side.
+    ///
+    /// The combined automaton (a lazy DFA, no captures) finds where a candidate
+    /// starts; only there are the detectors tried one by one, each anchored at that
+    /// byte (so a failed attempt stops within a few bytes), in priority order, and
+    /// the first whose validator accepts wins. A candidate nobody accepts moves the
+    /// search on by one byte.
     pub fn scan(&self, hay: &[u8], from: usize, response: bool, out: &mut Vec<Hit>) {
         let auto = if response {
             self.response.as_ref()
@@ -172,17 +195,13 @@ impl Engine {
             self.request.as_ref()
         };
         let Some(a) = auto else { return };
-        let mut locs = a.re.capture_locations();
         let mut pos = from;
         while pos <= hay.len() {
-            let Some(m) = a.re.captures_read_at(&mut locs, hay, pos) else {
+            let Some(m) = a.re.find_at(hay, pos) else {
                 break;
             };
-            let (s, e) = (m.start(), m.end());
-            let slot = a.slots.iter().position(|(_, g, _)| locs.get(*g).is_some());
-            let accepted = slot.and_then(|k| self.accept(a, k, &locs, hay, s, e));
-            let found = accepted.or_else(|| self.fallback(a, slot.map_or(0, |k| k + 1), hay, s));
-            match found {
+            let s = m.start();
+            match self.identify(a, hay, s) {
                 Some(hit) => {
                     pos = hit.end.max(s + 1);
                     out.push(hit);
@@ -192,65 +211,47 @@ impl Engine {
         }
     }
 
-    fn accept(
-        &self,
-        a: &Automaton,
-        k: usize,
-        locs: &CaptureLocations,
-        hay: &[u8],
-        s: usize,
-        e: usize,
-    ) -> Option<Hit> {
-        let (det, _, value_group) = *a.slots.get(k)?;
-        let d = self.dets.get(det)?;
-        let end = match d.validate {
-            Some(v) => v(hay, s, e)?,
-            None => e,
-        };
-        if end <= s {
-            return None;
-        }
-        let (vs, ve) = match value_group.and_then(|g| locs.get(g)) {
-            Some((vs, ve)) if ve <= end => (vs, ve),
-            _ => (s, end),
-        };
-        Some(Hit {
-            start: vs,
-            end: ve,
-            det,
-            from: s,
-        })
-    }
-
-    /// Offer a candidate rejected by its validator to the later alternatives,
-    /// anchored at the same start, within a bounded window.
-    fn fallback(&self, a: &Automaton, from_slot: usize, hay: &[u8], s: usize) -> Option<Hit> {
-        let window = hay.get(..hay.len().min(s.saturating_add(FALLBACK_WINDOW)))?;
-        for &(det, _, _) in a.slots.get(from_slot..)? {
-            let d = self.dets.get(det)?;
+    /// The first detector (in priority order) that matches at `s` and validates.
+    fn identify(&self, a: &Automaton, hay: &[u8], s: usize) -> Option<Hit> {
+        let word = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let left_is_word = word(s.checked_sub(1).and_then(|i| hay.get(i).copied()));
+        let first = hay.get(s).copied().unwrap_or(0);
+        let first_is_word = word(Some(first));
+        // A match is never longer than this (a 4096-bit PEM key is ~3.3 KB);
+        // bounding the slice bounds the work of an attempt whatever follows.
+        let rest = hay.get(s..hay.len().min(s.saturating_add(MAX_MATCH)))?;
+        for &det in &a.order {
+            let Some(d) = self.dets.get(det) else { continue };
+            if !(d.first)(first) || (d.word_left && left_is_word && first_is_word) {
+                continue; // its leading \b cannot hold here
+            }
             let single = d.single.get_or_init(|| {
-                RegexBuilder::new(&d.pattern)
+                RegexBuilder::new(&format!("^(?:{})", d.pattern))
                     .unicode(false)
                     .build()
                     .ok()
             });
             let Some(re) = single else { continue };
-            let Some(caps) = re.captures_at(window, s) else {
-                continue;
+            let (m_end, value) = if d.has_value {
+                let Some(caps) = re.captures(rest) else { continue };
+                let Some(m) = caps.get(0) else { continue };
+                (m.end(), caps.name("v").map(|v| (v.start(), v.end())))
+            } else {
+                match re.find(rest) {
+                    Some(m) => (m.end(), None),
+                    None => continue,
+                }
             };
-            let Some(m) = caps.get(0) else { continue };
-            if m.start() != s {
-                continue;
-            }
+            let e = s + m_end;
             let end = match d.validate {
-                Some(v) => match v(hay, s, m.end()) {
-                    Some(e) => e,
+                Some(v) => match v(hay, s, e) {
+                    Some(end) => end,
                     None => continue,
                 },
-                None => m.end(),
+                None => e,
             };
-            let (vs, ve) = match caps.name("v") {
-                Some(v) if v.end() <= end => (v.start(), v.end()),
+            let (vs, ve) = match value {
+                Some((vs, ve)) if s + ve <= end => (s + vs, s + ve),
                 _ => (s, end),
             };
             if ve > vs {
@@ -273,31 +274,16 @@ fn compile(dets: &[Det], which: &[usize]) -> Result<Automaton, regex::Error> {
             pattern.push('|');
         }
         let p = dets.get(i).map_or("", |d| d.pattern.as_str());
-        // Only the built-in `v` group is renamed; custom patterns keep theirs
-        // under unique prefixes that cannot collide.
-        let p = p.replace("(?P<v>", &format!("(?P<__pii_v{n}>"));
-        pattern.push_str(&format!("(?P<__pii_d{n}>{p})"));
+        // Only where a candidate starts matters here: groups are not needed.
+        pattern.push_str(&format!("(?:{p})"));
     }
     let re = RegexBuilder::new(&pattern)
         .unicode(false)
         .size_limit(32 << 20)
         .dfa_size_limit(8 << 20)
         .build()?;
-    let mut slots = Vec::with_capacity(which.len());
-    for (n, &i) in which.iter().enumerate() {
-        let mut group = None;
-        let mut value = None;
-        for (g, name) in re.capture_names().enumerate() {
-            if name == Some(format!("__pii_d{n}").as_str()) {
-                group = Some(g);
-            }
-            if name == Some(format!("__pii_v{n}").as_str()) {
-                value = Some(g);
-            }
-        }
-        if let Some(g) = group {
-            slots.push((i, g, value));
-        }
-    }
-    Ok(Automaton { re, slots })
+    Ok(Automaton {
+        re,
+        order: which.to_vec(),
+    })
 }
