@@ -58,7 +58,7 @@ fn inputs(size: usize) -> Vec<(&'static str, String)> {
     let with_pii = fill(size, || {
         n += 1;
         // About one value per KiB of prose.
-        if n % 180 == 0 {
+        if n.is_multiple_of(180) {
             format!("{} ", r.pick(PII))
         } else {
             format!("{} ", r.pick(WORDS))
