@@ -191,7 +191,8 @@ pub fn builtin() -> Vec<Spec> {
             tag: "PHONE",
             pattern: PHONE.into(),
             validate: Some(phone),
-            spaced_max_len: 32,
+            // 15 digits, their separators, a `(0)` and an extension.
+            spaced_max_len: 48,
         },
         Spec {
             name: "secret_assignment",

@@ -337,6 +337,44 @@ fn streamed_values_split_at_every_byte_never_leak() {
 }
 
 #[test]
+fn streamed_assignments_and_tool_arguments_never_leak() {
+    let e = engine(all("redact"));
+    let text = r#"config: password = "hunter2!x", then api_key: Zz9_abcdef done"#;
+    for cut in 0..=text.len() {
+        let (a, b) = text.split_at(cut);
+        let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        let got = chat_text(&run_stream(&mut ex, &[&chat_stream(&[a, b])]));
+        assert_eq!(
+            got,
+            r#"config: password = "<SECRET_1>", then api_key: <SECRET_2> done"#,
+            "cut {cut}"
+        );
+    }
+    // Tool-call arguments: one text stream per tool call, flushed when the next starts.
+    let args = [r#"{"to":"jane@exa"#, r#"mple.com"}"#];
+    let mut wire = Vec::new();
+    for (t, piece) in [(0, args[0]), (0, args[1]), (1, r#"{"ip":"10.1.2.3"}"#)] {
+        let ev = serde_json::json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{"index":0,"delta":{"tool_calls":[{"index":t,"function":{"arguments":piece}}]},"finish_reason":null}]});
+        wire.extend_from_slice(format!("data: {ev}\n\n").as_bytes());
+    }
+    wire.extend_from_slice(b"data: [DONE]\n\n");
+    let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+    let out = String::from_utf8(run_stream(&mut ex, &[&wire])).unwrap();
+    let mut per_tool = [String::new(), String::new()];
+    for block in out.split("\n\n") {
+        let Some(d) = block.strip_prefix("data: ") else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(d) else { continue };
+        for tc in v["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let i = tc["index"].as_u64().unwrap() as usize;
+            per_tool[i].push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(per_tool[0], r#"{"to":"<EMAIL_1>"}"#);
+    assert_eq!(per_tool[1], r#"{"ip":"<IP_ADDRESS_1>"}"#);
+}
+
+#[test]
 fn placeholders_split_across_chunks_are_restored() {
     let text = "Dear <EMAIL_1>, your card <CREDIT_CARD_1> is fine.";
     let e = engine(all("restore"));
