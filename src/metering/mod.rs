@@ -260,9 +260,7 @@ impl Exchange {
     /// `None` when it changes nothing.
     fn pii_request(&mut self, api: Api, body: &[u8]) -> Option<BodyDecision> {
         let engine = self.settings.pii.engine()?.clone();
-        let pii = self
-            .pii
-            .insert(crate::pii::PiiExchange::new(engine, api));
+        let pii = self.pii.insert(crate::pii::PiiExchange::new(engine, api));
         match pii.on_request(body) {
             crate::pii::RequestOutcome::Unchanged => None,
             crate::pii::RequestOutcome::Replace(b) => Some(BodyDecision::Replace(b)),

@@ -215,7 +215,10 @@ impl PiiConfig {
                 && c.name
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                && c.name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+                && c.name
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase());
             if !ok_name {
                 return Err((
                     format!("custom[{i}].name"),
@@ -239,7 +242,10 @@ impl PiiConfig {
                 .build()
             {
                 Err(e) => {
-                    return Err((format!("custom[{i}].pattern"), format!("invalid regex: {e}")))
+                    return Err((
+                        format!("custom[{i}].pattern"),
+                        format!("invalid regex: {e}"),
+                    ))
                 }
                 Ok(r) if r.is_match(b"") => {
                     return Err((

@@ -324,8 +324,10 @@ fn card_ok(span: &[u8]) -> bool {
         .iter()
         .take(4)
         .fold(0, |a, &b| a * 10 + u32::from(b - b'0'));
-    let maestro = matches!(p4, 5018 | 5020 | 5038 | 6304 | 6759 | 6761..=6763 | 6390 | 604)
-        || (56..=58).contains(&p2);
+    let maestro = matches!(
+        p4,
+        5018 | 5020 | 5038 | 6304 | 6759 | 6761..=6763 | 6390 | 604
+    ) || (56..=58).contains(&p2);
     if n == 12 {
         return maestro && luhn(span);
     }
@@ -387,8 +389,7 @@ fn iban_length(cc: &[u8]) -> usize {
         b"CH" | b"CR" | b"HR" | b"LI" | b"LV" => 21,
         b"BG" | b"BH" | b"DE" | b"GB" | b"GE" | b"IE" | b"ME" | b"RS" => 22,
         b"AE" | b"GI" | b"IL" | b"TL" => 23,
-        b"AD" | b"CZ" | b"ES" | b"MD" | b"PK" | b"RO" | b"SA" | b"SE" | b"SK" | b"TN"
-        | b"VG" => 24,
+        b"AD" | b"CZ" | b"ES" | b"MD" | b"PK" | b"RO" | b"SA" | b"SE" | b"SK" | b"TN" | b"VG" => 24,
         b"PT" | b"ST" => 25,
         b"IS" | b"TR" => 26,
         b"FR" | b"GR" | b"IT" | b"MC" | b"MR" | b"SM" => 27,
@@ -523,9 +524,11 @@ fn phone(hay: &[u8], start: usize, end: usize) -> Option<usize> {
         return None;
     }
     // Not part of a larger identifier (`#001694067`, a UUID's `00562206-f41a`).
-    if matches!(prev(hay, start), Some(b'.' | b'/' | b'-' | b'_' | b':' | b'#'))
-        || (matches!(byte_at(hay, end), Some(b'.' | b'-' | b'/' | b':'))
-            && byte_at(hay, end + 1).is_some_and(|b| b.is_ascii_alphanumeric()))
+    if matches!(
+        prev(hay, start),
+        Some(b'.' | b'/' | b'-' | b'_' | b':' | b'#')
+    ) || (matches!(byte_at(hay, end), Some(b'.' | b'-' | b'/' | b':'))
+        && byte_at(hay, end + 1).is_some_and(|b| b.is_ascii_alphanumeric()))
     {
         return None;
     }
@@ -572,7 +575,14 @@ mod tests {
         assert_eq!(ca_sin(b"046 454 286", 0, 11), Some(11));
         assert_eq!(ca_sin(b"046 454 287", 0, 11), None);
         assert_eq!(us_ssn(b"123-45-6789", 0, 11), Some(11));
-        for bad in ["000-12-3456", "666-12-3456", "900-12-3456", "123-00-4567", "123-45-0000", "123-45 6789"] {
+        for bad in [
+            "000-12-3456",
+            "666-12-3456",
+            "900-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "123-45 6789",
+        ] {
             assert_eq!(us_ssn(bad.as_bytes(), 0, 11), None, "{bad}");
         }
     }

@@ -157,9 +157,12 @@ impl Engine {
             if which.is_empty() {
                 return Ok(None);
             }
-            compile(&dets, which)
-                .map(Some)
-                .map_err(|e| ("custom".to_string(), format!("detectors do not compile together: {e}")))
+            compile(&dets, which).map(Some).map_err(|e| {
+                (
+                    "custom".to_string(),
+                    format!("detectors do not compile together: {e}"),
+                )
+            })
         };
         let request = compile(&request)?;
         let response = compile(&response)?;
@@ -221,7 +224,9 @@ impl Engine {
         // bounding the slice bounds the work of an attempt whatever follows.
         let rest = hay.get(s..hay.len().min(s.saturating_add(MAX_MATCH)))?;
         for &det in &a.order {
-            let Some(d) = self.dets.get(det) else { continue };
+            let Some(d) = self.dets.get(det) else {
+                continue;
+            };
             if !(d.first)(first) || (d.word_left && left_is_word && first_is_word) {
                 continue; // its leading \b cannot hold here
             }
@@ -233,7 +238,9 @@ impl Engine {
             });
             let Some(re) = single else { continue };
             let (m_end, value) = if d.has_value {
-                let Some(caps) = re.captures(rest) else { continue };
+                let Some(caps) = re.captures(rest) else {
+                    continue;
+                };
                 let Some(m) = caps.get(0) else { continue };
                 (m.end(), caps.name("v").map(|v| (v.start(), v.end())))
             } else {

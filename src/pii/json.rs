@@ -102,7 +102,9 @@ impl<'a> Walker<'a> {
                 loop {
                     self.ws();
                     let Some(k) = self.string() else { return false };
-                    let Some(key) = self.b.get(k) else { return false };
+                    let Some(key) = self.b.get(k) else {
+                        return false;
+                    };
                     self.ws();
                     if self.peek() != Some(b':') {
                         return false;
@@ -314,8 +316,15 @@ mod tests {
         let body = br#"{"a":[{"b":"x"},{"b":"y\"z"}],"c":{"d":1,"e":"w"},"f":true}"#;
         let mut seen = Vec::new();
         assert!(for_each_string(body, |k, p, r| {
-            let k: Vec<String> = k.iter().map(|k| String::from_utf8_lossy(k).into()).collect();
-            seen.push((k.join("."), p.to_vec(), String::from_utf8_lossy(&body[r]).to_string()));
+            let k: Vec<String> = k
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into())
+                .collect();
+            seen.push((
+                k.join("."),
+                p.to_vec(),
+                String::from_utf8_lossy(&body[r]).to_string(),
+            ));
         }));
         assert_eq!(
             seen,

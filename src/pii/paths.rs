@@ -45,19 +45,31 @@ pub fn response_text(api: Api, keys: &[&[u8]]) -> bool {
             keys,
             [b"choices", b"message", b"content"]
                 | [b"choices", b"message", b"refusal"]
-                | [b"choices", b"message", b"tool_calls", b"function", b"arguments"]
+                | [
+                    b"choices",
+                    b"message",
+                    b"tool_calls",
+                    b"function",
+                    b"arguments"
+                ]
                 | [b"choices", b"message", b"function_call", b"arguments"]
         ),
         Api::Completions => matches!(keys, [b"choices", b"text"]),
         Api::Embeddings => false,
-        Api::Responses => matches!(
-            keys,
-            [b"output", b"content", b"text"] | [b"output", b"arguments"]
-        ) || matches!(keys, [b"response", rest @ ..] if response_text(Api::Responses, rest))
-            || matches!(
+        Api::Responses => {
+            matches!(
                 keys,
-                [b"text"] | [b"arguments"] | [b"part", b"text"] | [b"item", b"content", b"text"] | [b"item", b"arguments"]
-            ),
+                [b"output", b"content", b"text"] | [b"output", b"arguments"]
+            ) || matches!(keys, [b"response", rest @ ..] if response_text(Api::Responses, rest))
+                || matches!(
+                    keys,
+                    [b"text"]
+                        | [b"arguments"]
+                        | [b"part", b"text"]
+                        | [b"item", b"content", b"text"]
+                        | [b"item", b"arguments"]
+                )
+        }
         Api::AnthropicMessages => {
             matches!(keys, [b"content", b"text"] | [b"content", b"input", ..])
         }
@@ -70,7 +82,10 @@ mod tests {
 
     #[test]
     fn text_paths_only() {
-        assert!(request_text(Api::ChatCompletions, &[b"messages", b"content"]));
+        assert!(request_text(
+            Api::ChatCompletions,
+            &[b"messages", b"content"]
+        ));
         assert!(!request_text(Api::ChatCompletions, &[b"messages", b"role"]));
         assert!(!request_text(
             Api::ChatCompletions,
@@ -84,6 +99,9 @@ mod tests {
             Api::AnthropicMessages,
             &[b"messages", b"content", b"source", b"data"]
         ));
-        assert!(response_text(Api::Responses, &[b"response", b"output", b"content", b"text"]));
+        assert!(response_text(
+            Api::Responses,
+            &[b"response", b"output", b"content", b"text"]
+        ));
     }
 }

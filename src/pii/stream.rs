@@ -86,9 +86,11 @@ impl PiiStream {
         }
         if framer.gave_up() {
             // An event too large to frame: release it unread, and the rest after it.
-            let pending = usize::try_from(framer.pending_start().saturating_sub(
-                framer.position().saturating_sub(chunk.len() as u64),
-            ))
+            let pending = usize::try_from(
+                framer
+                    .pending_start()
+                    .saturating_sub(framer.position().saturating_sub(chunk.len() as u64)),
+            )
             .unwrap_or(0)
             .min(chunk.len());
             out.extend_from_slice(&framer.take_held());
@@ -210,9 +212,12 @@ impl PiiStream {
                 }
             }
         }
-        let edits = self.feed_all(ex, data, found, |k| {
-            matches!(k, Key::Choice(c, _) if finished.contains(c))
-        });
+        let edits = self.feed_all(
+            ex,
+            data,
+            found,
+            |k| matches!(k, Key::Choice(c, _) if finished.contains(c)),
+        );
         // Finished choices with text still held and no text in this event.
         let done: Vec<Key> = self
             .pending
@@ -458,7 +463,11 @@ fn release(ex: &mut PiiExchange, p: &mut Pending, fin: bool) -> Vec<u8> {
     ex.hits = hits;
     // Keep a few released bytes as context (word boundaries, validators look one
     // or two bytes back), then the held rest.
-    let keep_from = if cut > p.ctx { cut.saturating_sub(8) } else { 0 };
+    let keep_from = if cut > p.ctx {
+        cut.saturating_sub(8)
+    } else {
+        0
+    };
     p.buf.drain(..keep_from);
     p.ctx = cut - keep_from;
     out

@@ -169,12 +169,16 @@ fn request_bodies_stay_valid_json_and_only_text_changes() {
 #[test]
 fn escaped_values_are_caught_and_spliced_as_json() {
     let mut ex = exchange(all("mask"), Api::ChatCompletions);
-    let body = br#"{"messages":[{"role":"user","content":"mail jane\u0040example.com\n\"ok\" \u00e9"}]}"#;
+    let body =
+        br#"{"messages":[{"role":"user","content":"mail jane\u0040example.com\n\"ok\" \u00e9"}]}"#;
     let RequestOutcome::Replace(out) = ex.on_request(body) else {
         panic!("expected a rewrite")
     };
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(v["messages"][0]["content"], "mail ************.com\n\"ok\" é");
+    assert_eq!(
+        v["messages"][0]["content"],
+        "mail ************.com\n\"ok\" é"
+    );
     // The untouched escapes keep their original spelling.
     assert!(String::from_utf8_lossy(&out).contains(r#"\n\"ok\" \u00e9"#));
 }
@@ -192,7 +196,10 @@ fn block_names_categories_never_values() {
     let v: serde_json::Value = serde_json::from_slice(&err).unwrap();
     assert_eq!(v["type"], "error");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("credit_card") && msg.contains("us_ssn"), "{msg}");
+    assert!(
+        msg.contains("credit_card") && msg.contains("us_ssn"),
+        "{msg}"
+    );
     assert!(!msg.contains("4111") && !msg.contains("6789"), "{msg}");
 }
 
@@ -203,7 +210,10 @@ fn detect_mode_reports_but_changes_nothing() {
     let mut ex = exchange(p, Api::ChatCompletions);
     let body = chat("jane@example.com");
     assert_eq!(ex.on_request(&body), RequestOutcome::Unchanged);
-    assert!(ex.filter_state().unwrap().starts_with("mode=detect;found=email:"));
+    assert!(ex
+        .filter_state()
+        .unwrap()
+        .starts_with("mode=detect;found=email:"));
 }
 
 #[test]
@@ -216,10 +226,16 @@ fn hash_is_keyed_and_stable() {
             panic!()
         };
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        v["messages"][1]["content"][0]["text"].as_str().unwrap().to_string()
+        v["messages"][1]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let a = pseudonym("0123456789abcdef-key-one");
-    assert!(a.starts_with("<EMAIL:") && a.len() == "<EMAIL:>".len() + 12, "{a}");
+    assert!(
+        a.starts_with("<EMAIL:") && a.len() == "<EMAIL:>".len() + 12,
+        "{a}"
+    );
     assert_eq!(a, pseudonym("0123456789abcdef-key-one"));
     assert_ne!(a, pseudonym("0123456789abcdef-key-two"));
     let e = Config::parse(br#"{"defaults":{"pii":{"enabled":true,"detectors":{"email":"hash"}}}}"#)
@@ -253,10 +269,22 @@ fn custom_detectors_and_config_errors() {
     };
     assert!(String::from_utf8_lossy(&out).contains("badge <EMPLOYEE_ID_1>"));
     for (bad, path) in [
-        (r#"{"custom":[{"name":"x","pattern":"("}]}"#, "custom[0].pattern"),
-        (r#"{"custom":[{"name":"x","pattern":"a*"}]}"#, "custom[0].pattern"),
-        (r#"{"custom":[{"name":"Bad Name","pattern":"a"}]}"#, "custom[0].name"),
-        (r#"{"custom":[{"name":"email","pattern":"a"}]}"#, "custom[0].name"),
+        (
+            r#"{"custom":[{"name":"x","pattern":"("}]}"#,
+            "custom[0].pattern",
+        ),
+        (
+            r#"{"custom":[{"name":"x","pattern":"a*"}]}"#,
+            "custom[0].pattern",
+        ),
+        (
+            r#"{"custom":[{"name":"Bad Name","pattern":"a"}]}"#,
+            "custom[0].name",
+        ),
+        (
+            r#"{"custom":[{"name":"email","pattern":"a"}]}"#,
+            "custom[0].name",
+        ),
         (r#"{"detectors":{"emial":"redact"}}"#, "detectors.emial"),
         (r#"{"detectors":{"email":"shred"}}"#, "detectors.email"),
     ] {
@@ -264,7 +292,12 @@ fn custom_detectors_and_config_errors() {
         v["enabled"] = true.into();
         let cfg = serde_json::json!({"routes": {"r": {"pii": v}}});
         let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
-        assert_eq!(e.path, format!("routes.r.pii.{path}"), "{bad}: {}", e.message);
+        assert_eq!(
+            e.path,
+            format!("routes.r.pii.{path}"),
+            "{bad}: {}",
+            e.message
+        );
     }
 }
 
@@ -285,7 +318,9 @@ fn chat_stream(pieces: &[&str]) -> Vec<u8> {
 fn chat_text(stream: &[u8]) -> String {
     let mut text = String::new();
     for block in String::from_utf8(stream.to_vec()).unwrap().split("\n\n") {
-        let Some(d) = block.strip_prefix("data: ") else { continue };
+        let Some(d) = block.strip_prefix("data: ") else {
+            continue;
+        };
         if d == "[DONE]" {
             continue;
         }
@@ -323,7 +358,11 @@ fn streamed_values_split_at_every_byte_never_leak() {
             let out = run_stream(&mut ex, &[&wire]);
             let got = chat_text(&out);
             assert!(!got.contains(value), "{det} leaked at cut {cut}: {got:?}");
-            assert!(got.starts_with("Hello, here it is: <") && got.ends_with("> and more text after it."), "{det} cut {cut}: {got:?}");
+            assert!(
+                got.starts_with("Hello, here it is: <")
+                    && got.ends_with("> and more text after it."),
+                "{det} cut {cut}: {got:?}"
+            );
             // And split across network chunks at every byte of the wire too.
             if cut % 7 == 0 {
                 for w in (0..wire.len()).step_by(13) {
@@ -345,8 +384,7 @@ fn streamed_assignments_and_tool_arguments_never_leak() {
         let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
         let got = chat_text(&run_stream(&mut ex, &[&chat_stream(&[a, b])]));
         assert_eq!(
-            got,
-            r#"config: password = "<SECRET_1>", then api_key: <SECRET_2> done"#,
+            got, r#"config: password = "<SECRET_1>", then api_key: <SECRET_2> done"#,
             "cut {cut}"
         );
     }
@@ -363,9 +401,17 @@ fn streamed_assignments_and_tool_arguments_never_leak() {
     let out = String::from_utf8(run_stream(&mut ex, &[&wire])).unwrap();
     let mut per_tool = [String::new(), String::new()];
     for block in out.split("\n\n") {
-        let Some(d) = block.strip_prefix("data: ") else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(d) else { continue };
-        for tc in v["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        let Some(d) = block.strip_prefix("data: ") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(d) else {
+            continue;
+        };
+        for tc in v["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let i = tc["index"].as_u64().unwrap() as usize;
             per_tool[i].push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
         }
@@ -403,13 +449,16 @@ fn anthropic_tool_input_stream_is_restored() {
         panic!()
     };
     let json = r#"{"to": "<EMAIL_1>"}"#;
-    let mut wire = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n");
+    let mut wire =
+        String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n");
     for piece in json.as_bytes().chunks(3) {
         let p = std::str::from_utf8(piece).unwrap();
         let ev = serde_json::json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":p}});
         wire.push_str(&format!("event: content_block_delta\ndata: {ev}\n\n"));
     }
-    wire.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n");
+    wire.push_str(
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+    );
     let out = run_stream(&mut ex, &[wire.as_bytes()]);
     let mut args = String::new();
     for block in String::from_utf8(out).unwrap().split("\n\n") {
