@@ -25,6 +25,10 @@ pub struct Spec {
     /// Bytes a match can start with: only these detectors are tried where a
     /// candidate starts with such a byte.
     pub first: fn(u8) -> bool,
+    /// A cheap look at the bytes from the candidate's start (a separator at the
+    /// right place, enough digits): false rules the detector out without running
+    /// its regex, which keeps digit-dense text fast.
+    pub shape: fn(&[u8]) -> bool,
     /// Longest match possible in bytes, counting only matches that contain a byte
     /// outside [`is_token_byte`]: a stream holds back at least this much so such a
     /// value split across chunks is still seen whole. Matches made only of token
@@ -51,6 +55,7 @@ pub fn builtin() -> Vec<Spec> {
     vec![
         Spec {
             name: "private_key",
+            shape: |_| true,
             first: |b| b == b'-',
             tag: "PRIVATE_KEY",
             // `\\` too: a key quoted inside JSON-in-text keeps its `\n` escapes.
@@ -61,6 +66,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "aws_access_key",
+            shape: |_| true,
             first: |b| b == b'A',
             tag: "AWS_ACCESS_KEY",
             pattern: const_format(&[B, r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}", B]),
@@ -69,6 +75,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "anthropic_api_key",
+            shape: |_| true,
             first: |b| b == b's',
             tag: "ANTHROPIC_API_KEY",
             pattern: const_format(&[B, r"sk-ant-[a-z]{3,8}[0-9]{2}-[A-Za-z0-9_\-]{20,}"]),
@@ -77,6 +84,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "openai_api_key",
+            shape: |_| true,
             first: |b| b == b's',
             tag: "OPENAI_API_KEY",
             pattern: const_format(&[
@@ -88,6 +96,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "github_token",
+            shape: |_| true,
             first: |b| b == b'g',
             tag: "GITHUB_TOKEN",
             pattern: const_format(&[
@@ -100,6 +109,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "slack_token",
+            shape: |_| true,
             first: |b| b == b'x',
             tag: "SLACK_TOKEN",
             pattern: const_format(&[B, r"xox[abposr]-[A-Za-z0-9\-]{10,}"]),
@@ -108,6 +118,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "jwt",
+            shape: |_| true,
             first: |b| b == b'e',
             tag: "JWT",
             pattern: const_format(&[
@@ -119,6 +130,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "email",
+            shape: email_shape,
             first: |b| b.is_ascii_alphanumeric(),
             tag: "EMAIL",
             pattern: r"[A-Za-z0-9][A-Za-z0-9._%+\-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?-u:\b)".into(),
@@ -127,6 +139,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "iban",
+            shape: |_| true,
             first: |b| b.is_ascii_uppercase(),
             tag: "IBAN",
             pattern: const_format(&[B, r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}", B]),
@@ -135,6 +148,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "credit_card",
+            shape: card_shape,
             first: |b| b.is_ascii_digit(),
             tag: "CREDIT_CARD",
             pattern: const_format(&[B, r"[0-9](?:[ \-]?[0-9]){11,18}", B]),
@@ -143,6 +157,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "us_ssn",
+            shape: |r| matches!(r.get(3), Some(b'-' | b' ')) && matches!(r.get(6), Some(b'-' | b' ')),
             first: |b| b.is_ascii_digit(),
             tag: "US_SSN",
             pattern: const_format(&[B, r"[0-9]{3}[\- ][0-9]{2}[\- ][0-9]{4}", B]),
@@ -151,6 +166,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "ca_sin",
+            shape: |r| matches!(r.get(3), Some(b'-' | b' ')) && matches!(r.get(7), Some(b'-' | b' ')),
             first: |b| b.is_ascii_digit(),
             tag: "CA_SIN",
             pattern: const_format(&[B, r"[0-79][0-9]{2}[\- ][0-9]{3}[\- ][0-9]{3}", B]),
@@ -159,6 +175,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "es_nif",
+            shape: |r| matches!(r.first(), Some(b'X' | b'Y' | b'Z')) || r.get(..8).is_some_and(|d| d.iter().all(u8::is_ascii_digit)),
             first: |b| b.is_ascii_digit() || matches!(b, b'X' | b'Y' | b'Z'),
             tag: "ES_NIF",
             pattern: const_format(&[B, r"(?:[0-9]{8}|[XYZ]-?[0-9]{7})-?[A-Z]", B]),
@@ -167,6 +184,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "mac_address",
+            shape: |r| matches!(r.get(2), Some(b':' | b'-')) || r.get(4) == Some(&b'.'),
             first: |b| b.is_ascii_hexdigit(),
             tag: "MAC_ADDRESS",
             pattern: const_format(&[
@@ -179,6 +197,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "ip_address",
+            shape: |r| r.iter().take(5).any(|&b| b == b'.' || b == b':'),
             first: |b| b.is_ascii_hexdigit() || b == b':',
             tag: "IP_ADDRESS",
             pattern: IP.into(),
@@ -187,6 +206,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "phone",
+            shape: |_| true,
             first: |b| b.is_ascii_digit() || b == b'+' || b == b'(',
             tag: "PHONE",
             pattern: PHONE.into(),
@@ -196,6 +216,7 @@ pub fn builtin() -> Vec<Spec> {
         },
         Spec {
             name: "secret_assignment",
+            shape: |_| true,
             first: |b| matches!(b.to_ascii_lowercase(), b'p' | b's' | b'c' | b'a'),
             tag: "SECRET",
             pattern: r#"(?i:(?-u:\b)(?:password|passwd|pwd|passphrase|secret|client[_\-]?secret|api[_\-]?key|apikey|access[_\-]?key|secret[_\-]?key|access[_\-]?token|auth[_\-]?token|private[_\-]?key))["']?[ \t]{0,3}[:=][ \t]{0,3}["']?(?P<v>[^\s"',;<>]{4,128})"#.into(),
@@ -232,6 +253,24 @@ const PHONE: &str = concat!(
     r"|(?-u:\b)0[1-9][0-9]{8,9}",
     r")(?:[ ]?(?:x|ext\.?|#)[ ]?[0-9]{1,6})?(?-u:\b)"
 );
+
+/// An `@` before the next whitespace or quote, within an address's length.
+fn email_shape(r: &[u8]) -> bool {
+    r.iter()
+        .take(320)
+        .take_while(|&&b| !matches!(b, b' ' | b'\n' | b'\t' | b'"' | b'<' | b'>' | b','))
+        .any(|&b| b == b'@')
+}
+
+/// At least 12 digits in a run of digits, spaces and dashes.
+fn card_shape(r: &[u8]) -> bool {
+    r.iter()
+        .take(40)
+        .take_while(|&&b| b.is_ascii_digit() || b == b' ' || b == b'-')
+        .filter(|b| b.is_ascii_digit())
+        .count()
+        >= 12
+}
 
 fn prev(hay: &[u8], start: usize) -> Option<u8> {
     start.checked_sub(1).and_then(|i| hay.get(i).copied())

@@ -39,6 +39,8 @@ pub struct Det {
     word_left: bool,
     /// Bytes a match can start with.
     first: fn(u8) -> bool,
+    /// Cheap pre-check of the bytes at a candidate.
+    shape: fn(&[u8]) -> bool,
     /// The pattern has a `v` group (only the value is replaced).
     has_value: bool,
     /// True for the internal placeholder detector of the response side.
@@ -102,6 +104,7 @@ impl Engine {
                 action,
                 validate: spec.validate,
                 first: spec.first,
+                shape: spec.shape,
                 has_value: spec.pattern.contains("(?P<v>"),
                 pattern: spec.pattern,
                 word_left: false,
@@ -121,6 +124,7 @@ impl Engine {
                 action: c.action,
                 validate: None,
                 first: |_| true,
+                shape: |_| true,
                 has_value: c.pattern.contains("(?P<v>"),
                 pattern: c.pattern.clone(),
                 word_left: false,
@@ -139,6 +143,7 @@ impl Engine {
             action: Action::Restore,
             validate: None,
             first: |b| b == b'<',
+            shape: |_| true,
             has_value: false,
             pattern: PLACEHOLDER.to_string(),
             word_left: false,
@@ -227,7 +232,10 @@ impl Engine {
             let Some(d) = self.dets.get(det) else {
                 continue;
             };
-            if !(d.first)(first) || (d.word_left && left_is_word && first_is_word) {
+            if !(d.first)(first)
+                || (d.word_left && left_is_word && first_is_word)
+                || !(d.shape)(rest)
+            {
                 continue; // its leading \b cannot hold here
             }
             let single = d.single.get_or_init(|| {
