@@ -487,7 +487,9 @@ impl Config {
         if !defaults_value.is_object() {
             return Err(ConfigError::at("defaults", "expected an object"));
         }
-        let defaults = settings_from_value(defaults_value.clone(), "defaults")?;
+        // Routes that inherit the same `pii` section share one compiled engine.
+        let mut pii_engines = Vec::new();
+        let defaults = settings_from_value(defaults_value.clone(), "defaults", &mut pii_engines)?;
 
         let mut routes = BTreeMap::new();
         for (name, over) in raw.routes {
@@ -500,7 +502,10 @@ impl Config {
             }
             let mut merged = defaults_value.clone();
             merge(&mut merged, over);
-            routes.insert(name, Rc::new(settings_from_value(merged, &path)?));
+            routes.insert(
+                name,
+                Rc::new(settings_from_value(merged, &path, &mut pii_engines)?),
+            );
         }
         if raw.metrics.max_model_labels == 0 {
             return Err(ConfigError::at(
@@ -529,12 +534,16 @@ impl Config {
     }
 }
 
-fn settings_from_value(v: Value, path: &str) -> Result<RouteSettings, ConfigError> {
+fn settings_from_value(
+    v: Value,
+    path: &str,
+    pii_engines: &mut Vec<crate::pii::PiiConfig>,
+) -> Result<RouteSettings, ConfigError> {
     let mut s: RouteSettings =
         serde_path_to_error::deserialize(v).map_err(|e| path_error(path, e))?;
     s.validate(path)?;
     s.pii
-        .compile()
+        .compile(pii_engines)
         .map_err(|(field, msg)| ConfigError::at(format!("{path}.pii.{field}"), msg))?;
     Ok(s)
 }

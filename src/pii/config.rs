@@ -189,9 +189,10 @@ impl Default for PiiConfig {
 }
 
 impl PiiConfig {
-    /// Validate and compile (once, at configure). Errors are `(field, message)`
-    /// relative to the `pii` object.
-    pub fn compile(&mut self) -> Result<(), (String, String)> {
+    /// Validate and compile (once, at configure). `compiled` holds the configs
+    /// compiled so far in this configure: an equal one lends its engine instead of
+    /// compiling again. Errors are `(field, message)` relative to the `pii` object.
+    pub fn compile(&mut self, compiled: &mut Vec<PiiConfig>) -> Result<(), (String, String)> {
         self.engine = EngineSlot(None);
         if !(256..=1 << 20).contains(&self.max_stream_hold_bytes) {
             return Err((
@@ -259,8 +260,13 @@ impl PiiConfig {
         if !self.enabled {
             return Ok(());
         }
+        if let Some(same) = compiled.iter().find(|c| *c == self) {
+            self.engine = same.engine.clone();
+            return Ok(());
+        }
         let engine = Engine::build(self)?;
         self.engine = EngineSlot(Some(Rc::new(engine)));
+        compiled.push(self.clone());
         Ok(())
     }
 

@@ -280,30 +280,23 @@ fn byte_at(hay: &[u8], i: usize) -> Option<u8> {
     hay.get(i).copied()
 }
 
-fn digits(span: &[u8]) -> impl Iterator<Item = u32> + '_ {
-    span.iter()
-        .filter(|b| b.is_ascii_digit())
-        .map(|b| u32::from(b - b'0'))
-}
-
-/// Luhn (mod 10) over the digits of `span`.
+/// Luhn (mod 10) over the digits of `span` (no allocation: it runs on every
+/// card-shaped candidate).
 pub fn luhn(span: &[u8]) -> bool {
-    let ds: Vec<u32> = digits(span).collect();
-    if ds.is_empty() {
-        return false;
-    }
     let mut sum = 0u32;
-    for (i, d) in ds.iter().rev().enumerate() {
-        let mut d = *d;
-        if i % 2 == 1 {
+    let mut n = 0usize;
+    for &b in span.iter().rev().filter(|b| b.is_ascii_digit()) {
+        let mut d = u32::from(b - b'0');
+        if n % 2 == 1 {
             d *= 2;
             if d > 9 {
                 d -= 9;
             }
         }
         sum += d;
+        n += 1;
     }
-    sum.is_multiple_of(10)
+    n > 0 && sum.is_multiple_of(10)
 }
 
 /// Tries the candidate and then shorter prefixes cut at separators (a following
@@ -356,13 +349,13 @@ fn card_ok(span: &[u8]) -> bool {
     if sep.is_some() && span.split(|b| !b.is_ascii_digit()).any(|g| g.len() < 3) {
         return false;
     }
-    let d: Vec<u8> = span.iter().copied().filter(u8::is_ascii_digit).collect();
-    let p2 = u32::from(d.first().copied().unwrap_or(b'0').wrapping_sub(b'0')) * 10
-        + u32::from(d.get(1).copied().unwrap_or(b'0').wrapping_sub(b'0'));
-    let p4: u32 = d
-        .iter()
-        .take(4)
-        .fold(0, |a, &b| a * 10 + u32::from(b - b'0'));
+    let mut d = span.iter().copied().filter(u8::is_ascii_digit);
+    let mut p4: u32 = 0;
+    for _ in 0..4 {
+        p4 = p4 * 10 + u32::from(d.next().unwrap_or(b'0').wrapping_sub(b'0'));
+    }
+    let p2 = p4 / 100;
+    let first = span.iter().copied().find(u8::is_ascii_digit);
     let maestro = matches!(
         p4,
         5018 | 5020 | 5038 | 6304 | 6759 | 6761..=6763 | 6390 | 604
@@ -370,7 +363,7 @@ fn card_ok(span: &[u8]) -> bool {
     if n == 12 {
         return maestro && luhn(span);
     }
-    let iin = match d.first() {
+    let iin = match first.as_ref() {
         Some(b'4') => true,                                      // Visa
         Some(b'1') => p4 == 1800,                                // JCB 15
         Some(b'2') if p4 == 2131 => true,                        // JCB 15
@@ -390,19 +383,18 @@ fn iban(hay: &[u8], start: usize, end: usize) -> Option<usize> {
 
 /// ISO 13616: country length and mod-97 == 1 over the rearranged digits.
 pub fn iban_ok(span: &[u8]) -> bool {
-    let s: Vec<u8> = span.iter().copied().filter(|b| *b != b' ').collect();
-    let len = match s.get(..2) {
-        Some(cc) => iban_length(cc),
-        None => return false,
+    let compact = || span.iter().copied().filter(|b| *b != b' ');
+    let n = compact().count();
+    let cc: [u8; 2] = {
+        let mut c = compact();
+        [c.next().unwrap_or(0), c.next().unwrap_or(0)]
     };
-    if len != 0 && s.len() != len {
-        return false;
-    }
-    if !(15..=34).contains(&s.len()) {
+    let len = iban_length(&cc);
+    if (len != 0 && n != len) || !(15..=34).contains(&n) {
         return false;
     }
     let mut rem: u32 = 0;
-    for &b in s.iter().skip(4).chain(s.iter().take(4)) {
+    for b in compact().skip(4).chain(compact().take(4)) {
         let v = match b {
             b'0'..=b'9' => u32::from(b - b'0'),
             b'A'..=b'Z' => u32::from(b - b'A') + 10,

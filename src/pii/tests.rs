@@ -260,6 +260,19 @@ fn restore_non_streaming_answers() {
 }
 
 #[test]
+fn routes_with_the_same_pii_section_share_one_engine() {
+    let c = Config::parse(
+        br#"{"defaults":{"pii":{"enabled":true}},"routes":{"a":{},"b":{"max_request_bytes":9},
+             "c":{"pii":{"detectors":{"email":"mask"}}}}}"#,
+    )
+    .unwrap();
+    let e = |r: &str| c.route(Some(r)).pii.engine().unwrap().clone();
+    assert!(Rc::ptr_eq(&e("a"), &e("b")));
+    assert!(Rc::ptr_eq(&e("a"), c.route(None).pii.engine().unwrap()));
+    assert!(!Rc::ptr_eq(&e("a"), &e("c")));
+}
+
+#[test]
 fn custom_detectors_and_config_errors() {
     let p = serde_json::json!({"enabled": true, "custom": [
         {"name": "employee_id", "pattern": "EMP-[0-9]{6}", "action": "redact"}]});
