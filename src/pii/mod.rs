@@ -222,7 +222,8 @@ impl PiiExchange {
 
     /// True when the response body must be read (restore or scanning).
     pub fn wants_response(&self) -> bool {
-        self.engine.scans_responses()
+        // Embeddings answers are vectors, not text: never held for PII.
+        self.engine.scans_responses() && self.api != Api::Embeddings
     }
 
     /// A whole non-streaming JSON answer: restore placeholders, scan completions.

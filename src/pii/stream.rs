@@ -76,6 +76,12 @@ impl PiiStream {
     /// Rewrite one chunk; see the module docs.
     pub fn on_chunk(&mut self, ex: &mut PiiExchange, chunk: &[u8], end_of_stream: bool) -> Rewrite {
         if self.framer.gave_up() {
+            // Passing through unread; text held from earlier deltas still goes out.
+            if end_of_stream && !self.pending.is_empty() {
+                let mut out = chunk.to_vec();
+                self.flush_all(ex, &mut out);
+                return Rewrite::Replace(out);
+            }
             return Rewrite::Unchanged;
         }
         let mut framer = std::mem::take(&mut self.framer);
@@ -85,7 +91,9 @@ impl PiiStream {
             framer.finish(|ev| self.on_event(ex, &ev, &mut out));
         }
         if framer.gave_up() {
-            // An event too large to frame: release it unread, and the rest after it.
+            // An event too large to frame: what earlier deltas held goes first, then
+            // the event unread, and the rest of the stream after it.
+            self.flush_all(ex, &mut out);
             let pending = usize::try_from(
                 framer
                     .pending_start()

@@ -434,6 +434,34 @@ fn streamed_assignments_and_tool_arguments_never_leak() {
 }
 
 #[test]
+fn an_oversized_event_passes_unread_after_held_text_is_released() {
+    let mut ex = exchange(all("redact"), Api::ChatCompletions);
+    let ev = serde_json::json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+        "choices":[{"index":0,"delta":{"content":"mail jane@example.com now"},"finish_reason":null}]});
+    let head = format!("data: {ev}\n\n").into_bytes();
+    let huge = format!("data: {{\"x\":\"{}\"}}\n\n", "a".repeat(1 << 20));
+    let mut out = Vec::new();
+    for (c, eos) in [
+        (&head[..], false),
+        (huge.as_bytes(), false),
+        (b"data: [DONE]\n\n", true),
+    ] {
+        match ex.on_stream_chunk(c, eos) {
+            Rewrite::Replace(b) => out.extend_from_slice(&b),
+            Rewrite::Unchanged => out.extend_from_slice(c),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("<EMAIL_1>") && !text.contains("jane@"),
+        "{}",
+        &text[..300.min(text.len())]
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(text.matches(&"a".repeat(1 << 20)).count(), 1);
+}
+
+#[test]
 fn placeholders_split_across_chunks_are_restored() {
     let text = "Dear <EMAIL_1>, your card <CREDIT_CARD_1> is fine.";
     let e = engine(all("restore"));
