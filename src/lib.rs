@@ -17,6 +17,7 @@ pub mod host;
 pub mod limits;
 pub mod metering;
 pub mod pii;
+pub mod providers;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokens;
