@@ -78,6 +78,16 @@ VARIANTS: list[dict] = [
         "config": "{}",
     },
     {
+        # Issue 4: with redaction on, >= 85% of plain Envoy's rps at 1 KB (or >= 90%
+        # of noop's). Every built-in detector on, default actions (redact).
+        "name": "pii",
+        "desc": "tollgate wasm, metering + PII redaction (all detectors)",
+        "wasm": "tollgate.wasm",
+        "package": "tollgate",
+        "config_file": "benches/configs/tollgate-pii.json",
+        "config": "{}",
+    },
+    {
         # Issue 5: OpenAI client -> Anthropic upstream. The request is translated to the
         # Messages API (the fake upstream answers /v1/messages in Anthropic's shape) and
         # the answer back to a chat.completion; target >= 85% of plain rps at 1 KB.
@@ -101,6 +111,9 @@ TARGETS = {
     "vm_start_ms": 30.0,
     "tok_typical_mb_s": 25.0,
     "tok_worst_mb_s": 10.0,
+    "pii_rps_vs_plain_1k": 0.85,  # issue 4: redaction on >= 85% of plain rps at 1 KB ...
+    "pii_rps_vs_noop_1k": 0.90,  # ... or >= 90% of noop's
+    "pii_scan_mb_s": 200.0,  # PII scan of typical text in wasm (piibench under node)
     "translate_rps_vs_plain_1k": 0.85,
     "translate_ttft_added_p99_ms": 1.0,
 }
@@ -1271,6 +1284,29 @@ def phase_tokbench(args) -> dict:
             res["worst_mb_s"] = slowest if slowest is not None else min(allv)
             res["parsed"] = ("typical = median of the 'typical:' lines (min {:.1f}); worst = {}".format(
                 min(typ), "the 'slowest:' line" if slowest is not None else "min of all lines"))
+    res["pii_scan"] = run_piibench(args, runner)
+    return res
+
+
+def run_piibench(args, runner: Path) -> dict:
+    """PII scan throughput in V8 (tools/tokbench/src/bin/piibench.rs, built with tokbench):
+    typical = median of the 'scan' lines on prose/code/multilingual text."""
+    wasm = WASM_DIR / "piibench.wasm"
+    if not wasm.exists():
+        return {"status": "missing", "note": f"{wasm.relative_to(REPO)} not found"}
+    log(f"pii scan: node {runner.relative_to(REPO)} {wasm.relative_to(REPO)}")
+    try:
+        r = subprocess.run(["node", str(runner), str(wasm)], cwd=REPO, capture_output=True, text=True,
+                           timeout=args.tokbench_timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "note": f"did not finish in {args.tokbench_timeout}s"}
+    res = {"status": "ok" if r.returncode == 0 else f"exit {r.returncode}", "output": r.stdout.strip()}
+    by = {m.group(1).strip(): float(m.group(2))
+          for m in re.finditer(r"^scan (\S+)\s+([0-9.]+) MB/s", r.stdout, re.M)}
+    typical = [v for k, v in by.items() if k in ("prose", "prose+pii/KiB", "code", "multilingual")]
+    if typical:
+        res["typical_mb_s"] = statistics.median(typical)
+        res["by_input"] = by
     return res
 
 
@@ -1373,7 +1409,30 @@ def evaluate_targets(R: dict) -> list[dict]:
             tk["worst_mb_s"] >= TARGETS["tok_worst_mb_s"], tk.get("parsed", ""))
     else:
         row("tokenizer worst", "≥ 10 MB/s", "n/a", None, tk.get("note", tk.get("status", "not run")))
+    pii_rows(R, tp, row)
     return T
+
+
+def pii_rows(R: dict, tp: dict | None, row) -> None:
+    """Issue 4: the `pii` variant's throughput and the wasm PII scan rate."""
+    if tp and "pii/plain" in tp.get("ratios", {}):
+        r_plain = tp["ratios"]["pii/plain"]["median"]["rps"]
+        r_noop = tp["ratios"].get("pii/noop", {}).get("median", {}).get("rps")
+        ok = r_plain >= TARGETS["pii_rps_vs_plain_1k"] or (
+            r_noop is not None and r_noop >= TARGETS["pii_rps_vs_noop_1k"])
+        if tp["per_variant"].get("pii", {}).get("error_rounds"):
+            ok = False
+        row("throughput @1 KB, PII redaction on", "pii ≥ 85% of plain rps, or ≥ 90% of noop",
+            f"{r_plain:.1%} of plain" + (f", {r_noop:.1%} of noop" if r_noop is not None else ""), ok)
+    else:
+        row("throughput @1 KB, PII redaction on", "pii ≥ 85% of plain rps", "n/a", None, "pii variant not run")
+    ps = R.get("tokbench", {}).get("pii_scan", {})
+    if ps.get("typical_mb_s") is not None:
+        by = ", ".join(f"{k} {v:.0f}" for k, v in ps.get("by_input", {}).items())
+        row("PII scan typical (wasm, V8)", "≥ 200 MB/s", f"{ps['typical_mb_s']:.0f} MB/s",
+            ps["typical_mb_s"] >= TARGETS["pii_scan_mb_s"], by)
+    else:
+        row("PII scan typical (wasm, V8)", "≥ 200 MB/s", "n/a", None, ps.get("note", "not run"))
 
 
 def cell(x) -> str:

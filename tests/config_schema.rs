@@ -79,6 +79,9 @@ fn objects(root: &Value) -> Vec<(Vec<&'static str>, Value)> {
     let rule = deref(root, &limits["properties"]["rules"]["items"]).clone();
     let global = deref(root, &limits["properties"]["global"]).clone();
     let entry = deref(root, &global["properties"]["descriptors"]["items"]).clone();
+    let pii = deref(root, &root["$defs"]["pii"]).clone();
+    let pii_detectors = deref(root, &pii["properties"]["detectors"]).clone();
+    let pii_custom = deref(root, &pii["properties"]["custom"]["items"]).clone();
     vec![
         (vec!["defaults", "limits", "global"], global.clone()),
         (vec!["routes", "r1", "limits", "global"], global),
@@ -86,6 +89,11 @@ fn objects(root: &Value) -> Vec<(Vec<&'static str>, Value)> {
             vec!["defaults", "limits", "global", "descriptors", "[0]"],
             entry,
         ),
+        (vec!["defaults", "pii"], pii.clone()),
+        (vec!["routes", "r1", "pii"], pii),
+        (vec!["defaults", "pii", "detectors"], pii_detectors.clone()),
+        (vec!["routes", "r1", "pii", "detectors"], pii_detectors),
+        (vec!["defaults", "pii", "custom", "[0]"], pii_custom),
         (vec!["defaults", "limits"], limits.clone()),
         (vec!["routes", "r1", "limits"], limits),
         (vec!["defaults", "limits", "consumer"], consumer.clone()),

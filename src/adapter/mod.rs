@@ -274,6 +274,8 @@ impl RootContext for Root {
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
             held_response_headers: Vec::new(),
+            response_body_replaced: false,
+            pii_emitted: false,
         }))
     }
 
@@ -302,6 +304,10 @@ struct Http {
     held_response_headers: Vec<u8>,
     /// Calls to the shared rate-limit service (`limits.global`).
     calls: global::Calls,
+    /// The held response body was rewritten (PII restore): drop `content-length`.
+    response_body_replaced: bool,
+    /// PII metrics and filter state were written (once per request).
+    pii_emitted: bool,
 }
 
 impl Context for Http {
@@ -413,7 +419,12 @@ impl Http {
             if let Some(ex) = self.exchange.as_ref() {
                 ours.extend(ex.rate_limit_headers());
             }
-            let map = merge_header_map(&parse_header_map(&held), &ours, &[]);
+            let stale: &[&str] = if self.response_body_replaced {
+                &["content-length"]
+            } else {
+                &[]
+            };
+            let map = merge_header_map(&parse_header_map(&held), &ours, stale);
             if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
                 debug!("cannot set x-llm headers: {s:?}");
             }
@@ -444,6 +455,37 @@ impl Http {
         );
         if ffi::debug_enabled() {
             debug!("{}", report.log_line());
+        }
+        drop(m);
+        self.emit_pii();
+    }
+
+    /// PII findings of the exchange: a counter per detector and direction, and
+    /// the `llm.pii` filter state (categories and counts, never values). Once.
+    fn emit_pii(&mut self) {
+        if self.pii_emitted {
+            return;
+        }
+        let Some(ex) = self.exchange.as_ref() else {
+            return;
+        };
+        let Some(pii) = ex.pii() else { return };
+        self.pii_emitted = true;
+        let mut m = self.metrics.borrow_mut();
+        for (name, req, resp) in pii.counts() {
+            m.add(
+                crate::pii::metric_name(ex.route(), name, crate::pii::Direction::Request),
+                req,
+            );
+            m.add(
+                crate::pii::metric_name(ex.route(), name, crate::pii::Direction::Response),
+                resp,
+            );
+        }
+        if let Some(state) = pii.filter_state() {
+            if let Err(s) = ffi::set_property(&["llm.pii"], state.as_bytes()) {
+                debug!("tollgate: cannot set filter state llm.pii: {s:?}");
+            }
         }
     }
 }
@@ -587,7 +629,10 @@ impl HttpContext for Http {
                 }
                 Action::Continue
             }
-            BodyDecision::Respond(r) => return self.reply(&r),
+            BodyDecision::Respond(r) => {
+                self.emit_pii();
+                return self.reply(&r);
+            }
         };
         // Shared limits last: the request is held (body already edited) until the
         // rate-limit service answers.
@@ -663,8 +708,17 @@ impl HttpContext for Http {
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                let body =
+                let mut body =
                     ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                if let Some(new_body) = ex.pii_response(&body) {
+                    match ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &new_body) {
+                        Ok(()) => {
+                            self.response_body_replaced = true;
+                            body = new_body;
+                        }
+                        Err(s) => warn!("tollgate: cannot rewrite response body: {s:?}"),
+                    }
+                }
                 if let Some(r) = ex.on_response_complete(Some(&body)) {
                     self.emit(&r, true);
                 }
@@ -736,5 +790,6 @@ impl HttpContext for Http {
                 self.emit(&r, false);
             }
         }
+        self.emit_pii();
     }
 }

@@ -681,6 +681,8 @@ pub struct RouteSettings {
     pub metering: Metering,
     /// Token rate limits (local, per gateway instance). No rules: nothing is done.
     pub limits: Limits,
+    /// PII and secret redaction of prompts and completions (off by default).
+    pub pii: crate::pii::PiiConfig,
 }
 
 impl Default for RouteSettings {
@@ -695,6 +697,7 @@ impl Default for RouteSettings {
             invalid_body: InvalidBody::Pass,
             metering: Metering::default(),
             limits: Limits::default(),
+            pii: crate::pii::PiiConfig::default(),
         }
     }
 }
@@ -762,7 +765,9 @@ impl Config {
         if !defaults_value.is_object() {
             return Err(ConfigError::at("defaults", "expected an object"));
         }
-        let defaults = settings_from_value(defaults_value.clone(), "defaults")?;
+        // Routes that inherit the same `pii` section share one compiled engine.
+        let mut pii_engines = Vec::new();
+        let defaults = settings_from_value(defaults_value.clone(), "defaults", &mut pii_engines)?;
 
         let mut routes = BTreeMap::new();
         for (name, over) in raw.routes {
@@ -777,7 +782,10 @@ impl Config {
             let own = over.clone();
             merge(&mut merged, over);
             merge_limit_rules(&defaults_value, &mut merged, &own);
-            routes.insert(name, Rc::new(settings_from_value(merged, &path)?));
+            routes.insert(
+                name,
+                Rc::new(settings_from_value(merged, &path, &mut pii_engines)?),
+            );
         }
         if raw.metrics.max_model_labels == 0 {
             return Err(ConfigError::at(
@@ -806,7 +814,11 @@ impl Config {
     }
 }
 
-fn settings_from_value(mut v: Value, path: &str) -> Result<RouteSettings, ConfigError> {
+fn settings_from_value(
+    mut v: Value,
+    path: &str,
+    pii_engines: &mut Vec<crate::pii::PiiConfig>,
+) -> Result<RouteSettings, ConfigError> {
     // The object form of `provider` is parsed on its own (so its errors keep their
     // exact path) and replaced by its label for the rest of the settings.
     let upstream = match v.get_mut("provider") {
@@ -837,6 +849,9 @@ fn settings_from_value(mut v: Value, path: &str) -> Result<RouteSettings, Config
         s.upstreams_by_model.push(Rc::new(pc));
     }
     s.validate(path)?;
+    s.pii
+        .compile(pii_engines)
+        .map_err(|(field, msg)| ConfigError::at(format!("{path}.pii.{field}"), msg))?;
     Ok(s)
 }
 

@@ -102,6 +102,8 @@ pub struct Exchange {
     consumer: Option<String>,
     admission: Option<Admission>,
     global: limits::global::Ticket,
+    /// PII state of this exchange (routes with `pii.enabled`).
+    pii: Option<crate::pii::PiiExchange>,
     /// Provider rewriting (route's `provider` object), if any.
     provider: Option<Stage>,
     /// The parsed client request, kept only for the provider stage.
@@ -138,6 +140,7 @@ impl Exchange {
             consumer: None,
             admission: None,
             global: limits::global::Ticket::default(),
+            pii: None,
             provider: None,
             parsed: None,
             client_asked_usage: false,
@@ -177,10 +180,15 @@ impl Exchange {
         content_length: Option<u64>,
         end_of_stream: bool,
     ) -> HeadersDecision {
-        // A route rewritten for a provider needs the body flow even with metering off.
+        // A route rewritten for a provider, or scanned for PII, needs the body flow
+        // even with metering off.
         let rewrites =
             self.settings.upstream.is_some() || !self.settings.upstreams_by_model.is_empty();
-        if !self.settings.enabled || (!self.settings.metering.enabled && !rewrites) {
+        if !self.settings.enabled
+            || (!self.settings.metering.enabled
+                && !rewrites
+                && self.settings.pii.engine().is_none())
+        {
             return HeadersDecision::PassThrough;
         }
         if !method.eq_ignore_ascii_case("POST") || end_of_stream {
@@ -309,6 +317,13 @@ impl Exchange {
             self.stream = Some(self.stream_meter(api, !inj.client_asked));
             new_body = inj.body;
         }
+        // PII redaction on the client-dialect body (after any injection), before the
+        // provider rewrite translates it.
+        match self.pii_request(api, new_body.as_deref().unwrap_or(body)) {
+            Some(BodyDecision::Replace(b)) => new_body = Some(b),
+            Some(other) => return other,
+            None => {}
+        }
         if self.provider.is_some() {
             // The provider stage runs after admission and the clamp (see `provider_stage`).
             self.parsed = Some(parsed);
@@ -336,6 +351,26 @@ impl Exchange {
         match new_body {
             Some(b) => BodyDecision::Replace(b),
             None => BodyDecision::Forward,
+        }
+    }
+
+    /// PII stage of the request (after counting, on the body as it will be sent):
+    /// `None` when it changes nothing.
+    fn pii_request(&mut self, api: Api, body: &[u8]) -> Option<BodyDecision> {
+        let engine = self.settings.pii.engine()?.clone();
+        let pii = self.pii.insert(crate::pii::PiiExchange::new(engine, api));
+        match pii.on_request(body) {
+            crate::pii::RequestOutcome::Unchanged => None,
+            crate::pii::RequestOutcome::Replace(b) => Some(BodyDecision::Replace(b)),
+            crate::pii::RequestOutcome::Block(err) => {
+                // Refused before forwarding: nothing was used, nothing to report.
+                self.reported = true;
+                Some(BodyDecision::Respond(LocalReply {
+                    status: ErrorKind::InvalidRequest.status(),
+                    body: err,
+                    headers: Vec::new(),
+                }))
+            }
         }
     }
 
@@ -406,6 +441,20 @@ impl Exchange {
         Ok(())
     }
 
+    /// This exchange's PII findings, for metrics and filter state.
+    pub fn pii(&self) -> Option<&crate::pii::PiiExchange> {
+        self.pii.as_ref()
+    }
+
+    /// PII stage of a whole JSON answer (restore placeholders, scan completions):
+    /// the body to send instead, if it changed.
+    pub fn pii_response(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        if !(200..300).contains(&self.response_status) {
+            return None;
+        }
+        self.pii.as_mut()?.on_response_json(body)
+    }
+
     /// Host wall clock (Unix ms) for the provider stage (request signing, `created`).
     /// Only needed when [`Exchange::has_provider`].
     pub fn set_clock(&mut self, now_unix_ms: u64) {
@@ -449,6 +498,8 @@ impl Exchange {
             Some(p) => p.translate_body(self.response_status, body),
             None => body.to_vec(),
         };
+        // PII restore/scan on the client-dialect answer.
+        let out = self.pii_response(&out).unwrap_or(out);
         let report = self.on_response_complete(Some(&out));
         (out, report)
     }
@@ -728,6 +779,7 @@ impl Exchange {
             return ResponseMode::PassThrough;
         }
         let ct = content_type.unwrap_or("");
+        let pii_reads = self.pii.as_ref().is_some_and(|p| p.wants_response());
         if starts_with_ignore_case(ct, "text/event-stream") {
             if self.stream.is_none() {
                 self.stream = Some(self.stream_meter(api, false));
@@ -740,7 +792,9 @@ impl Exchange {
         self.stream = None;
         if starts_with_ignore_case(ct, "application/json") || ct.is_empty() {
             let small = content_length.is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
-            if self.settings.metering.response_headers && small {
+            // PII restore/scan rewrites the answer: it must be held whole.
+            let pii_fits = pii_reads && content_length.is_none_or(|n| n <= MAX_BUFFERED_RESPONSE);
+            if (self.settings.metering.response_headers && small) || pii_fits {
                 ResponseMode::Buffer
             } else {
                 ResponseMode::Copy
@@ -778,21 +832,30 @@ impl Exchange {
     /// A chunk of an SSE response: returns what the client should receive instead,
     /// if anything must change. At `end_of_stream` the report is ready via [`Exchange::finish`].
     pub fn on_stream_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Rewrite {
-        // A translated stream is first rewritten into the client's dialect; metering
-        // and the cut-off then read what the client will receive.
+        // Provider translation first (to the client's dialect), then PII
+        // (restore/scan), then metering and the cut-off on what the client will get.
         let translated = self
             .provider
             .as_mut()
             .filter(|p| p.translates_response())
             .map(|p| p.stream_chunk(chunk, end_of_stream));
-        let input = translated.as_deref().unwrap_or(chunk);
+        let client = translated.as_deref().unwrap_or(chunk);
+        let pii = match self.pii.as_mut() {
+            Some(p) => p.on_stream_chunk(client, end_of_stream),
+            None => Rewrite::Unchanged,
+        };
+        let input = match &pii {
+            Rewrite::Replace(b) => b.as_slice(),
+            Rewrite::Unchanged => client,
+        };
         let metered = match self.stream.as_mut() {
             Some(s) => s.on_chunk(input, end_of_stream),
             None => Rewrite::Unchanged,
         };
-        let metered = match (metered, translated) {
-            (Rewrite::Unchanged, Some(t)) => Rewrite::Replace(t),
-            (m, _) => m,
+        let metered = match (metered, pii, translated) {
+            (Rewrite::Replace(b), _, _) | (_, Rewrite::Replace(b), _) => Rewrite::Replace(b),
+            (_, _, Some(out)) => Rewrite::Replace(out),
+            _ => Rewrite::Unchanged,
         };
         let Some(cut) = self.cut.as_mut() else {
             return metered;

@@ -24,6 +24,9 @@ pub struct Ctl {
     pub cache_creation: u64,
     /// `x-mock-reasoning-tokens`: hidden reasoning tokens added to the output.
     pub reasoning: u64,
+    /// `x-mock-echo: 1`: chat replies repeat the last user message's text
+    /// (streamed 4 characters per chunk), so tests can see what the provider got.
+    pub echo: bool,
 }
 
 fn num_header(req: &Request, name: &str) -> Result<Option<u64>, String> {
@@ -63,6 +66,7 @@ impl Ctl {
             cached: num_header(req, "x-mock-cached-tokens")?.unwrap_or(0),
             cache_creation: num_header(req, "x-mock-cache-creation-tokens")?.unwrap_or(0),
             reasoning: num_header(req, "x-mock-reasoning-tokens")?.unwrap_or(0),
+            echo: req.header("x-mock-echo").is_some_and(|v| v.trim() == "1"),
         })
     }
 }

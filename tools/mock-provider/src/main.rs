@@ -13,6 +13,7 @@
 //!   x-mock-cached-tokens: N        report N prompt tokens as cached
 //!   x-mock-cache-creation-tokens: N  (Anthropic cache_creation_input_tokens)
 //!   x-mock-reasoning-tokens: N     add N reasoning tokens to the output
+//!   x-mock-echo: 1                 chat replies echo the last user message
 //! Gemini (`/v1beta/models/{m}:generateContent`) and Bedrock Converse
 //! (`/model/{id}/converse[-stream]`, SigV4-checked) live in gemini.rs / bedrock.rs.
 //! Introspection: GET /_mock/last, GET /_mock/requests, POST /_mock/reset,

@@ -321,7 +321,15 @@ pub fn chat(body: &Value, ctl: &Ctl) -> Reply {
         };
     }
 
-    let mut pieces = text::reply_pieces(seed, ctl.reply_words);
+    let mut pieces = if ctl.echo {
+        let last_user = messages
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
+        split_chars(&content_text(last_user.and_then(|m| m.get("content"))).0, 4)
+    } else {
+        text::reply_pieces(seed, ctl.reply_words)
+    };
     let cut = truncate_to_tokens(&model, &mut pieces, max);
     let finish = if cut { "length" } else { "stop" };
     let reply = pieces.concat();

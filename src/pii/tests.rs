@@ -1,0 +1,514 @@
+use super::*;
+use crate::config::Config;
+
+fn engine(pii: serde_json::Value) -> Rc<Engine> {
+    let cfg = serde_json::json!({"defaults": {"pii": pii}});
+    let c = Config::parse(cfg.to_string().as_bytes()).expect("config");
+    let engine = c.route(None).pii.engine().expect("engine").clone();
+    engine
+}
+
+fn exchange(pii: serde_json::Value, api: Api) -> PiiExchange {
+    PiiExchange::new(engine(pii), api)
+}
+
+fn all(action: &str) -> serde_json::Value {
+    let mut d = serde_json::Map::new();
+    for n in config::Detectors::NAMES {
+        d.insert(n.to_string(), action.into());
+    }
+    serde_json::json!({"enabled": true, "detectors": d, "hash_key": "0123456789abcdef-test-key"})
+}
+
+/// (detector, value) pairs every detector must find in running text.
+const POSITIVES: &[(&str, &str)] = &[
+    ("email", "jane.doe+tag@mail.example.co.uk"),
+    ("phone", "+1 415-555-2671"),
+    ("phone", "+44 20 7946 0958"),
+    ("phone", "(415) 555-2671"),
+    ("phone", "030 12345678"),
+    ("phone", "+49 (0)30 1234567"),
+    ("credit_card", "4111 1111 1111 1111"),
+    ("credit_card", "378282246310005"),
+    ("credit_card", "5555-5555-5555-4444"),
+    ("iban", "DE89370400440532013000"),
+    ("iban", "GB82 WEST 1234 5698 7654 32"),
+    ("us_ssn", "123-45-6789"),
+    ("ca_sin", "046 454 286"),
+    ("es_nif", "12345678Z"),
+    ("es_nif", "X1234567L"),
+    ("ip_address", "192.168.10.254"),
+    ("ip_address", "2001:db8:85a3:0:0:8a2e:370:7334"),
+    ("ip_address", "fe80::1ff:fe23:4567:890a"),
+    ("mac_address", "00:1A:2b:3C:4d:5E"),
+    ("aws_access_key", "AKIAIOSFODNN7EXAMPLE"),
+    ("openai_api_key", "sk-proj-Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789"),
+    ("anthropic_api_key", "sk-ant-api03-Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789_-AA"),
+    ("github_token", "ghp_Ab3dEfGh1jKlMnOpQrStUvWxYz0123456789"),
+    ("slack_token", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
+    ("jwt", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
+    ("private_key", "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\nKUpRKfFLfRYC9AIKjbJTWit+CqvjWYzvQwECAwEAAQ==\n-----END RSA PRIVATE KEY-----"),
+];
+
+/// Text that must not be flagged at all.
+const NEGATIVES: &[&str] = &[
+    "Order #100045623 shipped on 2024-05-01 12:30:45 (v1.24.3, build 10.0.19045.3570).",
+    "Tracking id 550e8400-e29b-41d4-a716-446655440000, invoice INV-2024-000123.",
+    "Python 3.11.4 and Node 20.11.1 at 14:05:09; ratio 3.14159; total 1,234,567.89 EUR.",
+    "Call the function std::vec::Vec::new() in a::b, then sk-this-is-not-a-key.",
+    "Card ending 1111 expires 12/27; number 4111111111111112 fails Luhn.",
+    "SSN-like 000-12-3456 and 666-45-6789 and 123-00-6789 are invalid.",
+    "The password field is required.",
+];
+
+fn found(ex: &mut PiiExchange, text: &str) -> Vec<(String, String)> {
+    let mut hits = Vec::new();
+    ex.engine.scan(text.as_bytes(), 0, false, &mut hits);
+    hits.iter()
+        .map(|h| {
+            (
+                ex.engine.dets[h.det].name.to_string(),
+                text[h.start..h.end].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_detector_finds_its_values_in_prose() {
+    let mut ex = exchange(all("redact"), Api::ChatCompletions);
+    for (det, value) in POSITIVES {
+        let text = format!("Please note: {value}. Thanks!");
+        let got = found(&mut ex, &text);
+        assert_eq!(
+            got,
+            vec![(det.to_string(), value.to_string())],
+            "in {text:?}"
+        );
+    }
+    let got = found(&mut ex, "password = hunter2!x and api_key: 'Zz9_abc'");
+    assert_eq!(
+        got,
+        vec![
+            ("secret_assignment".into(), "hunter2!x".into()),
+            ("secret_assignment".into(), "Zz9_abc".into())
+        ]
+    );
+}
+
+#[test]
+fn hard_negatives_are_left_alone() {
+    let mut ex = exchange(all("redact"), Api::ChatCompletions);
+    for text in NEGATIVES {
+        assert_eq!(found(&mut ex, text), vec![], "{text}");
+    }
+}
+
+#[test]
+fn one_automaton_each_side() {
+    let ex = exchange(all("restore"), Api::ChatCompletions);
+    // The request side is one regex with one alternative per detector.
+    let n = ex.engine.dets.iter().filter(|d| !d.placeholder).count();
+    assert_eq!(n, config::Detectors::NAMES.len());
+    assert!(ex.engine.scans_responses());
+}
+
+fn chat(content: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "Mail ops@corp.example if stuck."},
+            {"role": "user", "content": [
+                {"type": "text", "text": content},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUtJQUlPU0ZPRE5ON0VYQU1QTEU="}}
+            ]},
+            {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+              "function": {"name": "lookup", "arguments": "{\"email\":\"bob@example.org\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "card 4111 1111 1111 1111"}
+        ],
+        "metadata": {"contact": "keys@example.org"}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn request_bodies_stay_valid_json_and_only_text_changes() {
+    let mut ex = exchange(all("redact"), Api::ChatCompletions);
+    let body = chat("Reach me at jane@example.com or +1 415-555-2671. Again: jane@example.com");
+    let RequestOutcome::Replace(out) = ex.on_request(&body) else {
+        panic!("expected a rewrite")
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+    assert_eq!(v["messages"][0]["content"], "Mail <EMAIL_1> if stuck.");
+    assert_eq!(
+        v["messages"][1]["content"][0]["text"],
+        "Reach me at <EMAIL_2> or <PHONE_1>. Again: <EMAIL_2>"
+    );
+    assert_eq!(
+        v["messages"][2]["tool_calls"][0]["function"]["arguments"],
+        "{\"email\":\"<EMAIL_3>\"}"
+    );
+    assert_eq!(v["messages"][3]["content"], "card <CREDIT_CARD_1>");
+    // Not model text: image data, ids, metadata.
+    assert_eq!(
+        v["messages"][1]["content"][1]["image_url"]["url"],
+        "data:image/png;base64,QUtJQUlPU0ZPRE5ON0VYQU1QTEU="
+    );
+    assert_eq!(v["metadata"]["contact"], "keys@example.org");
+    // Byte-identical outside the replaced spans.
+    let s = String::from_utf8(out).unwrap();
+    let orig = String::from_utf8(body).unwrap();
+    let tail = &orig[orig.find(r#""role":"tool""#).unwrap() - 1..];
+    assert!(s.ends_with(&tail.replace("4111 1111 1111 1111", "<CREDIT_CARD_1>")));
+    assert_eq!(
+        ex.filter_state().unwrap(),
+        "mode=enforce;found=email:4/0,credit_card:1/0,phone:1/0;restored=0"
+    );
+}
+
+#[test]
+fn escaped_values_are_caught_and_spliced_as_json() {
+    let mut ex = exchange(all("mask"), Api::ChatCompletions);
+    let body =
+        br#"{"messages":[{"role":"user","content":"mail jane\u0040example.com\n\"ok\" \u00e9"}]}"#;
+    let RequestOutcome::Replace(out) = ex.on_request(body) else {
+        panic!("expected a rewrite")
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v["messages"][0]["content"],
+        "mail ************.com\n\"ok\" é"
+    );
+    // The untouched escapes keep their original spelling.
+    assert!(String::from_utf8_lossy(&out).contains(r#"\n\"ok\" \u00e9"#));
+}
+
+#[test]
+fn block_names_categories_never_values() {
+    let mut p = all("redact");
+    p["detectors"]["credit_card"] = "block".into();
+    p["detectors"]["us_ssn"] = "block".into();
+    let mut ex = exchange(p, Api::AnthropicMessages);
+    let body = br#"{"model":"claude","max_tokens":5,"system":"x","messages":[{"role":"user","content":[{"type":"text","text":"card 4111111111111111 ssn 123-45-6789"}]}]}"#;
+    let RequestOutcome::Block(err) = ex.on_request(body) else {
+        panic!("expected a block")
+    };
+    let v: serde_json::Value = serde_json::from_slice(&err).unwrap();
+    assert_eq!(v["type"], "error");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("credit_card") && msg.contains("us_ssn"),
+        "{msg}"
+    );
+    assert!(!msg.contains("4111") && !msg.contains("6789"), "{msg}");
+}
+
+#[test]
+fn detect_mode_reports_but_changes_nothing() {
+    let mut p = all("block");
+    p["mode"] = "detect".into();
+    let mut ex = exchange(p, Api::ChatCompletions);
+    let body = chat("jane@example.com");
+    assert_eq!(ex.on_request(&body), RequestOutcome::Unchanged);
+    assert!(ex
+        .filter_state()
+        .unwrap()
+        .starts_with("mode=detect;found=email:"));
+}
+
+#[test]
+fn hash_is_keyed_and_stable() {
+    let pseudonym = |key: &str| {
+        let mut p = all("hash");
+        p["hash_key"] = key.into();
+        let mut ex = exchange(p, Api::ChatCompletions);
+        let RequestOutcome::Replace(out) = ex.on_request(&chat("jane@example.com")) else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v["messages"][1]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = pseudonym("0123456789abcdef-key-one");
+    assert!(
+        a.starts_with("<EMAIL:") && a.len() == "<EMAIL:>".len() + 12,
+        "{a}"
+    );
+    assert_eq!(a, pseudonym("0123456789abcdef-key-one"));
+    assert_ne!(a, pseudonym("0123456789abcdef-key-two"));
+    let e = Config::parse(br#"{"defaults":{"pii":{"enabled":true,"detectors":{"email":"hash"}}}}"#)
+        .unwrap_err();
+    assert_eq!(e.path, "defaults.pii.hash_key");
+}
+
+#[test]
+fn restore_non_streaming_answers() {
+    let mut ex = exchange(all("restore"), Api::ChatCompletions);
+    let RequestOutcome::Replace(_) = ex.on_request(&chat("I am jane@example.com")) else {
+        panic!()
+    };
+    let answer = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi <EMAIL_2>, not <EMAIL_9>; call +1 415-555-2671"}}]}"#;
+    let out = ex.on_response_json(answer).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "Hi jane@example.com, not <EMAIL_9>; call <PHONE_1>"
+    );
+    assert_eq!(ex.restored(), 1);
+}
+
+#[test]
+fn routes_with_the_same_pii_section_share_one_engine() {
+    let c = Config::parse(
+        br#"{"defaults":{"pii":{"enabled":true}},"routes":{"a":{},"b":{"max_request_bytes":9},
+             "c":{"pii":{"detectors":{"email":"mask"}}}}}"#,
+    )
+    .unwrap();
+    let e = |r: &str| c.route(Some(r)).pii.engine().unwrap().clone();
+    assert!(Rc::ptr_eq(&e("a"), &e("b")));
+    assert!(Rc::ptr_eq(&e("a"), c.route(None).pii.engine().unwrap()));
+    assert!(!Rc::ptr_eq(&e("a"), &e("c")));
+}
+
+#[test]
+fn custom_detectors_and_config_errors() {
+    let p = serde_json::json!({"enabled": true, "custom": [
+        {"name": "employee_id", "pattern": "EMP-[0-9]{6}", "action": "redact"}]});
+    let mut ex = exchange(p, Api::ChatCompletions);
+    let RequestOutcome::Replace(out) = ex.on_request(&chat("badge EMP-123456")) else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(&out).contains("badge <EMPLOYEE_ID_1>"));
+    for (bad, path) in [
+        (
+            r#"{"custom":[{"name":"x","pattern":"("}]}"#,
+            "custom[0].pattern",
+        ),
+        (
+            r#"{"custom":[{"name":"x","pattern":"a*"}]}"#,
+            "custom[0].pattern",
+        ),
+        (
+            r#"{"custom":[{"name":"Bad Name","pattern":"a"}]}"#,
+            "custom[0].name",
+        ),
+        (
+            r#"{"custom":[{"name":"email","pattern":"a"}]}"#,
+            "custom[0].name",
+        ),
+        (r#"{"detectors":{"emial":"redact"}}"#, "detectors.emial"),
+        (r#"{"detectors":{"email":"shred"}}"#, "detectors.email"),
+    ] {
+        let mut v: serde_json::Value = serde_json::from_str(bad).unwrap();
+        v["enabled"] = true.into();
+        let cfg = serde_json::json!({"routes": {"r": {"pii": v}}});
+        let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(
+            e.path,
+            format!("routes.r.pii.{path}"),
+            "{bad}: {}",
+            e.message
+        );
+    }
+}
+
+/// Chat chunks carrying `pieces` as content deltas, then finish and [DONE].
+fn chat_stream(pieces: &[&str]) -> Vec<u8> {
+    let mut s = Vec::new();
+    for p in pieces {
+        let ev = serde_json::json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{"index":0,"delta":{"content":p},"finish_reason":null}]});
+        s.extend_from_slice(format!("data: {ev}\n\n").as_bytes());
+    }
+    s.extend_from_slice(br#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+    s.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+    s
+}
+
+/// The concatenated content the client sees, checking every event is valid JSON.
+fn chat_text(stream: &[u8]) -> String {
+    let mut text = String::new();
+    for block in String::from_utf8(stream.to_vec()).unwrap().split("\n\n") {
+        let Some(d) = block.strip_prefix("data: ") else {
+            continue;
+        };
+        if d == "[DONE]" {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(d).expect("event JSON");
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(c);
+        }
+    }
+    text
+}
+
+fn run_stream(ex: &mut PiiExchange, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        match ex.on_stream_chunk(c, i + 1 == chunks.len()) {
+            Rewrite::Replace(b) => out.extend_from_slice(&b),
+            Rewrite::Unchanged => out.extend_from_slice(c),
+        }
+    }
+    out
+}
+
+#[test]
+fn streamed_values_split_at_every_byte_never_leak() {
+    let e = engine(all("redact"));
+    for (det, value) in POSITIVES {
+        let text = format!("Hello, here it is: {value} and more text after it.");
+        for cut in 0..=text.len() {
+            if !text.is_char_boundary(cut) {
+                continue;
+            }
+            let (a, b) = text.split_at(cut);
+            let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+            let wire = chat_stream(&[a, b]);
+            let out = run_stream(&mut ex, &[&wire]);
+            let got = chat_text(&out);
+            assert!(!got.contains(value), "{det} leaked at cut {cut}: {got:?}");
+            assert!(
+                got.starts_with("Hello, here it is: <")
+                    && got.ends_with("> and more text after it."),
+                "{det} cut {cut}: {got:?}"
+            );
+            // And split across network chunks at every byte of the wire too.
+            if cut % 7 == 0 {
+                for w in (0..wire.len()).step_by(13) {
+                    let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+                    let out = run_stream(&mut ex, &[&wire[..w], &wire[w..]]);
+                    assert_eq!(chat_text(&out), got, "{det} wire cut {w}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn streamed_assignments_and_tool_arguments_never_leak() {
+    let e = engine(all("redact"));
+    let text = r#"config: password = "hunter2!x", then api_key: Zz9_abcdef done"#;
+    for cut in 0..=text.len() {
+        let (a, b) = text.split_at(cut);
+        let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        let got = chat_text(&run_stream(&mut ex, &[&chat_stream(&[a, b])]));
+        assert_eq!(
+            got, r#"config: password = "<SECRET_1>", then api_key: <SECRET_2> done"#,
+            "cut {cut}"
+        );
+    }
+    // Tool-call arguments: one text stream per tool call, flushed when the next starts.
+    let args = [r#"{"to":"jane@exa"#, r#"mple.com"}"#];
+    let mut wire = Vec::new();
+    for (t, piece) in [(0, args[0]), (0, args[1]), (1, r#"{"ip":"10.1.2.3"}"#)] {
+        let ev = serde_json::json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{"index":0,"delta":{"tool_calls":[{"index":t,"function":{"arguments":piece}}]},"finish_reason":null}]});
+        wire.extend_from_slice(format!("data: {ev}\n\n").as_bytes());
+    }
+    wire.extend_from_slice(b"data: [DONE]\n\n");
+    let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+    let out = String::from_utf8(run_stream(&mut ex, &[&wire])).unwrap();
+    let mut per_tool = [String::new(), String::new()];
+    for block in out.split("\n\n") {
+        let Some(d) = block.strip_prefix("data: ") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(d) else {
+            continue;
+        };
+        for tc in v["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let i = tc["index"].as_u64().unwrap() as usize;
+            per_tool[i].push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(per_tool[0], r#"{"to":"<EMAIL_1>"}"#);
+    assert_eq!(per_tool[1], r#"{"ip":"<IP_ADDRESS_1>"}"#);
+}
+
+#[test]
+fn an_oversized_event_passes_unread_after_held_text_is_released() {
+    let mut ex = exchange(all("redact"), Api::ChatCompletions);
+    let ev = serde_json::json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+        "choices":[{"index":0,"delta":{"content":"mail jane@example.com now"},"finish_reason":null}]});
+    let head = format!("data: {ev}\n\n").into_bytes();
+    let huge = format!("data: {{\"x\":\"{}\"}}\n\n", "a".repeat(1 << 20));
+    let mut out = Vec::new();
+    for (c, eos) in [
+        (&head[..], false),
+        (huge.as_bytes(), false),
+        (b"data: [DONE]\n\n", true),
+    ] {
+        match ex.on_stream_chunk(c, eos) {
+            Rewrite::Replace(b) => out.extend_from_slice(&b),
+            Rewrite::Unchanged => out.extend_from_slice(c),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("<EMAIL_1>") && !text.contains("jane@"),
+        "{}",
+        &text[..300.min(text.len())]
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(text.matches(&"a".repeat(1 << 20)).count(), 1);
+}
+
+#[test]
+fn placeholders_split_across_chunks_are_restored() {
+    let text = "Dear <EMAIL_1>, your card <CREDIT_CARD_1> is fine.";
+    let e = engine(all("restore"));
+    for cut in 0..=text.len() {
+        let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        let RequestOutcome::Replace(_) =
+            ex.on_request(&chat("jane@example.com 4111 1111 1111 1111"))
+        else {
+            panic!()
+        };
+        let (a, b) = text.split_at(cut);
+        let out = run_stream(&mut ex, &[&chat_stream(&[a, b])]);
+        assert_eq!(
+            chat_text(&out),
+            "Dear ops@corp.example, your card 4111 1111 1111 1111 is fine.",
+            "cut {cut}"
+        );
+    }
+}
+
+#[test]
+fn anthropic_tool_input_stream_is_restored() {
+    let mut ex = exchange(all("restore"), Api::AnthropicMessages);
+    let body = br#"{"model":"c","max_tokens":9,"messages":[{"role":"user","content":"mail jane@example.com"}]}"#;
+    let RequestOutcome::Replace(_) = ex.on_request(body) else {
+        panic!()
+    };
+    let json = r#"{"to": "<EMAIL_1>"}"#;
+    let mut wire =
+        String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n");
+    for piece in json.as_bytes().chunks(3) {
+        let p = std::str::from_utf8(piece).unwrap();
+        let ev = serde_json::json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":p}});
+        wire.push_str(&format!("event: content_block_delta\ndata: {ev}\n\n"));
+    }
+    wire.push_str(
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+    );
+    let out = run_stream(&mut ex, &[wire.as_bytes()]);
+    let mut args = String::new();
+    for block in String::from_utf8(out).unwrap().split("\n\n") {
+        if let Some(d) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+            let v: serde_json::Value = serde_json::from_str(d).unwrap();
+            if let Some(p) = v["delta"]["partial_json"].as_str() {
+                args.push_str(p);
+            }
+        }
+    }
+    assert_eq!(args, r#"{"to": "jane@example.com"}"#);
+}
