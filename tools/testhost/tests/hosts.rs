@@ -1,0 +1,215 @@
+//! tollgate.wasm on the wasmtime test host, once with Envoy's semantics and once
+//! with ngx_wasm_module's (Kong). Each feature case runs on both: a case is one
+//! `on_both_hosts!` block, so PII and provider cases are a few lines each.
+//!
+//! Expected numbers come from outside tollgate: the provider's `usage` in the
+//! upstream answer, and OpenAI's chat prompt rule over tiktoken-rs's o200k.
+
+use serde_json::json;
+use testhost::{Gateway, Mode, Outcome, Request, Response};
+
+/// Run `$body(mode)` once per host, as two tests named `$name::envoy` / `$name::kong`.
+macro_rules! on_both_hosts {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn envoy() {
+                ($body)(Mode::Envoy)
+            }
+            #[test]
+            fn kong() {
+                ($body)(Mode::Kong)
+            }
+        }
+    };
+}
+
+const CHAT: &str = "/v1/chat/completions";
+
+fn chat_body(model: &str, extra: serde_json::Value) -> String {
+    let mut v = json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are terse. Réponds en une phrase. 日本語も可。"},
+            {"role": "user", "content": "How many tokens is this sentence, roughly? 🙂"}
+        ]
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, x) in e {
+            o.insert(k.clone(), x.clone());
+        }
+    }
+    v.to_string()
+}
+
+/// OpenAI's chat prompt rule for gpt-4o (3 tokens per message, 1 per name, 3 to
+/// prime the reply) over tiktoken-rs's o200k — the count OpenAI bills.
+fn openai_prompt_tokens(body: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let bpe = tiktoken_rs::o200k_base().unwrap();
+    let mut n = 3;
+    for m in v["messages"].as_array().unwrap() {
+        n += 3;
+        for (_, x) in m.as_object().unwrap() {
+            n += bpe.encode_ordinary(x.as_str().unwrap()).len() as u64;
+        }
+    }
+    n
+}
+
+fn completion(model: &str, prompt: u64, completion: u64) -> Response {
+    Response::json(
+        200,
+        &json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "About twelve."}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        })
+        .to_string(),
+    )
+}
+
+fn sse_chunk(content: &str) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o",
+               "choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
+    )
+}
+
+/// Nothing the real host would refuse, trap on, or hang on.
+fn clean(mode: Mode, o: &Outcome) {
+    assert!(o.violations.is_empty(), "{mode:?}: {:#?}", o.violations);
+}
+
+fn input_tokens(gw: &Gateway, model: &str, route: &str) -> i64 {
+    gw.metric(&format!(
+        "tollgate.gen_ai_client_token_usage.gen_ai_token_type.input.gen_ai_request_model.{model}.route.{route}.gen_ai_provider_name.openai"
+    ))
+    .unwrap_or(0)
+}
+
+fn output_tokens(gw: &Gateway, model: &str, route: &str) -> i64 {
+    gw.metric(&format!(
+        "tollgate.gen_ai_client_token_usage.gen_ai_token_type.output.gen_ai_request_model.{model}.route.{route}.gen_ai_provider_name.openai"
+    ))
+    .unwrap_or(0)
+}
+
+const METERING: &str = r#"{"defaults": {"provider": "openai"}}"#;
+
+on_both_hosts!(configures_and_passes_non_llm_traffic, |mode| {
+    let mut gw = Gateway::tollgate(mode, METERING, 1);
+    assert!(gw.vms[0].configured, "{mode:?}: on_configure refused: {:?}", gw.vms[0].logs());
+    let o = gw.send(0, "chat", &Request::get("/healthz"), &Response::json(200, "{}"));
+    clean(mode, &o);
+    assert_eq!(o.status, 200);
+    // A POST without a body on an LLM path: Kong never says end_of_stream in
+    // the headers callback, and no body callback follows. It must not hang.
+    let mut empty = Request::post_json(CHAT, "");
+    empty.headers.retain(|(k, _)| k != "content-length");
+    empty.headers.push(("content-length".into(), "0".into()));
+    let o = gw.send(0, "chat", &empty, &Response::json(400, r#"{"error":{}}"#));
+    clean(mode, &o);
+    assert_eq!(o.status, 400, "the upstream answered");
+});
+
+on_both_hosts!(bad_config_is_refused, |mode| {
+    let gw = Gateway::tollgate(mode, r#"{"defaults": {"metering": {"enabled": "yes"}}}"#, 1);
+    assert!(!gw.vms[0].configured, "{mode:?}: a typed config error must refuse on_configure");
+});
+
+on_both_hosts!(metering_non_streaming_matches_the_bill, |mode| {
+    let mut gw = Gateway::tollgate(mode, METERING, 1);
+    let body = chat_body("gpt-4o", json!({}));
+    let billed = openai_prompt_tokens(&body);
+    let o = gw.send(0, "chat", &Request::post_json(CHAT, &body), &completion("gpt-4o", billed, 4));
+    clean(mode, &o);
+    assert_eq!(o.status, 200);
+    assert_eq!(o.json()["usage"]["completion_tokens"], 4, "answer unchanged");
+    assert_eq!(o.upstream_header("accept-encoding"), None, "usage must come back uncompressed");
+    assert_eq!(input_tokens(&gw, "gpt-4o", "chat"), billed as i64);
+    assert_eq!(output_tokens(&gw, "gpt-4o", "chat"), 4);
+    match mode {
+        // Envoy holds small JSON answers and adds the token headers.
+        Mode::Envoy => {
+            assert_eq!(o.header("x-llm-prompt-tokens"), Some(billed.to_string().as_str()));
+            assert_eq!(o.header("x-llm-total-tokens"), Some((billed + 4).to_string().as_str()));
+            assert_eq!(o.properties.get("llm.total_tokens").map(Vec::as_slice), Some((billed + 4).to_string().as_bytes()));
+        }
+        // Kong cannot hold response headers: no x-llm-* headers, metrics only.
+        Mode::Kong => assert_eq!(o.header("x-llm-prompt-tokens"), None),
+    }
+});
+
+on_both_hosts!(metering_stream_injects_and_strips_usage, |mode| {
+    let mut gw = Gateway::tollgate(mode, METERING, 1);
+    let body = chat_body("gpt-4o", json!({"stream": true}));
+    let billed = openai_prompt_tokens(&body);
+    let usage_chunk = format!(
+        "data: {}\n\n",
+        json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],
+               "usage":{"prompt_tokens":billed,"completion_tokens":3,"total_tokens":billed+3}})
+    );
+    // Event boundaries split across chunks on purpose.
+    let all = format!("{}{}{}data: [DONE]\n\n", sse_chunk("Ab"), sse_chunk("out"), usage_chunk);
+    let (a, b) = all.split_at(37);
+    let (b, c) = b.split_at(b.len() - 20);
+    let resp = Response::sse(&[a, b, c]);
+    let o = gw.send(0, "chat", &Request::post_json(CHAT, &body), &resp);
+    clean(mode, &o);
+    assert_eq!(o.upstream_json()["stream_options"], json!({"include_usage": true}), "usage requested upstream");
+    let text = String::from_utf8(o.body.clone()).unwrap();
+    assert!(!text.contains("\"usage\""), "{mode:?}: the injected usage chunk reached the client:\n{text}");
+    assert!(text.contains("\"Ab\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(input_tokens(&gw, "gpt-4o", "chat"), billed as i64);
+    assert_eq!(output_tokens(&gw, "gpt-4o", "chat"), 3);
+});
+
+const LIMITS: &str = r#"{
+  "defaults": {
+    "provider": "openai",
+    "limits": {
+      "mode": "enforce",
+      "consumer": { "header": "x-consumer-id" },
+      "reserve_max_tokens_default": 16,
+      "rules": [ { "name": "per-consumer-minute", "key": ["consumer"], "window": "1m", "tokens": 150, "count": "total" } ]
+    }
+  }
+}"#;
+
+on_both_hosts!(local_limits_refuse_in_dialect_across_workers, |mode| {
+    // Two workers (VMs) share the counters through shared data with CAS.
+    let mut gw = Gateway::tollgate(mode, LIMITS, 2);
+    let body = chat_body("gpt-4o", json!({"max_tokens": 16}));
+    let billed = openai_prompt_tokens(&body);
+    let req = Request::post_json(CHAT, &body).header("x-consumer-id", "team-a");
+    let mut allowed = 0u64;
+    let mut refused = None;
+    for k in 0..20 {
+        let o = gw.send(k, "chat", &req, &completion("gpt-4o", billed, 10));
+        clean(mode, &o);
+        if o.status == 429 {
+            refused = Some(o);
+            break;
+        }
+        assert_eq!(o.status, 200);
+        allowed += billed + 10;
+    }
+    let o = refused.expect("the 150-token budget must run out");
+    assert!(o.local_reply && o.upstream_request.is_none(), "refused before the provider");
+    assert!(allowed <= 150 + billed + 16, "{allowed} tokens let through a 150-token budget");
+    assert!(allowed > 0);
+    assert_eq!(o.json()["error"]["type"], "requests", "OpenAI's rate-limit error shape: {:?}", o.json());
+    assert_eq!(o.json()["error"]["code"], "rate_limit_exceeded");
+    assert!(o.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok()));
+    assert_eq!(o.header("x-ratelimit-limit-tokens"), Some("150"));
+    // Another consumer has its own budget.
+    let other = Request::post_json(CHAT, &body).header("x-consumer-id", "team-b");
+    let o = gw.send(1, "chat", &other, &completion("gpt-4o", billed, 10));
+    clean(mode, &o);
+    assert_eq!(o.status, 200);
+    let refusals = gw.shared.metric_sum(&["rate_limit_decisions", "decision.refused"]);
+    assert_eq!(refusals, 1, "{mode:?}: refusals counted once");
+});
