@@ -6,7 +6,7 @@
 
 mod ffi;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -16,7 +16,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::config::Config;
 use crate::host::{
-    find_header, merge_header_map, parse_header_map, property_text, HostKind, ROUTE_NAME_PROPERTIES,
+    find_header, merge_header_map, parse_header_map, property_text, HostKind, KONG_PROBE,
+    ROUTE_NAME_PROPERTIES,
 };
 use crate::limits::{self, Store, StoreError};
 use crate::metering::labels::{self, ModelLabels, TokenType};
@@ -86,7 +87,22 @@ impl Metrics {
 struct Root {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
-    host: HostKind,
+    /// Detected on the VM's first request (see [`detect_host`]).
+    host: Rc<Cell<HostKind>>,
+}
+
+/// Which host runs this VM, probed once: request properties are not readable in
+/// the root context, so the first HTTP context asks and every later one reuses it.
+fn detect_host(cached: &Cell<HostKind>) -> HostKind {
+    if cached.get() == HostKind::Unknown {
+        let kong = matches!(ffi::property(KONG_PROBE), Ok(Some(_)));
+        cached.set(if kong {
+            HostKind::Kong
+        } else {
+            HostKind::Envoy
+        });
+    }
+    cached.get()
 }
 
 impl Default for Root {
@@ -97,7 +113,7 @@ impl Default for Root {
                 ids: HashMap::new(),
                 models: ModelLabels::new(32),
             })),
-            host: HostKind::Unknown,
+            host: Rc::new(Cell::new(HostKind::Unknown)),
         }
     }
 }
@@ -137,7 +153,8 @@ impl RootContext for Root {
         Some(Box::new(Http {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
-            host: self.host,
+            host: self.host.get(),
+            host_cell: self.host.clone(),
             exchange: None,
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
@@ -155,6 +172,8 @@ struct Http {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
     host: HostKind,
+    /// The VM's detected host, shared with the root context.
+    host_cell: Rc<Cell<HostKind>>,
     exchange: Option<Exchange>,
     response: ResponseMode,
     waiting_for_body: bool,
@@ -171,7 +190,6 @@ impl Http {
                 continue;
             }
             if let Some(name) = property_text(ffi::property(path).ok().flatten()) {
-                self.host = kind;
                 return Some(name);
             }
         }
@@ -232,6 +250,7 @@ impl Http {
         if let Some(ex) = self.exchange.as_mut() {
             ex.settle(&mut SharedData, report);
         }
+        let host = self.host;
         if add_headers {
             // Headers were held: write them back with ours added, in one call.
             let held = std::mem::take(&mut self.held_response_headers);
@@ -244,9 +263,11 @@ impl Http {
                 debug!("cannot set x-llm headers: {s:?}");
             }
         }
-        for (k, v) in report.filter_state() {
-            if let Err(s) = ffi::set_property(&[k], v.as_bytes()) {
-                debug!("tollgate: cannot set filter state {k}: {s:?}");
+        if host.has_filter_state() {
+            for (k, v) in report.filter_state() {
+                if let Err(s) = ffi::set_property(&[k], v.as_bytes()) {
+                    debug!("tollgate: cannot set filter state {k}: {s:?}");
+                }
             }
         }
         let mut m = self.metrics.borrow_mut();
@@ -264,7 +285,7 @@ impl Http {
             labels::requests(&report.route, &report.provider, report.estimated),
             1,
         );
-        if ffi::debug_enabled() {
+        if host.has_log_level() && ffi::debug_enabled() {
             debug!("{}", report.log_line());
         }
     }
@@ -272,6 +293,7 @@ impl Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.host = detect_host(&self.host_cell);
         let route = self.route_name();
         let settings = self.config.route(route.as_deref());
         let route: Rc<str> = Rc::from(route.as_deref().unwrap_or("default"));
@@ -288,6 +310,7 @@ impl HttpContext for Http {
             let consumer = text(ex.settings().limits.consumer.header.as_str()).map(str::to_string);
             ex.set_consumer(consumer);
         }
+        let end_of_stream = self.host.request_end_of_stream(end_of_stream, len);
         match ex.on_request_headers(method, path, len, end_of_stream) {
             HeadersDecision::PassThrough => Action::Continue,
             HeadersDecision::Respond(r) => {
@@ -301,7 +324,11 @@ impl HttpContext for Http {
                 }
                 self.exchange = Some(ex);
                 self.waiting_for_body = true;
-                Action::Pause
+                if self.host.pause_request_headers() {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
             }
         }
     }
@@ -322,6 +349,13 @@ impl HttpContext for Http {
         }
         self.waiting_for_body = false;
         let body = match ffi::buffer(BufferType::HttpRequestBody, 0, body_size) {
+            Ok(b) if b.is_empty() && body_size > 0 => {
+                // Kong: a body over `nginx_http_client_body_buffer_size` is on disk
+                // and the host hands back nothing. Fail open, loudly.
+                warn!("tollgate: request body of {body_size} bytes is not readable (Kong: raise nginx_http_client_body_buffer_size); passing through unmetered");
+                self.exchange = None;
+                return Action::Continue;
+            }
             Ok(b) => b,
             Err(s) => {
                 warn!("tollgate: cannot read request body: {s:?}; passing through unmetered");
@@ -370,6 +404,10 @@ impl HttpContext for Http {
         let ct = text("content-type");
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
         self.response = ex.on_response_headers(status, ct, len);
+        if self.response == ResponseMode::Buffer && !self.host.can_hold_responses() {
+            // Kong: no holding headers; copy the body for usage instead (no x-llm-* headers).
+            self.response = ResponseMode::Copy;
+        }
         let stream = self.response == ResponseMode::Stream && !end_of_stream;
         let mut length_removed = false;
         if self.response != ResponseMode::Buffer || end_of_stream {

@@ -20,7 +20,10 @@ fn u(args: &[Val], k: usize) -> usize {
 }
 
 fn read(c: &mut Caller<'_, State>, ptr: usize, len: usize) -> wasmtime::Result<Vec<u8>> {
-    let mem = c.data().memory.ok_or_else(|| trap("no memory export".into()))?;
+    let mem = c
+        .data()
+        .memory
+        .ok_or_else(|| trap("no memory export".into()))?;
     let data = mem.data(&*c);
     data.get(ptr..ptr.saturating_add(len))
         .map(<[u8]>::to_vec)
@@ -28,7 +31,10 @@ fn read(c: &mut Caller<'_, State>, ptr: usize, len: usize) -> wasmtime::Result<V
 }
 
 fn write(c: &mut Caller<'_, State>, ptr: usize, bytes: &[u8]) -> wasmtime::Result<()> {
-    let mem = c.data().memory.ok_or_else(|| trap("no memory export".into()))?;
+    let mem = c
+        .data()
+        .memory
+        .ok_or_else(|| trap("no memory export".into()))?;
     mem.write(&mut *c, ptr, bytes)
         .map_err(|e| trap(format!("out-of-bounds write at {ptr}: {e}")))
 }
@@ -39,7 +45,12 @@ fn write_u32(c: &mut Caller<'_, State>, ptr: usize, v: u32) -> wasmtime::Result<
 
 /// Hand `data` to the filter: memory from `proxy_on_memory_allocate`, pointer and
 /// size written to the two return slots.
-fn give(c: &mut Caller<'_, State>, data: &[u8], ret_ptr: usize, ret_size: usize) -> wasmtime::Result<()> {
+fn give(
+    c: &mut Caller<'_, State>,
+    data: &[u8],
+    ret_ptr: usize,
+    ret_size: usize,
+) -> wasmtime::Result<()> {
     if data.is_empty() {
         write_u32(c, ret_ptr, 0)?;
         return write_u32(c, ret_size, 0);
@@ -98,7 +109,10 @@ fn headers<'a>(d: &'a mut State, kind: i32) -> Option<(&'a mut Vec<(String, Vec<
             Some((&mut d.stream.req_headers, d.stream.req_headers_frozen))
         }
         map::HTTP_RESPONSE_HEADERS
-            if matches!(d.phase, Phase::ResponseHeaders | Phase::ResponseBody | Phase::Log) =>
+            if matches!(
+                d.phase,
+                Phase::ResponseHeaders | Phase::ResponseBody | Phase::Log
+            ) =>
         {
             Some((&mut d.stream.resp_headers, d.stream.resp_headers_frozen))
         }
@@ -106,7 +120,11 @@ fn headers<'a>(d: &'a mut State, kind: i32) -> Option<(&'a mut Vec<(String, Vec<
     }
 }
 
-fn header_write(c: &mut Caller<'_, State>, kind: i32, f: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> R {
+fn header_write(
+    c: &mut Caller<'_, State>,
+    kind: i32,
+    f: impl FnOnce(&mut Vec<(String, Vec<u8>)>),
+) -> R {
     let d = c.data_mut();
     let mode = d.mode;
     let phase = d.phase;
@@ -115,8 +133,15 @@ fn header_write(c: &mut Caller<'_, State>, kind: i32, f: impl FnOnce(&mut Vec<(S
     };
     if frozen {
         // Envoy (measured): status 2 once headers went on. Kong: headers already sent.
-        let what = if kind == map::HTTP_REQUEST_HEADERS { "request" } else { "response" };
-        d.logs.push((4, format!("{mode:?}: cannot modify {what} headers in {phase:?}: already sent")));
+        let what = if kind == map::HTTP_REQUEST_HEADERS {
+            "request"
+        } else {
+            "response"
+        };
+        d.logs.push((
+            4,
+            format!("{mode:?}: cannot modify {what} headers in {phase:?}: already sent"),
+        ));
         return Ok(status::BAD_ARGUMENT);
     }
     f(map);
@@ -146,11 +171,17 @@ fn property(d: &State, path: &str) -> Option<Vec<u8>> {
         (Mode::Envoy, "xds.route_name") => s.route.route.clone().map(String::into_bytes),
         (Mode::Kong, "kong.route_name") => s.route.route.clone().map(String::into_bytes),
         (Mode::Kong, "kong.service_name") => s.route.service.clone().map(String::into_bytes),
-        (Mode::Kong, "kong.route_id") => s.route.route.as_ref().map(|_| b"5f3c1a2e-0000-4000-8000-000000000001".to_vec()),
+        (Mode::Kong, "kong.route_id") => s
+            .route
+            .route
+            .as_ref()
+            .map(|_| b"5f3c1a2e-0000-4000-8000-000000000001".to_vec()),
         (Mode::Kong, "ngx.request_method") | (_, "request.method") => header(":method"),
         (Mode::Kong, "ngx.request_uri") | (_, "request.path") => header(":path"),
         (_, "request.host") => header(":authority"),
-        (Mode::Envoy, "response.code") if s.status != 0 => Some(u64::from(s.status).to_le_bytes().to_vec()),
+        (Mode::Envoy, "response.code") if s.status != 0 => {
+            Some(u64::from(s.status).to_le_bytes().to_vec())
+        }
         // ngx_wasm_module: "All properties' values are strings."
         (Mode::Kong, "response.code") if s.status != 0 => Some(s.status.to_string().into_bytes()),
         (_, p) if p.starts_with("request.headers.") => header(&p["request.headers.".len()..]),
@@ -165,13 +196,17 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
     }
     if mode == Mode::Kong && abi::kong_status(name) == Some(Kong::Trap) {
         // ngx_proxy_wasm_hfuncs_nop → NGX_WAVM_NYI → instance trap, request 500.
-        return Err(trap(format!("Kong: host trap (function not yet implemented): {name}")));
+        return Err(trap(format!(
+            "Kong: host trap (function not yet implemented): {name}"
+        )));
     }
     let phase = c.data().phase;
     match name {
         "proxy_log" => {
             let msg = read(&mut c, u(a, 1), u(a, 2))?;
-            c.data_mut().logs.push((i(a, 0), String::from_utf8_lossy(&msg).into_owned()));
+            c.data_mut()
+                .logs
+                .push((i(a, 0), String::from_utf8_lossy(&msg).into_owned()));
             Ok(status::OK)
         }
         "proxy_get_log_level" => {
@@ -187,7 +222,9 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
         "proxy_set_effective_context" | "proxy_done" | "proxy_close_stream" => Ok(status::OK),
         "proxy_set_tick_period_milliseconds" => {
             if mode == Mode::Kong && phase != Phase::Root {
-                return Err(trap("Kong: can only set tick_period in root context".into()));
+                return Err(trap(
+                    "Kong: can only set tick_period in root context".into(),
+                ));
             }
             c.data_mut().tick_ms = i(a, 0) as u32;
             Ok(status::OK)
@@ -207,12 +244,21 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
                 buffer::VM_CONFIGURATION => Vec::new(),
                 buffer::HTTP_REQUEST_BODY => {
                     if mode == Mode::Kong {
-                        if !matches!(phase, Phase::RequestHeaders | Phase::RequestBody | Phase::Log) {
-                            return Err(trap("Kong: can only get request body during on_request_body, on_log".into()));
+                        if !matches!(
+                            phase,
+                            Phase::RequestHeaders | Phase::RequestBody | Phase::Log
+                        ) {
+                            return Err(trap(
+                                "Kong: can only get request body during on_request_body, on_log"
+                                    .into(),
+                            ));
                         }
                         if d.stream.req_body.len() > d.client_body_buffer {
                             // Spilled to a temp file: "cannot read request body buffered to file".
-                            c.data_mut().logs.push((4, "Kong: cannot read request body buffered to file".into()));
+                            c.data_mut().logs.push((
+                                4,
+                                "Kong: cannot read request body buffered to file".into(),
+                            ));
                             return Ok(status::NOT_FOUND);
                         }
                     }
@@ -220,7 +266,9 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
                 }
                 buffer::HTTP_RESPONSE_BODY => {
                     if mode == Mode::Kong && phase != Phase::ResponseBody {
-                        return Err(trap("Kong: can only get response body during on_response_body".into()));
+                        return Err(trap(
+                            "Kong: can only get response body during on_response_body".into(),
+                        ));
                     }
                     d.stream.resp_body.clone()
                 }
@@ -237,14 +285,20 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             let d = c.data_mut();
             let buf = match kind {
                 buffer::HTTP_REQUEST_BODY => {
-                    if mode == Mode::Kong && !matches!(phase, Phase::RequestHeaders | Phase::RequestBody) {
-                        return Err(trap("Kong: can only set request body during on_request_body".into()));
+                    if mode == Mode::Kong
+                        && !matches!(phase, Phase::RequestHeaders | Phase::RequestBody)
+                    {
+                        return Err(trap(
+                            "Kong: can only set request body during on_request_body".into(),
+                        ));
                     }
                     &mut d.stream.req_body
                 }
                 buffer::HTTP_RESPONSE_BODY => {
                     if mode == Mode::Kong && phase != Phase::ResponseBody {
-                        return Err(trap("Kong: can only set response body during on_response_body".into()));
+                        return Err(trap(
+                            "Kong: can only set response body during on_response_body".into(),
+                        ));
                     }
                     &mut d.stream.resp_body
                 }
@@ -265,9 +319,11 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             Ok(status::OK)
         }
         "proxy_get_header_map_value" => {
-            let key = String::from_utf8_lossy(&read(&mut c, u(a, 1), u(a, 2))?).to_ascii_lowercase();
+            let key =
+                String::from_utf8_lossy(&read(&mut c, u(a, 1), u(a, 2))?).to_ascii_lowercase();
             let d = c.data_mut();
-            let v = headers(d, i(a, 0)).and_then(|(m, _)| m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()));
+            let v = headers(d, i(a, 0))
+                .and_then(|(m, _)| m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()));
             match v {
                 Some(v) => {
                     give(&mut c, &v, u(a, 3), u(a, 4))?;
@@ -281,7 +337,10 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             let Some(new) = deserialize(&bytes) else {
                 return Ok(status::BAD_ARGUMENT);
             };
-            let new: Vec<_> = new.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+            let new: Vec<_> = new
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
             header_write(&mut c, i(a, 0), move |m| {
                 // Pseudo-headers the filter did not include are kept (hosts never drop them).
                 let pseudo: Vec<_> = m
@@ -293,7 +352,8 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             })
         }
         "proxy_replace_header_map_value" | "proxy_add_header_map_value" => {
-            let key = String::from_utf8_lossy(&read(&mut c, u(a, 1), u(a, 2))?).to_ascii_lowercase();
+            let key =
+                String::from_utf8_lossy(&read(&mut c, u(a, 1), u(a, 2))?).to_ascii_lowercase();
             let value = read(&mut c, u(a, 3), u(a, 4))?;
             let replace = name == "proxy_replace_header_map_value";
             header_write(&mut c, i(a, 0), move |m| {
@@ -304,12 +364,17 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             })
         }
         "proxy_remove_header_map_value" => {
-            let key = String::from_utf8_lossy(&read(&mut c, u(a, 1), u(a, 2))?).to_ascii_lowercase();
+            let key =
+                String::from_utf8_lossy(&read(&mut c, u(a, 1), u(a, 2))?).to_ascii_lowercase();
             header_write(&mut c, i(a, 0), move |m| m.retain(|(k, _)| *k != key))
         }
         "proxy_get_property" => {
             let raw = read(&mut c, u(a, 0), u(a, 1))?;
-            let path: String = raw.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(".");
+            let path: String = raw
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(".");
             match property(c.data(), &path) {
                 Some(v) => {
                     give(&mut c, &v, u(a, 2), u(a, 3))?;
@@ -320,7 +385,11 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
         }
         "proxy_set_property" => {
             let raw = read(&mut c, u(a, 0), u(a, 1))?;
-            let path: String = raw.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(".");
+            let path: String = raw
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(".");
             let value = read(&mut c, u(a, 2), u(a, 3))?;
             let d = c.data_mut();
             match mode {
@@ -334,7 +403,9 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
                     d.properties.insert(path, value);
                     Ok(status::OK)
                 }
-                Mode::Kong if path.starts_with("ngx.") => Err(trap(format!("Kong: cannot set immutable property {path}"))),
+                Mode::Kong if path.starts_with("ngx.") => {
+                    Err(trap(format!("Kong: cannot set immutable property {path}")))
+                }
                 Mode::Kong => Ok(status::NOT_FOUND),
             }
         }
@@ -345,7 +416,9 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             let hdrs = deserialize(&hdrs).unwrap_or_default();
             let d = c.data_mut();
             if d.stream.resp_headers_frozen {
-                d.violations.push(format!("{mode:?}: send_local_response({code}) after response headers were sent"));
+                d.violations.push(format!(
+                    "{mode:?}: send_local_response({code}) after response headers were sent"
+                ));
                 return Ok(status::BAD_ARGUMENT);
             }
             d.stream.local = Some((code, hdrs, body));
@@ -360,7 +433,9 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             }
             if mode == Mode::Kong && !upstream.contains(':') {
                 // ngx_wasm_module takes host:port, not an Envoy cluster name.
-                d.violations.push(format!("Kong: dispatch_http_call to {upstream:?}: expected host:port"));
+                d.violations.push(format!(
+                    "Kong: dispatch_http_call to {upstream:?}: expected host:port"
+                ));
                 return Ok(status::BAD_ARGUMENT);
             }
             d.calls.push(format!("http {upstream}"));
@@ -386,7 +461,13 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
         }
         "proxy_get_shared_data" => {
             let key = String::from_utf8_lossy(&read(&mut c, u(a, 0), u(a, 1))?).into_owned();
-            let found = c.data().shared.data.lock().ok().and_then(|m| m.get(&key).cloned());
+            let found = c
+                .data()
+                .shared
+                .data
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&key).cloned());
             match found {
                 Some((v, cas)) => {
                     give(&mut c, &v, u(a, 2), u(a, 3))?;
@@ -413,7 +494,11 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             Ok(status::OK)
         }
         "proxy_register_shared_queue" | "proxy_resolve_shared_queue" => {
-            let (np, nl, ret) = if name == "proxy_register_shared_queue" { (0, 1, 2) } else { (2, 3, 4) };
+            let (np, nl, ret) = if name == "proxy_register_shared_queue" {
+                (0, 1, 2)
+            } else {
+                (2, 3, 4)
+            };
             let qname = String::from_utf8_lossy(&read(&mut c, u(a, np), u(a, nl))?).into_owned();
             let shared = c.data().shared.clone();
             let Ok(mut q) = shared.queues.lock() else {
@@ -512,7 +597,9 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             let fname = String::from_utf8_lossy(&read(&mut c, u(a, 0), u(a, 1))?).into_owned();
             let args = read(&mut c, u(a, 2), u(a, 3))?;
             if fname == "set_envoy_filter_state" {
-                c.data_mut().properties.insert("foreign.set_envoy_filter_state".into(), args);
+                c.data_mut()
+                    .properties
+                    .insert("foreign.set_envoy_filter_state".into(), args);
                 give(&mut c, &[], u(a, 4), u(a, 5))?;
                 return Ok(status::OK);
             }
@@ -529,7 +616,9 @@ fn wasi(c: &mut Caller<'_, State>, name: &str, a: &[Val]) -> R {
         "random_get" => {
             // Deterministic bytes are enough for HashMap seeds in tests.
             let len = u(a, 1);
-            let bytes: Vec<u8> = (0..len).map(|k| (k as u8).wrapping_mul(31).wrapping_add(7)).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|k| (k as u8).wrapping_mul(31).wrapping_add(7))
+                .collect();
             write(c, u(a, 0), &bytes)?;
             Ok(ERRNO_SUCCESS)
         }
@@ -555,7 +644,10 @@ fn wasi(c: &mut Caller<'_, State>, name: &str, a: &[Val]) -> R {
                 text.extend(read(c, p, l)?);
                 total += l as u32;
             }
-            c.data_mut().logs.push((5, format!("fd {}: {}", i(a, 0), String::from_utf8_lossy(&text))));
+            c.data_mut().logs.push((
+                5,
+                format!("fd {}: {}", i(a, 0), String::from_utf8_lossy(&text)),
+            ));
             write_u32(c, u(a, 3), total)?;
             Ok(ERRNO_SUCCESS)
         }

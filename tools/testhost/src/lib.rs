@@ -73,8 +73,12 @@ pub fn tollgate_wasm_path() -> PathBuf {
 impl Plugin {
     /// Compile a filter.
     pub fn load(path: &Path) -> Result<Plugin, String> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| format!("cannot read {} ({e}); run `make build` first", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            format!(
+                "cannot read {} ({e}); run `make build` first",
+                path.display()
+            )
+        })?;
         let mut config = Config::new();
         // Test speed: the module is big and the tests are short.
         config.cranelift_opt_level(wasmtime::OptLevel::None);
@@ -108,6 +112,65 @@ impl Plugin {
             .map(|i| (i.module().to_string(), i.name().to_string()))
             .collect()
     }
+}
+
+/// `(module, name)` of every function import of a wasm binary, read from its
+/// import section without compiling it.
+pub fn wasm_imports(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
+    fn leb(b: &[u8], at: &mut usize) -> Result<u32, String> {
+        let (mut r, mut shift) = (0u32, 0);
+        loop {
+            let x = *b.get(*at).ok_or("truncated LEB128")?;
+            *at += 1;
+            r |= u32::from(x & 0x7f) << shift;
+            if x & 0x80 == 0 {
+                return Ok(r);
+            }
+            shift += 7;
+            if shift > 28 {
+                return Err("LEB128 too long".into());
+            }
+        }
+    }
+    fn name(b: &[u8], at: &mut usize) -> Result<String, String> {
+        let len = leb(b, at)? as usize;
+        let s = b.get(*at..*at + len).ok_or("truncated name")?;
+        *at += len;
+        String::from_utf8(s.to_vec()).map_err(|e| e.to_string())
+    }
+    if bytes.get(0..4) != Some(b"\0asm") {
+        return Err("not a wasm binary".into());
+    }
+    let mut at = 8;
+    let mut out = Vec::new();
+    while at < bytes.len() {
+        let id = bytes[at];
+        at += 1;
+        let size = leb(bytes, &mut at)? as usize;
+        let end = at + size;
+        if id == 2 {
+            let mut p = at;
+            for _ in 0..leb(bytes, &mut p)? {
+                let module = name(bytes, &mut p)?;
+                let field = name(bytes, &mut p)?;
+                let kind = *bytes.get(p).ok_or("truncated import")?;
+                p += 1;
+                match kind {
+                    0 => {
+                        leb(bytes, &mut p)?;
+                        out.push((module, field));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "non-function import {module}.{field} (kind {kind})"
+                        ))
+                    }
+                }
+            }
+        }
+        at = end;
+    }
+    Ok(out)
 }
 
 /// State every VM of one gateway instance shares (Envoy: per vm_id; Kong: shm zones).
@@ -393,7 +456,10 @@ impl Vm {
             next_ctx: ROOT + 1,
             configured: false,
         };
-        if let Ok(init) = vm.instance.get_typed_func::<(), ()>(&mut vm.store, "_initialize") {
+        if let Ok(init) = vm
+            .instance
+            .get_typed_func::<(), ()>(&mut vm.store, "_initialize")
+        {
             if let Err(e) = init.call(&mut vm.store, ()) {
                 panic!("_initialize: {e:?}");
             }
@@ -445,7 +511,8 @@ impl Vm {
 
     fn call1(&mut self, name: &str, a: i32) -> Result<(), String> {
         let f = self.func::<i32, ()>(name)?;
-        f.call(&mut self.store, a).map_err(|e| format!("{name} trapped: {e:?}"))
+        f.call(&mut self.store, a)
+            .map_err(|e| format!("{name} trapped: {e:?}"))
     }
 
     fn call2(&mut self, name: &str, a: i32, b: i32) {
@@ -458,12 +525,14 @@ impl Vm {
 
     fn call_ret2(&mut self, name: &str, a: i32, b: i32) -> Result<i32, String> {
         let f = self.func::<(i32, i32), i32>(name)?;
-        f.call(&mut self.store, (a, b)).map_err(|e| format!("{name} trapped: {e:?}"))
+        f.call(&mut self.store, (a, b))
+            .map_err(|e| format!("{name} trapped: {e:?}"))
     }
 
     fn call_ret3(&mut self, name: &str, a: i32, b: i32, c: i32) -> Result<i32, String> {
         let f = self.func::<(i32, i32, i32), i32>(name)?;
-        f.call(&mut self.store, (a, b, c)).map_err(|e| format!("{name} trapped: {e:?}"))
+        f.call(&mut self.store, (a, b, c))
+            .map_err(|e| format!("{name} trapped: {e:?}"))
     }
 
     fn violation(&mut self, what: String) {
@@ -509,10 +578,10 @@ impl Vm {
         if let Err(e) = self.call1("proxy_on_log", ctx) {
             out.violations.push(e);
         }
-        if let Err(e) = self
-            .func::<i32, i32>("proxy_on_done")
-            .and_then(|f| f.call(&mut self.store, ctx).map_err(|e| format!("proxy_on_done trapped: {e:?}")))
-        {
+        if let Err(e) = self.func::<i32, i32>("proxy_on_done").and_then(|f| {
+            f.call(&mut self.store, ctx)
+                .map_err(|e| format!("proxy_on_done trapped: {e:?}"))
+        }) {
             out.violations.push(e);
         }
         let _ = self.call1("proxy_on_delete", ctx);
@@ -524,7 +593,13 @@ impl Vm {
     }
 
     fn take_local(&mut self) -> Outcome {
-        let (status, headers, body) = self.store.data_mut().stream.local.take().unwrap_or_default();
+        let (status, headers, body) = self
+            .store
+            .data_mut()
+            .stream
+            .local
+            .take()
+            .unwrap_or_default();
         Outcome {
             status,
             headers: headers
@@ -537,7 +612,13 @@ impl Vm {
         }
     }
 
-    fn run(&mut self, ctx: i32, mode: Mode, req: &Request, resp: &Response) -> Result<Outcome, String> {
+    fn run(
+        &mut self,
+        ctx: i32,
+        mode: Mode,
+        req: &Request,
+        resp: &Response,
+    ) -> Result<Outcome, String> {
         // ---- request headers
         self.store.data_mut().phase = Phase::RequestHeaders;
         let n = self.store.data().stream.req_headers.len() as i32;
@@ -577,9 +658,18 @@ impl Vm {
                     let chunks = split(&req.body, req.chunks.max(1));
                     let last = chunks.len() - 1;
                     for (i, chunk) in chunks.iter().enumerate() {
-                        self.store.data_mut().stream.req_body.extend_from_slice(chunk);
+                        self.store
+                            .data_mut()
+                            .stream
+                            .req_body
+                            .extend_from_slice(chunk);
                         let size = self.store.data().stream.req_body.len() as i32;
-                        let a = self.call_ret3("proxy_on_request_body", ctx, size, i32::from(i == last))?;
+                        let a = self.call_ret3(
+                            "proxy_on_request_body",
+                            ctx,
+                            size,
+                            i32::from(i == last),
+                        )?;
                         if self.local_reply_sent() {
                             return Ok(self.take_local());
                         }
@@ -589,14 +679,18 @@ impl Vm {
                             forwarded_body.append(&mut d.stream.req_body);
                             d.stream.req_headers_frozen = true;
                         } else if i == last {
-                            return Err("Envoy: paused on the last request body chunk; nothing resumes it".into());
+                            return Err(
+                                "Envoy: paused on the last request body chunk; nothing resumes it"
+                                    .into(),
+                            );
                         }
                     }
                 }
                 Mode::Kong => {
                     // Read whole by nginx, one callback with eof = 1.
                     self.store.data_mut().stream.req_body = req.body.clone();
-                    let a = self.call_ret3("proxy_on_request_body", ctx, req.body.len() as i32, 1)?;
+                    let a =
+                        self.call_ret3("proxy_on_request_body", ctx, req.body.len() as i32, 1)?;
                     if self.local_reply_sent() {
                         return Ok(self.take_local());
                     }
@@ -628,9 +722,14 @@ impl Vm {
             let d = self.store.data_mut();
             d.phase = Phase::ResponseHeaders;
             d.stream.status = resp.status;
-            d.stream.resp_headers = std::iter::once((":status".to_string(), resp.status.to_string().into_bytes()))
-                .chain(resp.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())))
-                .collect();
+            d.stream.resp_headers =
+                std::iter::once((":status".to_string(), resp.status.to_string().into_bytes()))
+                    .chain(
+                        resp.headers
+                            .iter()
+                            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())),
+                    )
+                    .collect();
         }
         let n = self.store.data().stream.resp_headers.len() as i32;
         let has_body = resp.chunks.iter().any(|c| !c.is_empty());
@@ -661,7 +760,11 @@ impl Vm {
             self.store.data_mut().phase = Phase::ResponseBody;
             let last = resp.chunks.len() - 1;
             for (i, chunk) in resp.chunks.iter().enumerate() {
-                self.store.data_mut().stream.resp_body.extend_from_slice(chunk);
+                self.store
+                    .data_mut()
+                    .stream
+                    .resp_body
+                    .extend_from_slice(chunk);
                 let size = self.store.data().stream.resp_body.len() as i32;
                 let eos = i == last;
                 let a = self.call_ret3("proxy_on_response_body", ctx, size, i32::from(eos))?;
@@ -676,11 +779,14 @@ impl Vm {
                         client_headers = Some(d.stream.resp_headers.clone());
                     }
                 } else if eos {
-                    return Err("Envoy: paused on the last response chunk; nothing resumes it".into());
+                    return Err(
+                        "Envoy: paused on the last response chunk; nothing resumes it".into(),
+                    );
                 }
             }
         }
-        let headers = client_headers.unwrap_or_else(|| self.store.data().stream.resp_headers.clone());
+        let headers =
+            client_headers.unwrap_or_else(|| self.store.data().stream.resp_headers.clone());
         out.status = resp.status;
         out.headers = headers
             .into_iter()
@@ -734,6 +840,19 @@ impl Gateway {
         }
     }
 
+    /// One exchange on worker `w` with explicit route identity (e.g. a Kong
+    /// route with no name, only a service name).
+    pub fn send_as(
+        &mut self,
+        w: usize,
+        route: RouteInfo,
+        req: &Request,
+        resp: &Response,
+    ) -> Outcome {
+        let n = self.vms.len();
+        self.vms[w % n].exchange(route, req, resp)
+    }
+
     /// One exchange on worker `w`.
     pub fn send(&mut self, w: usize, route: &str, req: &Request, resp: &Response) -> Outcome {
         let route = self.route(route);
@@ -743,6 +862,7 @@ impl Gateway {
 
     /// A metric's value (name as the filter defined it).
     pub fn metric(&self, name: &str) -> Option<i64> {
-        self.shared.metric(self.mode, &Plugin::tollgate().name, name)
+        self.shared
+            .metric(self.mode, &Plugin::tollgate().name, name)
     }
 }

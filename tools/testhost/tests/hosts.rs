@@ -101,8 +101,17 @@ const METERING: &str = r#"{"defaults": {"provider": "openai"}}"#;
 
 on_both_hosts!(configures_and_passes_non_llm_traffic, |mode| {
     let mut gw = Gateway::tollgate(mode, METERING, 1);
-    assert!(gw.vms[0].configured, "{mode:?}: on_configure refused: {:?}", gw.vms[0].logs());
-    let o = gw.send(0, "chat", &Request::get("/healthz"), &Response::json(200, "{}"));
+    assert!(
+        gw.vms[0].configured,
+        "{mode:?}: on_configure refused: {:?}",
+        gw.vms[0].logs()
+    );
+    let o = gw.send(
+        0,
+        "chat",
+        &Request::get("/healthz"),
+        &Response::json(200, "{}"),
+    );
     clean(mode, &o);
     assert_eq!(o.status, 200);
     // A POST without a body on an LLM path: Kong never says end_of_stream in
@@ -117,26 +126,51 @@ on_both_hosts!(configures_and_passes_non_llm_traffic, |mode| {
 
 on_both_hosts!(bad_config_is_refused, |mode| {
     let gw = Gateway::tollgate(mode, r#"{"defaults": {"metering": {"enabled": "yes"}}}"#, 1);
-    assert!(!gw.vms[0].configured, "{mode:?}: a typed config error must refuse on_configure");
+    assert!(
+        !gw.vms[0].configured,
+        "{mode:?}: a typed config error must refuse on_configure"
+    );
 });
 
 on_both_hosts!(metering_non_streaming_matches_the_bill, |mode| {
     let mut gw = Gateway::tollgate(mode, METERING, 1);
     let body = chat_body("gpt-4o", json!({}));
     let billed = openai_prompt_tokens(&body);
-    let o = gw.send(0, "chat", &Request::post_json(CHAT, &body), &completion("gpt-4o", billed, 4));
+    let o = gw.send(
+        0,
+        "chat",
+        &Request::post_json(CHAT, &body),
+        &completion("gpt-4o", billed, 4),
+    );
     clean(mode, &o);
     assert_eq!(o.status, 200);
-    assert_eq!(o.json()["usage"]["completion_tokens"], 4, "answer unchanged");
-    assert_eq!(o.upstream_header("accept-encoding"), None, "usage must come back uncompressed");
+    assert_eq!(
+        o.json()["usage"]["completion_tokens"],
+        4,
+        "answer unchanged"
+    );
+    assert_eq!(
+        o.upstream_header("accept-encoding"),
+        None,
+        "usage must come back uncompressed"
+    );
     assert_eq!(input_tokens(&gw, "gpt-4o", "chat"), billed as i64);
     assert_eq!(output_tokens(&gw, "gpt-4o", "chat"), 4);
     match mode {
         // Envoy holds small JSON answers and adds the token headers.
         Mode::Envoy => {
-            assert_eq!(o.header("x-llm-prompt-tokens"), Some(billed.to_string().as_str()));
-            assert_eq!(o.header("x-llm-total-tokens"), Some((billed + 4).to_string().as_str()));
-            assert_eq!(o.properties.get("llm.total_tokens").map(Vec::as_slice), Some((billed + 4).to_string().as_bytes()));
+            assert_eq!(
+                o.header("x-llm-prompt-tokens"),
+                Some(billed.to_string().as_str())
+            );
+            assert_eq!(
+                o.header("x-llm-total-tokens"),
+                Some((billed + 4).to_string().as_str())
+            );
+            assert_eq!(
+                o.properties.get("llm.total_tokens").map(Vec::as_slice),
+                Some((billed + 4).to_string().as_bytes())
+            );
         }
         // Kong cannot hold response headers: no x-llm-* headers, metrics only.
         Mode::Kong => assert_eq!(o.header("x-llm-prompt-tokens"), None),
@@ -153,16 +187,31 @@ on_both_hosts!(metering_stream_injects_and_strips_usage, |mode| {
                "usage":{"prompt_tokens":billed,"completion_tokens":3,"total_tokens":billed+3}})
     );
     // Event boundaries split across chunks on purpose.
-    let all = format!("{}{}{}data: [DONE]\n\n", sse_chunk("Ab"), sse_chunk("out"), usage_chunk);
+    let all = format!(
+        "{}{}{}data: [DONE]\n\n",
+        sse_chunk("Ab"),
+        sse_chunk("out"),
+        usage_chunk
+    );
     let (a, b) = all.split_at(37);
     let (b, c) = b.split_at(b.len() - 20);
     let resp = Response::sse(&[a, b, c]);
     let o = gw.send(0, "chat", &Request::post_json(CHAT, &body), &resp);
     clean(mode, &o);
-    assert_eq!(o.upstream_json()["stream_options"], json!({"include_usage": true}), "usage requested upstream");
+    assert_eq!(
+        o.upstream_json()["stream_options"],
+        json!({"include_usage": true}),
+        "usage requested upstream"
+    );
     let text = String::from_utf8(o.body.clone()).unwrap();
-    assert!(!text.contains("\"usage\""), "{mode:?}: the injected usage chunk reached the client:\n{text}");
-    assert!(text.contains("\"Ab\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "{mode:?}: the injected usage chunk reached the client:\n{text}"
+    );
+    assert!(
+        text.contains("\"Ab\"") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
     assert_eq!(input_tokens(&gw, "gpt-4o", "chat"), billed as i64);
     assert_eq!(output_tokens(&gw, "gpt-4o", "chat"), 3);
 });
@@ -198,18 +247,107 @@ on_both_hosts!(local_limits_refuse_in_dialect_across_workers, |mode| {
         allowed += billed + 10;
     }
     let o = refused.expect("the 150-token budget must run out");
-    assert!(o.local_reply && o.upstream_request.is_none(), "refused before the provider");
-    assert!(allowed <= 150 + billed + 16, "{allowed} tokens let through a 150-token budget");
+    assert!(
+        o.local_reply && o.upstream_request.is_none(),
+        "refused before the provider"
+    );
+    assert!(
+        allowed <= 150 + billed + 16,
+        "{allowed} tokens let through a 150-token budget"
+    );
     assert!(allowed > 0);
-    assert_eq!(o.json()["error"]["type"], "requests", "OpenAI's rate-limit error shape: {:?}", o.json());
+    assert_eq!(
+        o.json()["error"]["type"],
+        "requests",
+        "OpenAI's rate-limit error shape: {:?}",
+        o.json()
+    );
     assert_eq!(o.json()["error"]["code"], "rate_limit_exceeded");
-    assert!(o.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok()));
+    assert!(o
+        .header("retry-after")
+        .is_some_and(|s| s.parse::<u64>().is_ok()));
     assert_eq!(o.header("x-ratelimit-limit-tokens"), Some("150"));
     // Another consumer has its own budget.
     let other = Request::post_json(CHAT, &body).header("x-consumer-id", "team-b");
     let o = gw.send(1, "chat", &other, &completion("gpt-4o", billed, 10));
     clean(mode, &o);
     assert_eq!(o.status, 200);
-    let refusals = gw.shared.metric_sum(&["rate_limit_decisions", "decision.refused"]);
+    let refusals = gw
+        .shared
+        .metric_sum(&["rate_limit_decisions", "decision.refused"]);
     assert_eq!(refusals, 1, "{mode:?}: refusals counted once");
 });
+
+const PER_ROUTE: &str = r#"{
+  "defaults": {"provider": "openai"},
+  "routes": {"internal-batch": {"metering": {"enabled": false}}}
+}"#;
+
+on_both_hosts!(route_identity_selects_route_settings, |mode| {
+    let mut gw = Gateway::tollgate(mode, PER_ROUTE, 1);
+    let body = chat_body("gpt-4o", json!({}));
+    let req = Request::post_json(CHAT, &body);
+    // Metering off on this route: nothing counted under its name.
+    let o = gw.send(0, "internal-batch", &req, &completion("gpt-4o", 30, 2));
+    clean(mode, &o);
+    assert_eq!(input_tokens(&gw, "gpt-4o", "internal-batch"), 0);
+    assert_eq!(
+        o.upstream_header("accept-encoding"),
+        Some("gzip"),
+        "untouched when not metered"
+    );
+    // Any other route is metered under its own name.
+    let o = gw.send(0, "public", &req, &completion("gpt-4o", 30, 2));
+    clean(mode, &o);
+    assert_eq!(input_tokens(&gw, "gpt-4o", "public"), 30);
+    if mode == Mode::Kong {
+        // A Kong route without a name: the service name identifies it.
+        let anon = testhost::RouteInfo {
+            route: None,
+            service: Some("internal-batch".into()),
+        };
+        let o = gw.send_as(0, anon, &req, &completion("gpt-4o", 30, 2));
+        clean(mode, &o);
+        assert_eq!(
+            input_tokens(&gw, "gpt-4o", "internal-batch"),
+            0,
+            "service-level settings applied"
+        );
+    }
+});
+
+#[test]
+fn kong_body_spilled_to_disk_passes_unmetered_instead_of_failing() {
+    // Kong keeps bodies over nginx_http_client_body_buffer_size (8 KiB default)
+    // in a temp file the filter cannot read.
+    let mut gw = Gateway::tollgate(Mode::Kong, METERING, 1);
+    gw.vms[0].set_client_body_buffer(8 * 1024);
+    let big = "word ".repeat(4000);
+    let body =
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": big}]}).to_string();
+    let o = gw.send(
+        0,
+        "chat",
+        &Request::post_json(CHAT, &body),
+        &completion("gpt-4o", 4003, 2),
+    );
+    clean(Mode::Kong, &o);
+    assert_eq!(o.status, 200, "forwarded, not refused");
+    assert_eq!(
+        o.upstream_json()["model"],
+        "gpt-4o",
+        "body forwarded unchanged"
+    );
+    assert_eq!(
+        input_tokens(&gw, "gpt-4o", "chat"),
+        0,
+        "not metered: the body was unreadable"
+    );
+    assert!(
+        gw.vms[0]
+            .logs()
+            .iter()
+            .any(|(_, m)| m.contains("nginx_http_client_body_buffer_size")),
+        "the operator is told which setting to raise"
+    );
+}
