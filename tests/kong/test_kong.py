@@ -117,7 +117,8 @@ def names():
 def pending(schema, cfg):
     """Features another branch is adding to the schema: until the schema has them,
     their sections are left out of validation (and validated in full once it does)."""
-    rs = schema["properties"]["defaults"]["properties"]
+    settings = schema.get("$defs", {}).get("route_settings") or schema["properties"]["defaults"]
+    rs = settings["properties"]
     drop = []
     if "pii" not in rs:
         drop.append("pii")
