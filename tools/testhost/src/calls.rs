@@ -3,7 +3,7 @@
 use wasmtime::{Caller, Extern, Val};
 
 use crate::abi::{self, buffer, map, status, Kong};
-use crate::{Mode, Phase, State};
+use crate::{HeaderMap, Mode, Phase, State};
 
 type R = wasmtime::Result<i32>;
 
@@ -103,7 +103,7 @@ fn deserialize(b: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
 }
 
 /// Which header map a call addresses, if it is readable in this phase.
-fn headers<'a>(d: &'a mut State, kind: i32) -> Option<(&'a mut Vec<(String, Vec<u8>)>, bool)> {
+fn headers(d: &mut State, kind: i32) -> Option<(&mut HeaderMap, bool)> {
     match kind {
         map::HTTP_REQUEST_HEADERS if d.phase != Phase::Root => {
             Some((&mut d.stream.req_headers, d.stream.req_headers_frozen))

@@ -32,6 +32,11 @@ use wasmtime::{Config, Engine, Instance, Linker, Memory, Module, Store, TypedFun
 
 use abi::action;
 
+/// Headers as the host stores them: lower-case name, raw value.
+pub type HeaderMap = Vec<(String, Vec<u8>)>;
+/// Headers and body the upstream received.
+pub type Forwarded = (Vec<(String, String)>, Vec<u8>);
+
 /// Which host to emulate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -297,7 +302,7 @@ pub struct RouteInfo {
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     /// What the upstream received: headers and body (None if never forwarded).
-    pub upstream_request: Option<(Vec<(String, String)>, Vec<u8>)>,
+    pub upstream_request: Option<Forwarded>,
     /// Status the client got.
     pub status: u32,
     /// Headers the client got.
@@ -366,7 +371,7 @@ pub(crate) struct Stream {
     pub resp_headers: Vec<(String, Vec<u8>)>,
     pub resp_body: Vec<u8>,
     pub resp_headers_frozen: bool,
-    pub local: Option<(u32, Vec<(String, Vec<u8>)>, Vec<u8>)>,
+    pub local: Option<(u32, HeaderMap, Vec<u8>)>,
     pub route: RouteInfo,
     pub status: u32,
 }
