@@ -88,7 +88,7 @@ impl Plugin {
         // Test speed: the module is big and the tests are short.
         config.cranelift_opt_level(wasmtime::OptLevel::None);
         let engine = Engine::new(&config).map_err(|e| e.to_string())?;
-        let module = Module::new(&engine, &bytes).map_err(|e| e.to_string())?;
+        let module = compile_cached(&engine, &bytes)?;
         let name = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -104,9 +104,16 @@ impl Plugin {
     /// The release `tollgate.wasm`, compiled once per process.
     pub fn tollgate() -> &'static Plugin {
         static PLUGIN: OnceLock<Plugin> = OnceLock::new();
-        PLUGIN.get_or_init(|| match Plugin::load(&tollgate_wasm_path()) {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
+        PLUGIN.get_or_init(|| {
+            let t = std::time::Instant::now();
+            let p = match Plugin::load(&tollgate_wasm_path()) {
+                Ok(p) => p,
+                Err(e) => panic!("{e}"),
+            };
+            if std::env::var_os("TESTHOST_TIMING").is_some() {
+                eprintln!("testhost: compiled {} in {:?}", p.name, t.elapsed());
+            }
+            p
         })
     }
 
@@ -117,6 +124,33 @@ impl Plugin {
             .map(|i| (i.module().to_string(), i.name().to_string()))
             .collect()
     }
+}
+
+/// Compile, reusing machine code cached under `target/testhost-cache` for the
+/// same wasm bytes (compiling the 10 MB module is seconds of CPU on every test
+/// binary otherwise). The cache is keyed by the bytes and this crate's wasmtime
+/// version; wasmtime itself refuses an artifact from another engine config.
+fn compile_cached(engine: &Engine, bytes: &[u8]) -> Result<Module, String> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/testhost-cache");
+    let file = dir.join(format!("{:016x}-{}.cwasm", h.finish(), bytes.len()));
+    if file.exists() {
+        // SAFETY: the file is one this function wrote from `Module::serialize`
+        // of the same engine configuration; wasmtime checks version and flags.
+        if let Ok(m) = unsafe { Module::deserialize_file(engine, &file) } {
+            return Ok(m);
+        }
+    }
+    let module = Module::new(engine, bytes).map_err(|e| e.to_string())?;
+    if let Ok(art) = module.serialize() {
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::create_dir_all(&dir).is_ok() && std::fs::write(&tmp, art).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+    Ok(module)
 }
 
 /// `(module, name)` of every function import of a wasm binary, read from its
@@ -455,6 +489,7 @@ impl Vm {
             Err(e) => panic!("instantiate: {e:?}"),
         };
         store.data_mut().memory = instance.get_memory(&mut store, "memory");
+        let started = std::time::Instant::now();
         let mut vm = Vm {
             store,
             instance,
@@ -473,6 +508,9 @@ impl Vm {
         let _ = vm.call_ret2("proxy_on_vm_start", ROOT, 0);
         let len = vm.store.data().config.len() as i32;
         vm.configured = vm.call_ret2("proxy_on_configure", ROOT, len) == Ok(1);
+        if std::env::var_os("TESTHOST_TIMING").is_some() {
+            eprintln!("testhost: VM started in {:?}", started.elapsed());
+        }
         vm
     }
 
