@@ -349,6 +349,14 @@ impl HttpContext for Http {
             return self.reply(&r);
         }
         if !end_of_stream {
+            if !self.host.pause_request_headers() {
+                // Kong hands over the whole body at once; should a part ever come,
+                // pausing would hang the request: pass it through unmetered.
+                warn!("tollgate: partial request body on a host that cannot pause; passing through unmetered");
+                self.waiting_for_body = false;
+                self.exchange = None;
+                return Action::Continue;
+            }
             return Action::Pause;
         }
         self.waiting_for_body = false;

@@ -429,6 +429,7 @@ pub(crate) struct State {
     pub log_level: i32,
     pub queue_ids: HashMap<String, u32>,
     pub client_body_buffer: usize,
+    pub kong_partial_body: bool,
 }
 
 /// One VM: a wasm instance with its root context configured (Envoy: one per worker).
@@ -463,6 +464,7 @@ impl Vm {
             log_level: 2,
             queue_ids: HashMap::new(),
             client_body_buffer: 1 << 20,
+            kong_partial_body: false,
         };
         let mut store = Store::new(&plugin.engine, state);
         let mut linker: Linker<State> = Linker::new(&plugin.engine);
@@ -517,6 +519,13 @@ impl Vm {
     /// Set the Kong `client_body_buffer_size` (bodies above it are unreadable).
     pub fn set_client_body_buffer(&mut self, bytes: usize) {
         self.store.data_mut().client_body_buffer = bytes;
+    }
+
+    /// Kong: deliver the request body in `Request::chunks` parts with
+    /// `end_of_stream` false on all but the last. Not what ngx_wasm_module
+    /// documents (it reads the whole body first); a robustness probe.
+    pub fn set_kong_partial_body(&mut self, on: bool) {
+        self.store.data_mut().kong_partial_body = on;
     }
 
     /// Set the log level `proxy_get_log_level` reports on Envoy (0 trace … 5 critical).
@@ -731,18 +740,27 @@ impl Vm {
                 }
                 Mode::Kong => {
                     // Read whole by nginx, one callback with eof = 1.
-                    self.store.data_mut().stream.req_body = req.body.clone();
-                    let a =
-                        self.call_ret3("proxy_on_request_body", ctx, req.body.len() as i32, 1)?;
-                    if self.local_reply_sent() {
-                        return Ok(self.take_local());
+                    let parts = if self.store.data().kong_partial_body {
+                        split(&req.body, req.chunks.max(1))
+                    } else {
+                        vec![&req.body[..]]
+                    };
+                    let last = parts.len() - 1;
+                    for (i, part) in parts.iter().enumerate() {
+                        self.store.data_mut().stream.req_body = part.to_vec();
+                        let eos = i32::from(i == last);
+                        let a =
+                            self.call_ret3("proxy_on_request_body", ctx, part.len() as i32, eos)?;
+                        if self.local_reply_sent() {
+                            return Ok(self.take_local());
+                        }
+                        if a == action::PAUSE {
+                            return Err("Kong: paused in on_request_body with nothing to resume it (request hangs)".into());
+                        }
+                        let d = self.store.data_mut();
+                        forwarded_body.append(&mut d.stream.req_body);
+                        d.stream.req_headers_frozen = true;
                     }
-                    if a == action::PAUSE {
-                        return Err("Kong: paused in on_request_body with nothing to resume it (request hangs)".into());
-                    }
-                    let d = self.store.data_mut();
-                    forwarded_body.append(&mut d.stream.req_body);
-                    d.stream.req_headers_frozen = true;
                 }
             }
         }

@@ -412,3 +412,23 @@ fn kong_yml_filter_configs_configure_on_kong() {
     }
     assert!(loaded >= 2, "the metering and limits examples load");
 }
+
+#[test]
+fn kong_partial_request_body_never_pauses() {
+    // Should a Kong build ever hand the body over in parts, pausing would hang
+    // the request; tollgate lets it through unmetered instead.
+    let mut gw = Gateway::tollgate(Mode::Kong, METERING, 1);
+    gw.vms[0].set_kong_partial_body(true);
+    let body = chat_body("gpt-4o", json!({}));
+    let mut req = Request::post_json(CHAT, &body);
+    req.chunks = 3;
+    let o = gw.send(0, "chat", &req, &completion("gpt-4o", 30, 2));
+    clean(Mode::Kong, &o);
+    assert_eq!(o.status, 200);
+    assert_eq!(
+        o.upstream_request.as_ref().map(|(_, b)| b.clone()),
+        Some(body.into_bytes()),
+        "forwarded whole"
+    );
+    assert_eq!(input_tokens(&gw, "gpt-4o", "chat"), 0);
+}
