@@ -64,6 +64,7 @@ VARIANTS: list[dict] = [
         "package": "tollgate",
         "config_file": "benches/configs/tollgate-metering.json",
         "config": "{}",
+        "ttft": True,  # the reference for translate's added time to first token
         # "bodies": {"1k": "benches/fixtures/some-other-1k.json"},  # optional override
     },
     {
@@ -75,6 +76,18 @@ VARIANTS: list[dict] = [
         "package": "tollgate",
         "config_file": "benches/configs/tollgate-limits.json",
         "config": "{}",
+    },
+    {
+        # Issue 5: OpenAI client -> Anthropic upstream. The request is translated to the
+        # Messages API (the fake upstream answers /v1/messages in Anthropic's shape) and
+        # the answer back to a chat.completion; target >= 85% of plain rps at 1 KB.
+        "name": "translate",
+        "desc": "tollgate wasm, metering + OpenAI→Anthropic translation",
+        "wasm": "tollgate.wasm",
+        "package": "tollgate",
+        "config_file": "benches/configs/tollgate-translate.json",
+        "config": "{}",
+        "ttft": True,
     },
 ]
 BASELINE = "plain"
@@ -88,6 +101,8 @@ TARGETS = {
     "vm_start_ms": 30.0,
     "tok_typical_mb_s": 25.0,
     "tok_worst_mb_s": 10.0,
+    "translate_rps_vs_plain_1k": 0.85,
+    "translate_ttft_added_p99_ms": 1.0,
 }
 
 # --------------------------------------------------------------------------------------
@@ -300,6 +315,54 @@ UPSTREAM_RESPONSE = json.dumps(
     }
 )
 
+# The same answer as Anthropic Messages returns it (for the `translate` variant).
+ANTHROPIC_RESPONSE = json.dumps(
+    {
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5-20251001",
+        "content": [{"type": "text", "text": json.loads(UPSTREAM_RESPONSE)["choices"][0]["message"]["content"]}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 241, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                  "output_tokens": 83, "service_tier": "standard"},
+    }
+)
+
+
+def _sse_words(text: str, n: int = 20) -> list[str]:
+    words = text.split(" ")
+    step = max(1, len(words) // n)
+    return [" ".join(words[i:i + step]) + (" " if i + step < len(words) else "") for i in range(0, len(words), step)]
+
+
+def _openai_sse() -> str:
+    base = {"id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", "object": "chat.completion.chunk",
+            "created": 1741569952, "model": "gpt-4o-mini-2024-07-18"}
+    text = json.loads(UPSTREAM_RESPONSE)["choices"][0]["message"]["content"]
+    ev = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    ev += [{**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in _sse_words(text)]
+    ev.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    ev.append({**base, "choices": [], "usage": json.loads(UPSTREAM_RESPONSE)["usage"]})
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in ev) + "data: [DONE]\n\n"
+
+
+def _anthropic_sse() -> str:
+    m = json.loads(ANTHROPIC_RESPONSE)
+    start = {**m, "content": [], "stop_reason": None, "usage": {**m["usage"], "output_tokens": 1}}
+    ev = [("message_start", {"type": "message_start", "message": start}),
+          ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+          ("ping", {"type": "ping"})]
+    ev += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                    "delta": {"type": "text_delta", "text": w}}) for w in _sse_words(m["content"][0]["text"])]
+    ev += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+           ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                              "usage": {"output_tokens": 83}}),
+           ("message_stop", {"type": "message_stop"})]
+    return "".join(f"event: {n}\ndata: {json.dumps(e)}\n\n" for n, e in ev)
+
+
 BODY_SIZES = {"1k": 1024, "32k": 32 * 1024}
 # Eight characters in the last user turn that wrk swaps for a fresh 8-digit number.
 FRESH_MARKER = "QQQQQQQQ"
@@ -337,18 +400,29 @@ def upstream_config(listen_port: int, admin_port: int) -> dict:
     read would make Envoy close the connection, and the proxy would measure reconnects)."""
     route_config = {
         "name": "provider",
+        "max_direct_response_body_size_bytes": 65536,  # the SSE bodies exceed the 4 KiB default
         "virtual_hosts": [
             {
                 "name": "provider",
                 "domains": ["*"],
+                # Streams for the TTFT phase (header x-bench-stream), Anthropic's shape on
+                # /v1/messages for the translate variant, OpenAI's everywhere else.
                 "routes": [
                     {
-                        "match": {"prefix": "/"},
-                        "direct_response": {"status": 200, "body": {"inline_string": UPSTREAM_RESPONSE}},
+                        "match": {"prefix": prefix, "headers": [{"name": "x-bench-stream", "present_match": True}]}
+                        if stream else {"prefix": prefix},
+                        "direct_response": {"status": 200, "body": {"inline_string": body}},
                         "response_headers_to_add": [
-                            {"header": {"key": "content-type", "value": "application/json"}}
+                            {"header": {"key": "content-type",
+                                        "value": "text/event-stream" if stream else "application/json"}}
                         ],
                     }
+                    for prefix, stream, body in [
+                        ("/v1/messages", True, _anthropic_sse()),
+                        ("/v1/messages", False, ANTHROPIC_RESPONSE),
+                        ("/", True, _openai_sse()),
+                        ("/", False, UPSTREAM_RESPONSE),
+                    ]
                 ],
             }
         ],
@@ -916,6 +990,74 @@ def summarize_throughput(rounds: dict, names: list[str]) -> dict:
     return s
 
 
+def _ttft_once(conn, body: bytes) -> float:
+    """Seconds from sending a streaming request to the first byte of its body."""
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body=body,
+                 headers={"content-type": "application/json", "x-bench-stream": "1"})
+    r = conn.getresponse()
+    first = r.read(1)
+    t1 = time.perf_counter()
+    rest = r.read()
+    if r.status != 200 or not first or b"[DONE]" not in rest:
+        raise BenchError(f"ttft: status {r.status}, body {(first + rest)[:200]!r}")
+    return t1 - t0
+
+
+def phase_ttft(args, variants, bodies, upstream: Envoy, workdir: Path) -> dict:
+    """Time to first token of a streamed answer, tollgate variants marked `ttft` against
+    plain, one request at a time on a kept-alive connection, variants interleaved in
+    blocks so a load trend hits all alike. The fake upstream sends the whole stream
+    at once, so the difference is what the proxy adds before the first byte."""
+    import http.client
+    names = [BASELINE] + [v["name"] for v in variants if v.get("ttft") and v["available"]]
+    if len(names) < 2:
+        return {}
+    label = args.sizes[0]
+    procs, conns, samples = {}, {}, {n: [] for n in names}
+    per_block, blocks = (50, 4) if args.quick else (100, 10)
+    try:
+        for v in [v for v in variants if v["name"] in names]:
+            e = start_proxy(v, upstream.listen_port, workdir, 1)
+            e.wait_live()
+            e.wait_serving(bodies[v["name"]][label][2])
+            procs[v["name"]] = e
+            conns[v["name"]] = http.client.HTTPConnection("127.0.0.1", e.listen_port, timeout=10)
+        body = json.loads(bodies[BASELINE][label][2])
+        body["stream"] = True
+        body = json.dumps(body).encode()
+        for n in names:  # warm-up
+            for _ in range(20):
+                _ttft_once(conns[n], body)
+        for b in range(blocks):
+            order = names[b % len(names):] + names[:b % len(names)]
+            for n in order:
+                for _ in range(per_block):
+                    samples[n].append(_ttft_once(conns[n], body) * 1000)
+    finally:
+        for c in conns.values():
+            c.close()
+        for e in procs.values():
+            e.stop()
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+    out = {n: {"n": len(xs), "p50_ms": pct(xs, 0.5), "p99_ms": pct(xs, 0.99)} for n, xs in samples.items()}
+    for n in names[1:]:
+        out[n]["added_p50_ms"] = out[n]["p50_ms"] - out[BASELINE]["p50_ms"]
+        out[n]["added_p99_ms"] = out[n]["p99_ms"] - out[BASELINE]["p99_ms"]
+        if n != SUBJECT and SUBJECT in out:
+            # What translation adds over metering alone (same filter, same buffering).
+            out[n]["over_subject_p50_ms"] = out[n]["p50_ms"] - out[SUBJECT]["p50_ms"]
+            out[n]["over_subject_p99_ms"] = out[n]["p99_ms"] - out[SUBJECT]["p99_ms"]
+        log(f"ttft {n}: p50 {out[n]['p50_ms']:.3f} ms p99 {out[n]['p99_ms']:.3f} ms; "
+            f"plain p50 {out[BASELINE]['p50_ms']:.3f} p99 {out[BASELINE]['p99_ms']:.3f}; "
+            f"added p99 {out[n]['added_p99_ms']:.3f} ms")
+    return out
+
+
 def phase_rss(args, variants, bodies, upstream: Envoy, workdir: Path) -> dict:
     out = {}
     label = args.sizes[0]
@@ -1205,6 +1347,21 @@ def evaluate_targets(R: dict) -> list[dict]:
     else:
         row("VM start, per worker (log)", "≤ 30 ms", "n/a", None, "tollgate unavailable or not run")
 
+    if tp and "translate/plain" in tp["ratios"]:
+        r = tp["ratios"]["translate/plain"]["median"]["rps"]
+        rng = tp["ratios"]["translate/plain"]["range"]["rps"]
+        ok = r >= TARGETS["translate_rps_vs_plain_1k"] and not tp["per_variant"]["translate"]["error_rounds"]
+        row("translate throughput @1 KB", "OpenAI→Anthropic ≥ 85% of plain rps", f"{r:.1%} of plain", ok,
+            f"rounds {rng[0]:.2f}–{rng[1]:.2f}" if rng else "")
+    tt = R.get("ttft", {}).get("translate")
+    if tt:
+        row("translate added TTFT p99", "≤ 1 ms", f"{tt['added_p99_ms']:.3f} ms",
+            tt["added_p99_ms"] <= TARGETS["translate_ttft_added_p99_ms"],
+            f"p99 {tt['p99_ms']:.3f} ms vs plain {R['ttft'][BASELINE]['p99_ms']:.3f} ms, "
+            f"p50 +{tt['added_p50_ms']:.3f} ms, {tt['n']} streamed requests each"
+            + (f"; over metering alone: p50 {tt['over_subject_p50_ms']:+.3f} ms, "
+               f"p99 {tt['over_subject_p99_ms']:+.3f} ms" if "over_subject_p99_ms" in tt else ""))
+
     tk = R.get("tokbench", {})
     if tk.get("typical_mb_s") is not None:
         row("tokenizer typical", "≥ 25 MB/s", f"{tk['typical_mb_s']:.1f} MB/s",
@@ -1372,7 +1529,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=int(env("BENCH_THREADS", 1)))
     ap.add_argument("--sizes", default=env("BENCH_SIZES", "1k,32k"), help="comma list of: " + ",".join(BODY_SIZES))
     ap.add_argument("--variants", default=env("BENCH_VARIANTS"), help="comma list (default: all)")
-    ap.add_argument("--skip", default=env("BENCH_SKIP", ""), help="comma list of phases: throughput,rss,startup,tokbench")
+    ap.add_argument("--skip", default=env("BENCH_SKIP", ""), help="comma list of phases: throughput,ttft,rss,startup,tokbench")
     ap.add_argument("--startup-repeats", type=int, default=int(env("BENCH_STARTUP_REPEATS", 5)))
     ap.add_argument("--rss-warmup", type=float, default=2.0)
     ap.add_argument("--upstream-concurrency", type=int, default=int(env("BENCH_UPSTREAM_CONCURRENCY", 1)))
@@ -1422,6 +1579,8 @@ def main() -> int:
             R["throughput"] = phase_throughput(args, variants, bodies, upstream, workdir)
             if R["throughput"]["errors"]:
                 rc = 2
+        if "ttft" not in skip:
+            R["ttft"] = phase_ttft(args, variants, bodies, upstream, workdir)
         if "rss" not in skip:
             R["rss"] = phase_rss(args, variants, bodies, upstream, workdir)
         if "startup" not in skip:

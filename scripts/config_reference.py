@@ -49,6 +49,18 @@ def rows(schema, node, prefix):
         if "properties" in prop:
             yield from rows(schema, prop, path + ".")
             continue
+        if "oneOf" in prop:
+            # A scalar or an object (`provider`): one row for the scalar form, then
+            # the object's fields.
+            forms = [deref(schema, f) for f in prop["oneOf"]]
+            scalar = next((f for f in forms if "properties" not in f), {})
+            default = json.dumps(prop["default"]) if "default" in prop else ""
+            yield (f"`{path}`", kind(scalar) + " or object", f"`{default}`" if default else "",
+                   prop.get("description", ""))
+            for f in forms:
+                if "properties" in f:
+                    yield from rows(schema, f, path + ".")
+            continue
         default = json.dumps(prop["default"]) if "default" in prop else ""
         t = kind(prop)
         if name in node.get("required", []):

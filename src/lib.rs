@@ -16,6 +16,7 @@ pub mod dialect;
 pub mod host;
 pub mod limits;
 pub mod metering;
+pub mod providers;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokens;

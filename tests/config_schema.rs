@@ -62,6 +62,7 @@ fn rust_fields(path: &[&str]) -> Vec<String> {
         .1;
     let mut out: Vec<String> = list
         .split(", ")
+        .flat_map(|s| s.split(" or "))
         .map(|s| s.trim().trim_matches('`').to_string())
         .filter(|s| !s.is_empty())
         .collect();
@@ -143,6 +144,9 @@ fn schema_defaults_match_rust_defaults_and_values_are_checked_alike() {
             let prop = deref(&root, prop);
             if prop.get("properties").is_some() || field == "routes" {
                 continue; // an object, walked on its own
+            }
+            if field == "provider" {
+                continue; // string or object: see provider_object_fields_are_checked_alike
             }
             if path.is_empty() {
                 continue;
@@ -231,6 +235,9 @@ fn every_example_config_loads() {
             continue;
         }
         let text = std::fs::read(&path).unwrap();
+        // Secrets named by `{"env": NAME}` come from the VM environment at configure.
+        let v: Value = serde_json::from_slice(&text).unwrap();
+        set_env_secrets(&v);
         Config::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         n += 1;
     }
@@ -309,5 +316,84 @@ fn limit_rule_fields_are_checked_alike() {
             );
             assert!(prop.get("default").is_none());
         }
+    }
+}
+
+/// `provider` is a label or an object (`$defs/provider`): the object's fields, and
+/// those of its nested objects, are the Rust ones, unknown ones are refused at their
+/// exact path, and the string form keeps its pattern.
+#[test]
+fn provider_object_fields_are_checked_alike() {
+    let root = schema();
+    let provider = deref(&root, &root["$defs"]["provider"]).clone();
+    let mut nested: Vec<(Vec<&str>, Value)> = vec![(vec![], provider.clone())];
+    for (name, prop) in provider["properties"].as_object().unwrap() {
+        let prop = deref(&root, prop);
+        if prop.get("properties").is_some() {
+            nested.push((vec![name.as_str()], prop.clone()));
+        }
+    }
+    assert!(nested.len() >= 5, "provider objects: {}", nested.len());
+    for (sub, node) in nested {
+        let mut path = vec!["routes", "r1", "provider"];
+        path.extend(sub.iter().copied());
+        let mut want: Vec<String> = node["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        want.sort();
+        assert_eq!(want, rust_fields(&path), "fields differ at {path:?}");
+        assert_eq!(node["additionalProperties"], json!(false), "{path:?}");
+    }
+    let secret = deref(&root, &root["$defs"]["secret"]).clone();
+    let mut want: Vec<String> = secret["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    want.sort();
+    assert_eq!(
+        want,
+        rust_fields(&["routes", "r1", "provider", "api_key"]),
+        "secret fields"
+    );
+    // Every kind the schema lists is accepted (with the fields it requires).
+    for kind in provider["properties"]["kind"]["enum"].as_array().unwrap() {
+        let mut p = json!({"kind": kind, "endpoint": {"authority": "h.example"},
+            "aws": {"region": "us-east-1", "access_key_id": {"inline": "AKID"},
+                    "secret_access_key": {"inline": "s"}}});
+        p["kind"] = kind.clone();
+        parse(&json!({"routes": {"r1": {"provider": p}}}))
+            .unwrap_or_else(|e| panic!("kind {kind}: {e}"));
+    }
+    let e = parse(&json!({"routes": {"r1": {"provider": {"kind": "nope"}}}})).unwrap_err();
+    assert_eq!(e.path, "routes.r1.provider.kind");
+    // The label form keeps its pattern.
+    let label = &deref(&root, &root["$defs"]["route_settings"])["properties"]["provider"];
+    assert_eq!(label["default"], json!("openai"));
+    for bad in ["", "has.dot", "has space"] {
+        assert_eq!(
+            parse(&json!({"defaults": {"provider": bad}}))
+                .unwrap_err()
+                .path,
+            "defaults.provider"
+        );
+    }
+}
+
+/// Set every environment variable an example names as `{"env": NAME}`.
+fn set_env_secrets(v: &Value) {
+    match v {
+        Value::Object(o) => {
+            if let (Some(Value::String(name)), 1) = (o.get("env"), o.len()) {
+                std::env::set_var(name, "example-secret");
+            }
+            o.values().for_each(set_env_secrets);
+        }
+        Value::Array(a) => a.iter().for_each(set_env_secrets),
+        _ => {}
     }
 }

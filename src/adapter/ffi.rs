@@ -93,6 +93,32 @@ extern "C" {
 }
 
 extern "C" {
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> Status;
+}
+
+/// Envoy's `clear_route_cache` foreign function: the route is chosen again from the
+/// (rewritten) request headers. `Err(NotFound)` on hosts without it.
+pub fn clear_route_cache() -> Result<(), Status> {
+    let name = "clear_route_cache";
+    let mut data: *mut u8 = null_mut();
+    let mut size = 0usize;
+    // SAFETY: pointers valid for the call; any result buffer is taken back and freed.
+    let s = unsafe {
+        proxy_call_foreign_function(name.as_ptr(), name.len(), null(), 0, &mut data, &mut size)
+    };
+    // SAFETY: the host allocated `data` through proxy_on_memory_allocate.
+    drop(unsafe { owned(data, size) });
+    ok(s)
+}
+
+extern "C" {
     // Declared with a plain u32 (same wasm signature as the SDK's enum pointer) so a
     // level value the SDK's enum does not know cannot become an invalid enum.
     #[allow(clashing_extern_declarations)]

@@ -295,6 +295,32 @@ impl Http {
     }
 }
 
+/// Apply the provider stage's request rewrite while headers are still held:
+/// `:path`, `:authority`, auth and cluster headers (and `content-length` for a new
+/// body), in one read and one write of the header map, then ask Envoy to pick the
+/// route again (see docs/providers.md).
+fn rewrite_upstream(req: &crate::providers::UpstreamRequest, body_len: Option<usize>) {
+    let map = MapType::HttpRequestHeaders;
+    let raw = ffi::header_map(map).unwrap_or_default();
+    let mut ours: Vec<(&str, String)> = Vec::with_capacity(req.set_headers.len() + 3);
+    ours.push((":path", req.path.clone()));
+    if let Some(a) = &req.authority {
+        ours.push((":authority", a.clone()));
+    }
+    if let Some(n) = body_len {
+        ours.push(("content-length", n.to_string()));
+    }
+    ours.extend(req.set_headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let drop: Vec<&str> = req.remove_headers.iter().map(String::as_str).collect();
+    let merged = merge_header_map(&parse_header_map(&raw), &ours, &drop);
+    if let Err(s) = ffi::set_header_map(map, &merged) {
+        warn!("tollgate: cannot rewrite request headers for the provider: {s:?}");
+    }
+    // Envoy 1.40 re-selects the route by itself after a filter edited request
+    // headers (measured); the foreign function makes it explicit where offered.
+    let _ = ffi::clear_route_cache();
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.host = detect_host(&self.host_cell);
@@ -375,16 +401,33 @@ impl HttpContext for Http {
                 return Action::Continue;
             }
         };
+        if ex.has_provider() {
+            ex.set_clock(ffi::now_nanos().map_or(0, |n| n / 1_000_000));
+        }
         let decision = ex.on_request_body(&body);
         if !matches!(decision, BodyDecision::Respond(_)) {
             if let Some(r) = self.admit() {
                 return self.reply(&r);
             }
         }
+        let upstream = self
+            .exchange
+            .as_mut()
+            .and_then(Exchange::take_upstream_headers);
         match decision {
-            BodyDecision::Forward => Action::Continue,
+            BodyDecision::Forward => {
+                if let Some(u) = upstream {
+                    rewrite_upstream(&u, None);
+                }
+                Action::Continue
+            }
             BodyDecision::Replace(new_body) => {
                 match ffi::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body) {
+                    Ok(()) if upstream.is_some() => {
+                        if let Some(u) = upstream {
+                            rewrite_upstream(&u, Some(new_body.len()));
+                        }
+                    }
                     Ok(()) => {
                         let len = new_body.len().to_string();
                         if ffi::set_header(MapType::HttpRequestHeaders, "content-length", &len)
@@ -443,7 +486,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         match self.response {
-            ResponseMode::Buffer => {
+            ResponseMode::Buffer | ResponseMode::Translate => {
                 self.held_response_headers = raw;
                 Action::Pause
             }
@@ -451,6 +494,13 @@ impl HttpContext for Http {
                 // Stripping the injected usage chunk changes the length.
                 if !length_removed {
                     let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
+                }
+                if ex.translates_response() {
+                    let _ = ffi::set_header(
+                        MapType::HttpResponseHeaders,
+                        "content-type",
+                        "text/event-stream",
+                    );
                 }
                 Action::Continue
             }
@@ -472,6 +522,34 @@ impl HttpContext for Http {
                     ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
                 if let Some(r) = ex.on_response_complete(Some(&body)) {
                     self.emit(&r, true);
+                }
+                Action::Continue
+            }
+            ResponseMode::Translate => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body =
+                    ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                let (out, report) = ex.on_translated_response(&body);
+                if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                    warn!("tollgate: cannot write the translated response: {s:?}");
+                }
+                let held = std::mem::take(&mut self.held_response_headers);
+                let mut ours: Vec<(&'static str, String)> = vec![
+                    ("content-type", "application/json".to_string()),
+                    ("content-length", out.len().to_string()),
+                ];
+                if let Some(r) = report.as_ref() {
+                    ours.extend(r.headers());
+                }
+                ours.extend(ex.rate_limit_headers());
+                let map = merge_header_map(&parse_header_map(&held), &ours, &[]);
+                if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
+                    debug!("tollgate: cannot set translated response headers: {s:?}");
+                }
+                if let Some(r) = report {
+                    self.emit(&r, false);
                 }
                 Action::Continue
             }

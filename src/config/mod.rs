@@ -41,7 +41,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
-    fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             path: path.into(),
             message: message.into(),
@@ -393,8 +393,14 @@ impl Limits {
 pub struct RouteSettings {
     /// Master switch: `false` makes tollgate a pass-through on this route.
     pub enabled: bool,
-    /// Provider label for metrics and logs (the real provider once rewriting lands).
+    /// Provider label for metrics and logs. In the config, `provider` is either
+    /// this label alone or a full provider object (see [`crate::providers::config`]);
+    /// with an object, the label is its `name` (default: its `kind`).
     pub provider: String,
+    /// The provider requests on this route are rewritten for (object form of
+    /// `provider`); `None` leaves requests as the client sent them.
+    #[serde(skip)]
+    pub upstream: Option<Rc<crate::providers::ProviderConfig>>,
     /// Largest request body accepted; larger gets a 413 in the client's dialect.
     /// The default, 960 KiB, sits one 64 KiB read below Envoy's default 1 MiB
     /// buffer limit: a chunked upload must cross tollgate's cap before the host's,
@@ -413,6 +419,7 @@ impl Default for RouteSettings {
         RouteSettings {
             enabled: true,
             provider: "openai".to_string(),
+            upstream: None,
             max_request_bytes: 960 * 1024,
             invalid_body: InvalidBody::Pass,
             metering: Metering::default(),
@@ -526,8 +533,23 @@ impl Config {
     }
 }
 
-fn settings_from_value(v: Value, path: &str) -> Result<RouteSettings, ConfigError> {
-    let s: RouteSettings = serde_path_to_error::deserialize(v).map_err(|e| path_error(path, e))?;
+fn settings_from_value(mut v: Value, path: &str) -> Result<RouteSettings, ConfigError> {
+    // The object form of `provider` is parsed on its own (so its errors keep their
+    // exact path) and replaced by its label for the rest of the settings.
+    let upstream = match v.get_mut("provider") {
+        Some(p) if p.is_object() => {
+            let at = format!("{path}.provider");
+            let mut pc: crate::providers::ProviderConfig =
+                serde_path_to_error::deserialize(p.take()).map_err(|e| path_error(&at, e))?;
+            pc.resolve(&at, &|name| std::env::var(name).ok())?;
+            *p = Value::String(pc.label().to_string());
+            Some(Rc::new(pc))
+        }
+        _ => None,
+    };
+    let mut s: RouteSettings =
+        serde_path_to_error::deserialize(v).map_err(|e| path_error(path, e))?;
+    s.upstream = upstream;
     s.validate(path)?;
     Ok(s)
 }

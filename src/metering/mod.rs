@@ -16,6 +16,7 @@ use crate::config::LimitMode;
 use crate::config::{InvalidBody, RouteSettings};
 use crate::dialect::{error_body, inject, Api, ErrorKind};
 use crate::limits::{self, Admission, Store, Subject};
+use crate::providers::stage::Stage;
 use crate::tokens::prompt::{count_prompt, PromptCount, PromptOptions};
 use crate::tokens::{bpe, models, BudgetedCounter, Encoding, TextCounter};
 use crate::usage::stream::{Rewrite, StreamMeter};
@@ -67,6 +68,9 @@ pub enum ResponseMode {
     Copy,
     /// An SSE stream: feed every chunk to [`Exchange::on_stream_chunk`].
     Stream,
+    /// A provider answer to translate: hold headers, buffer the whole body, then
+    /// call [`Exchange::on_translated_response`] and send what it returns.
+    Translate,
 }
 
 /// Largest non-streaming JSON response held back (headers paused) to add token
@@ -97,6 +101,8 @@ pub struct Exchange {
     max_tokens: Option<u64>,
     consumer: Option<String>,
     admission: Option<Admission>,
+    /// Provider rewriting (route's `provider` object), if any.
+    provider: Option<Stage>,
 }
 
 impl Exchange {
@@ -120,6 +126,7 @@ impl Exchange {
             max_tokens: None,
             consumer: None,
             admission: None,
+            provider: None,
         }
     }
 
@@ -158,6 +165,20 @@ impl Exchange {
             return HeadersDecision::PassThrough;
         };
         self.api = Some(api);
+        if let Some(cfg) = self.settings.upstream.clone() {
+            let mut stage = Stage::new(cfg);
+            match stage.on_request_headers(api, path) {
+                Ok(true) => self.provider = Some(stage),
+                Ok(false) => {}
+                Err(e) => {
+                    return HeadersDecision::Respond(LocalReply {
+                        status: e.status,
+                        body: error_body(api.family(), ErrorKind::InvalidRequest, &e.message),
+                        headers: Vec::new(),
+                    })
+                }
+            }
+        }
         if let Some(len) = content_length {
             if len > self.settings.max_request_bytes {
                 return HeadersDecision::Respond(self.too_large());
@@ -233,17 +254,110 @@ impl Exchange {
         count.estimated |= counter.estimated();
         self.prompt = Some(count);
 
-        if self.streaming
+        let mut new_body = None;
+        let translated = self
+            .provider
+            .as_ref()
+            .is_some_and(|p| crate::providers::translator(p.config().kind).translates_response());
+        if translated && self.streaming {
+            // Translators always emit the usage chunk; hide it unless asked for.
+            let asked = parsed
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true);
+            self.stream = Some(self.stream_meter(api, !asked));
+        } else if self.streaming
             && m.inject_stream_usage
             && matches!(api, Api::ChatCompletions | Api::Completions)
         {
             let inj = inject::ensure_stream_usage(body, &parsed);
             self.stream = Some(self.stream_meter(api, !inj.client_asked));
-            if let Some(new_body) = inj.body {
-                return BodyDecision::Replace(new_body);
+            new_body = inj.body;
+        }
+        if let Err(reply) = self.rewrite_for_provider(body, &parsed, &mut new_body) {
+            return BodyDecision::Respond(reply);
+        }
+        match new_body {
+            Some(b) => BodyDecision::Replace(b),
+            None => BodyDecision::Forward,
+        }
+    }
+
+    /// Provider stage: translate the (possibly already edited) body for the
+    /// route's provider. `new_body` holds earlier stages' edit and receives ours.
+    fn rewrite_for_provider(
+        &mut self,
+        original: &[u8],
+        parsed: &Value,
+        new_body: &mut Option<Vec<u8>>,
+    ) -> Result<(), LocalReply> {
+        let streaming = self.streaming;
+        let Some(stage) = self.provider.as_mut() else {
+            return Ok(());
+        };
+        let current = new_body.as_deref().unwrap_or(original);
+        let result = stage.on_request_body(current, parsed, new_body.is_some(), streaming);
+        if result.is_ok()
+            && !stage.model().is_empty()
+            && self.model.as_deref() != Some(stage.model())
+        {
+            // Metrics, logs and limits name the model the provider was asked for.
+            self.model = Some(stage.model().to_string());
+        }
+        match result {
+            Ok(Some(b)) => {
+                *new_body = Some(b);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                // Refused before forwarding: nothing was used, nothing to report.
+                self.reported = true;
+                Err(LocalReply {
+                    status: e.status,
+                    body: e.body(),
+                    headers: Vec::new(),
+                })
             }
         }
-        BodyDecision::Forward
+    }
+
+    /// Host wall clock (Unix ms) for the provider stage (request signing, `created`).
+    /// Only needed when [`Exchange::has_provider`].
+    pub fn set_clock(&mut self, now_unix_ms: u64) {
+        if let Some(p) = self.provider.as_mut() {
+            p.set_clock(now_unix_ms);
+        }
+    }
+
+    /// True when this exchange is rewritten for a provider.
+    pub fn has_provider(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// The request rewrite for the provider (`:path`, `:authority`, headers), once,
+    /// after [`Exchange::on_request_body`] forwarded.
+    pub fn take_upstream_headers(&mut self) -> Option<crate::providers::UpstreamRequest> {
+        self.provider.as_mut().and_then(Stage::take_headers)
+    }
+
+    /// True when the response is translated (the adapter then sets the client's
+    /// `content-type` and drops `content-length`).
+    pub fn translates_response(&self) -> bool {
+        self.provider
+            .as_ref()
+            .is_some_and(Stage::translates_response)
+    }
+
+    /// The whole provider answer in [`ResponseMode::Translate`]: returns the body for
+    /// the client (OpenAI JSON) and the report.
+    pub fn on_translated_response(&mut self, body: &[u8]) -> (Vec<u8>, Option<Report>) {
+        let out = match self.provider.as_ref() {
+            Some(p) => p.translate_body(self.response_status, body),
+            None => body.to_vec(),
+        };
+        let report = self.on_response_complete(Some(&out));
+        (out, report)
     }
 
     /// A counter for this exchange's model with the route's full byte budget: one
@@ -410,6 +524,21 @@ impl Exchange {
         let Some(api) = self.api else {
             return ResponseMode::PassThrough;
         };
+        // `reported` here means tollgate itself answered (e.g. a limit's 429): that
+        // reply is already in the client's dialect and is not translated.
+        if self.prompt.is_some() && !self.reported && self.translates_response() {
+            if (200..300).contains(&status) && self.streaming {
+                if let Some(p) = self.provider.as_mut() {
+                    p.start_stream();
+                }
+                if self.stream.is_none() {
+                    self.stream = Some(self.stream_meter(api, false));
+                }
+                return ResponseMode::Stream;
+            }
+            self.stream = None;
+            return ResponseMode::Translate;
+        }
         if self.prompt.is_none() || !(200..300).contains(&status) {
             return ResponseMode::PassThrough;
         }
@@ -463,6 +592,17 @@ impl Exchange {
     /// A chunk of an SSE response: returns what the client should receive instead,
     /// if anything must change. At `end_of_stream` the report is ready via [`Exchange::finish`].
     pub fn on_stream_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Rewrite {
+        if let Some(p) = self.provider.as_mut().filter(|p| p.translates_response()) {
+            let out = p.stream_chunk(chunk, end_of_stream);
+            return match self
+                .stream
+                .as_mut()
+                .map(|s| s.on_chunk(&out, end_of_stream))
+            {
+                Some(Rewrite::Replace(stripped)) => Rewrite::Replace(stripped),
+                _ => Rewrite::Replace(out),
+            };
+        }
         match self.stream.as_mut() {
             Some(s) => s.on_chunk(chunk, end_of_stream),
             None => Rewrite::Unchanged,

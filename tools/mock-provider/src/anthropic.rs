@@ -137,10 +137,144 @@ fn validate(body: &Value) -> Result<(String, u64), Reply> {
                     return Err(invalid(&format!("messages.{i}.content: Field required")));
                 }
             }
+            check_blocks(body, a)?;
         }
         Some(_) => return Err(invalid("messages: Input should be a valid list")),
     }
     Ok((model, max_tokens))
+}
+
+/// The content-block rules of the Messages API reference that a translating
+/// gateway can get wrong: block shapes, image sources, tool_use/tool_result
+/// pairing, `system`, `tools` and sampling ranges. Messages follow the API's
+/// own error wording (`messages.1.content.0...`).
+fn check_blocks(body: &Value, messages: &[Value]) -> Result<(), Reply> {
+    match body.get("system") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(a)) => {
+            for (j, b) in a.iter().enumerate() {
+                if b.get("type").and_then(Value::as_str) != Some("text")
+                    || !b.get("text").is_some_and(Value::is_string)
+                {
+                    return Err(invalid(&format!(
+                        "system.{j}: Input should be a valid text block"
+                    )));
+                }
+            }
+        }
+        Some(_) => return Err(invalid("system: Input should be a valid string or list")),
+    }
+    if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(invalid(
+                "temperature: Input should be less than or equal to 1",
+            ));
+        }
+    }
+    if let Some(tools) = body.get("tools") {
+        let Some(tools) = tools.as_array() else {
+            return Err(invalid("tools: Input should be a valid list"));
+        };
+        for (j, t) in tools.iter().enumerate() {
+            if !t.get("name").is_some_and(Value::is_string) {
+                return Err(invalid(&format!("tools.{j}.name: Field required")));
+            }
+            if !t.get("input_schema").is_some_and(Value::is_object) {
+                return Err(invalid(&format!("tools.{j}.input_schema: Field required")));
+            }
+        }
+    }
+    let mut prev_tool_ids: Vec<&str> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let mut tool_ids = Vec::new();
+        let blocks = match m.get("content") {
+            Some(Value::String(_)) => &[][..],
+            Some(Value::Array(a)) => a.as_slice(),
+            _ => {
+                return Err(invalid(&format!(
+                    "messages.{i}.content: Input should be a valid string or list"
+                )))
+            }
+        };
+        let mut seen_other = false;
+        for (j, b) in blocks.iter().enumerate() {
+            let at = format!("messages.{i}.content.{j}");
+            match b.get("type").and_then(Value::as_str).unwrap_or("") {
+                "text" => {
+                    match b.get("text").and_then(Value::as_str) {
+                        Some("") => {
+                            return Err(invalid(&format!(
+                                "{at}: text content blocks must be non-empty"
+                            )))
+                        }
+                        Some(_) => {}
+                        None => return Err(invalid(&format!("{at}.text: Field required"))),
+                    }
+                    seen_other = true;
+                }
+                "image" => {
+                    let src = b.get("source");
+                    let ok = match src.and_then(|s| s.get("type")).and_then(Value::as_str) {
+                        Some("base64") => {
+                            matches!(
+                                src.and_then(|s| s.get("media_type")).and_then(Value::as_str),
+                                Some("image/jpeg" | "image/png" | "image/gif" | "image/webp")
+                            ) && src.and_then(|s| s.get("data")).is_some_and(Value::is_string)
+                        }
+                        Some("url") => src.and_then(|s| s.get("url")).is_some_and(Value::is_string),
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(invalid(&format!("{at}.source: Input should be a valid image source")));
+                    }
+                    seen_other = true;
+                }
+                "tool_use" if role == "assistant" => {
+                    let id = b.get("id").and_then(Value::as_str);
+                    if id.is_none() || !b.get("name").is_some_and(Value::is_string) {
+                        return Err(invalid(&format!("{at}: tool_use blocks need id and name")));
+                    }
+                    if !b.get("input").is_some_and(Value::is_object) {
+                        return Err(invalid(&format!("{at}.input: Input should be a valid dictionary")));
+                    }
+                    tool_ids.extend(id);
+                }
+                "tool_result" if role == "user" => {
+                    let id = b.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
+                    if !prev_tool_ids.contains(&id) {
+                        return Err(invalid(&format!(
+                            "{at}: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+                        )));
+                    }
+                    if seen_other {
+                        return Err(invalid(&format!(
+                            "{at}: tool_result blocks must come first in the user message content"
+                        )));
+                    }
+                }
+                "thinking" | "redacted_thinking" | "document" => seen_other = true,
+                other => {
+                    return Err(invalid(&format!(
+                        "{at}.type: Input tag '{other}' found using 'type' does not match any of the expected tags"
+                    )))
+                }
+            }
+        }
+        if role == "user" && !prev_tool_ids.is_empty() {
+            let answered = blocks
+                .iter()
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+                .count();
+            if answered < prev_tool_ids.len() {
+                return Err(invalid(&format!(
+                    "messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after"
+                )));
+            }
+        }
+        prev_tool_ids = tool_ids;
+    }
+    Ok(())
 }
 
 pub fn count_tokens(body: &Value) -> Reply {

@@ -255,6 +255,18 @@ pub fn write_stream<W: Write>(
     delay: std::time::Duration,
     keep_alive: bool,
 ) -> io::Result<()> {
+    write_chunks(w, status, headers, events, delay, keep_alive)
+}
+
+/// [`write_stream`] for any byte events (Bedrock's binary eventstream frames).
+pub fn write_chunks<W: Write, E: AsRef<[u8]>>(
+    w: &mut W,
+    status: u16,
+    headers: &[(String, String)],
+    events: &[E],
+    delay: std::time::Duration,
+    keep_alive: bool,
+) -> io::Result<()> {
     w.write_all(&head(
         status,
         headers,
@@ -266,11 +278,12 @@ pub fn write_stream<W: Write>(
         if i > 0 && !delay.is_zero() {
             std::thread::sleep(delay);
         }
+        let ev = ev.as_ref();
         if ev.is_empty() {
             continue;
         }
         write!(w, "{:x}\r\n", ev.len())?;
-        w.write_all(ev.as_bytes())?;
+        w.write_all(ev)?;
         w.write_all(b"\r\n")?;
         w.flush()?;
     }

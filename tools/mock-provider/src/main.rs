@@ -13,11 +13,15 @@
 //!   x-mock-cached-tokens: N        report N prompt tokens as cached
 //!   x-mock-cache-creation-tokens: N  (Anthropic cache_creation_input_tokens)
 //!   x-mock-reasoning-tokens: N     add N reasoning tokens to the output
+//! Gemini (`/v1beta/models/{m}:generateContent`) and Bedrock Converse
+//! (`/model/{id}/converse[-stream]`, SigV4-checked) live in gemini.rs / bedrock.rs.
 //! Introspection: GET /_mock/last, GET /_mock/requests, POST /_mock/reset,
 //! GET /_mock/health.
 
 mod anthropic;
+mod bedrock;
 mod common;
+mod gemini;
 mod http;
 mod json;
 mod openai;
@@ -151,6 +155,9 @@ pub fn dispatch(req: &Request) -> Reply {
         }
         h.push_back(record(req));
     }
+    if let Some(r) = gemini::route(req).or_else(|| bedrock::route(req)) {
+        return r;
+    }
     let path = req.path();
     let provider = provider_of(path);
     let ctl = match Ctl::from_request(req) {
@@ -232,6 +239,9 @@ pub fn dispatch(req: &Request) -> Reply {
 
 fn serve_one(req: &Request, w: &mut TcpStream, verbose: bool) -> std::io::Result<()> {
     let keep_alive = req.keep_alive();
+    if let Some(done) = bedrock::serve_stream(req, w, keep_alive) {
+        return done;
+    }
     let reply = std::panic::catch_unwind(|| dispatch(req)).unwrap_or_else(|_| {
         openai::error(
             500,

@@ -1,0 +1,376 @@
+//! The `provider` section of a route: which provider, where, with which credentials.
+//!
+//! ```json
+//! "provider": "openai"                      // label only: no rewriting (as before)
+//! "provider": {
+//!   "kind": "anthropic",                    // openai | openai_compatible | azure_openai
+//!                                           // | anthropic | gemini | bedrock
+//!   "name": "anthropic",                    // metric label (default: the kind)
+//!   "endpoint": { "authority": "api.anthropic.com", "base_path": "/v1",
+//!                 "cluster": "anthropic" },
+//!   "api_key": { "env": "ANTHROPIC_API_KEY" },   // or { "inline": "sk-..." }
+//!   "model_map": { "fast": "claude-haiku-4-5" },
+//!   "anthropic": { "max_tokens_default": 4096, "version": "2023-06-01" },
+//!   "azure": { "api_version": "2024-10-21" },
+//!   "aws": { "region": "us-east-1", "access_key_id": {...}, "secret_access_key": {...},
+//!            "session_token": {...} }
+//! }
+//! ```
+//! Secrets are resolved once at configure (`env` through WASI `environ_get`, which
+//! Envoy fills from `vm_config.environment_variables`), and their `Debug` prints
+//! `<redacted>`, so no log line ever carries one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// Which wire protocol the upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI itself.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Servers speaking OpenAI's API: Mistral, Groq, DeepSeek, vLLM, Ollama, OpenRouter.
+    #[serde(rename = "openai_compatible")]
+    OpenAiCompatible,
+    /// Azure OpenAI: deployment in the path, `api-version`, `api-key` header.
+    #[serde(rename = "azure_openai")]
+    AzureOpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini `generateContent` / `streamGenerateContent?alt=sse`.
+    Gemini,
+    /// AWS Bedrock Converse / ConverseStream, SigV4-signed.
+    Bedrock,
+}
+
+impl ProviderKind {
+    /// The config spelling, also the default metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::OpenAiCompatible => "openai_compatible",
+            ProviderKind::AzureOpenAi => "azure_openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
+        }
+    }
+}
+
+/// A credential: where it comes from in the config, and its value once resolved.
+/// `Debug` never prints the value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    /// The value itself, in the config (fine for tests; prefer `env` in production).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    /// Name of an environment variable of the wasm VM. In Envoy, list it in
+    /// `vm_config.environment_variables.host_env_keys` (copied from Envoy's own
+    /// environment) or `key_values`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(skip)]
+    value: String,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.env {
+            Some(e) => write!(f, "Secret(env {e:?}, <redacted>)"),
+            None => f.write_str("Secret(<redacted>)"),
+        }
+    }
+}
+
+impl Secret {
+    /// An inline secret (tests, tools).
+    pub fn inline(value: &str) -> Secret {
+        Secret {
+            inline: Some(value.to_string()),
+            env: None,
+            value: value.to_string(),
+        }
+    }
+
+    /// The resolved value. Never log it.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// Resolve the value once at configure.
+    fn resolve(
+        &mut self,
+        path: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let v = match (&self.inline, &self.env) {
+            (Some(v), None) => v.clone(),
+            (None, Some(name)) => env(name).ok_or_else(|| {
+                ConfigError::at(
+                    format!("{path}.env"),
+                    format!(
+                        "environment variable {name:?} is not set in the wasm VM (Envoy: add it to vm_config.environment_variables host_env_keys or key_values)"
+                    ),
+                )
+            })?,
+            _ => {
+                return Err(ConfigError::at(
+                    path,
+                    "expected exactly one of `inline` or `env`",
+                ))
+            }
+        };
+        if v.is_empty() || v.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(ConfigError::at(
+                path,
+                "the secret is empty or holds control characters (a trailing newline?)",
+            ));
+        }
+        self.value = v;
+        Ok(())
+    }
+}
+
+/// Where requests for this provider go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Endpoint {
+    /// New `:authority` (e.g. `api.anthropic.com`); unset keeps the client's.
+    pub authority: Option<String>,
+    /// Path prefix before the API's own path, e.g. `/v1` (Anthropic, OpenAI),
+    /// `/openai/v1` (Groq), `/api/v1` (OpenRouter). Unset: the provider's default.
+    pub base_path: Option<String>,
+    /// Envoy cluster that should carry the request. tollgate sets it in the
+    /// `x-tollgate-cluster` request header; a route with
+    /// `cluster_header: x-tollgate-cluster` sends it there (see docs/providers.md).
+    pub cluster: Option<String>,
+}
+
+/// Anthropic options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnthropicOptions {
+    /// `max_tokens` sent when the client gave none (Anthropic requires it).
+    pub max_tokens_default: u64,
+    /// `anthropic-version` header.
+    pub version: String,
+}
+
+impl Default for AnthropicOptions {
+    fn default() -> Self {
+        AnthropicOptions {
+            max_tokens_default: 4096,
+            version: "2023-06-01".to_string(),
+        }
+    }
+}
+
+/// Azure OpenAI options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AzureOptions {
+    /// `api-version` query parameter.
+    pub api_version: String,
+}
+
+impl Default for AzureOptions {
+    fn default() -> Self {
+        AzureOptions {
+            api_version: "2024-10-21".to_string(),
+        }
+    }
+}
+
+/// AWS credentials and region (Bedrock).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsOptions {
+    /// Region, e.g. `us-east-1` (also names the default authority
+    /// `bedrock-runtime.<region>.amazonaws.com`).
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: Option<Secret>,
+    /// Secret access key.
+    pub secret_access_key: Option<Secret>,
+    /// Session token of temporary credentials, if any.
+    pub session_token: Option<Secret>,
+}
+
+/// A route's provider, fully described (the object form of `provider`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Wire protocol.
+    pub kind: ProviderKind,
+    /// Metric/log label; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where to send requests.
+    #[serde(default)]
+    pub endpoint: Endpoint,
+    /// API key (Bearer for OpenAI-compatible, `x-api-key` for Anthropic, `api-key`
+    /// for Azure, `x-goog-api-key` for Gemini). Unset: the client's own auth header
+    /// goes through unchanged.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Model aliases: the client's `model` → the upstream model (for Azure, the
+    /// deployment name).
+    #[serde(default)]
+    pub model_map: BTreeMap<String, String>,
+    /// Anthropic options.
+    #[serde(default)]
+    pub anthropic: AnthropicOptions,
+    /// Azure OpenAI options.
+    #[serde(default)]
+    pub azure: AzureOptions,
+    /// AWS options (Bedrock).
+    #[serde(default)]
+    pub aws: AwsOptions,
+}
+
+impl ProviderConfig {
+    /// A config of `kind` with everything else default (tests, tools).
+    pub fn new(kind: ProviderKind) -> ProviderConfig {
+        ProviderConfig {
+            kind,
+            name: None,
+            endpoint: Endpoint::default(),
+            api_key: None,
+            model_map: BTreeMap::new(),
+            anthropic: AnthropicOptions::default(),
+            azure: AzureOptions::default(),
+            aws: AwsOptions::default(),
+        }
+    }
+
+    /// The metric/log label.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.kind.as_str())
+    }
+
+    /// The upstream model for the client's `model`: the model map's entry, else unchanged.
+    pub fn map_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map.get(model).map_or(model, String::as_str)
+    }
+
+    /// Validate and resolve secrets; `path` is this object's config path.
+    pub fn resolve(
+        &mut self,
+        path: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let at = |f: &str| format!("{path}.{f}");
+        if let Some(n) = &self.name {
+            if n.is_empty()
+                || n.len() > 64
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError::at(
+                    at("name"),
+                    "expected 1 to 64 characters [A-Za-z0-9_-] (it becomes a metric label)",
+                ));
+            }
+        }
+        if let Some(a) = &self.endpoint.authority {
+            if a.is_empty() || a.bytes().any(|b| b <= b' ' || b == b'/' || b >= 0x7f) {
+                return Err(ConfigError::at(
+                    at("endpoint.authority"),
+                    "expected a host[:port] with no scheme or path",
+                ));
+            }
+        }
+        if let Some(p) = &self.endpoint.base_path {
+            if !p.is_empty()
+                && (!p.starts_with('/') || p.ends_with('/') || p.bytes().any(|b| b <= b' '))
+            {
+                return Err(ConfigError::at(
+                    at("endpoint.base_path"),
+                    "expected \"\" or a path starting with '/' and not ending with '/' (e.g. \"/v1\")",
+                ));
+            }
+        }
+        if let Some(c) = &self.endpoint.cluster {
+            if c.is_empty() || c.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+                return Err(ConfigError::at(
+                    at("endpoint.cluster"),
+                    "expected an Envoy cluster name",
+                ));
+            }
+        }
+        for (k, v) in &self.model_map {
+            if k.is_empty() || v.is_empty() {
+                return Err(ConfigError::at(
+                    at("model_map"),
+                    format!("aliases and targets must not be empty ({k:?} → {v:?})"),
+                ));
+            }
+        }
+        if self.azure.api_version.is_empty()
+            || !self
+                .azure
+                .api_version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(ConfigError::at(
+                at("azure.api_version"),
+                "expected an api-version such as \"2024-10-21\"",
+            ));
+        }
+        if self.anthropic.max_tokens_default == 0 {
+            return Err(ConfigError::at(
+                at("anthropic.max_tokens_default"),
+                "must be at least 1",
+            ));
+        }
+        if let Some(s) = self.api_key.as_mut() {
+            s.resolve(&at("api_key"), env)?;
+        }
+        match self.kind {
+            ProviderKind::AzureOpenAi if self.endpoint.authority.is_none() => {
+                return Err(ConfigError::at(
+                    at("endpoint.authority"),
+                    "required for azure_openai (e.g. \"myresource.openai.azure.com\")",
+                ));
+            }
+            ProviderKind::OpenAiCompatible if self.endpoint.authority.is_none() => {
+                return Err(ConfigError::at(
+                    at("endpoint.authority"),
+                    "required for openai_compatible (e.g. \"api.mistral.ai\")",
+                ));
+            }
+            ProviderKind::Bedrock => {
+                if self.aws.region.is_empty() {
+                    return Err(ConfigError::at(at("aws.region"), "required for bedrock"));
+                }
+                for (name, s) in [
+                    ("access_key_id", self.aws.access_key_id.as_mut()),
+                    ("secret_access_key", self.aws.secret_access_key.as_mut()),
+                ] {
+                    match s {
+                        Some(s) => s.resolve(&at(&format!("aws.{name}")), env)?,
+                        None => {
+                            return Err(ConfigError::at(
+                                at(&format!("aws.{name}")),
+                                "required for bedrock (requests are SigV4-signed)",
+                            ))
+                        }
+                    }
+                }
+                if let Some(s) = self.aws.session_token.as_mut() {
+                    s.resolve(&at("aws.session_token"), env)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
