@@ -159,6 +159,7 @@ impl RootContext for Root {
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
             held_response_headers: Vec::new(),
+            translate_in_filter: None,
         }))
     }
 
@@ -179,6 +180,10 @@ struct Http {
     waiting_for_body: bool,
     /// Response headers read when they were held, written back with `x-llm-*` added.
     held_response_headers: Vec<u8>,
+    /// Kong: a provider answer being translated without holding headers. Chunks
+    /// collect here (the client gets empty chunks) until the last one, which is
+    /// replaced by the whole translated body.
+    translate_in_filter: Option<Vec<u8>>,
 }
 
 impl Context for Http {}
@@ -299,7 +304,11 @@ impl Http {
 /// `:path`, `:authority`, auth and cluster headers (and `content-length` for a new
 /// body), in one read and one write of the header map, then ask Envoy to pick the
 /// route again (see docs/providers.md).
-fn rewrite_upstream(req: &crate::providers::UpstreamRequest, body_len: Option<usize>) {
+fn rewrite_upstream(
+    host: HostKind,
+    req: &crate::providers::UpstreamRequest,
+    body_len: Option<usize>,
+) {
     let map = MapType::HttpRequestHeaders;
     let raw = ffi::header_map(map).unwrap_or_default();
     let mut ours: Vec<(&str, String)> = Vec::with_capacity(req.set_headers.len() + 3);
@@ -318,7 +327,9 @@ fn rewrite_upstream(req: &crate::providers::UpstreamRequest, body_len: Option<us
     }
     // Envoy 1.40 re-selects the route by itself after a filter edited request
     // headers (measured); the foreign function makes it explicit where offered.
-    let _ = ffi::clear_route_cache();
+    if host.has_foreign_functions() {
+        let _ = ffi::clear_route_cache();
+    }
 }
 
 impl HttpContext for Http {
@@ -417,7 +428,7 @@ impl HttpContext for Http {
         match decision {
             BodyDecision::Forward => {
                 if let Some(u) = upstream {
-                    rewrite_upstream(&u, None);
+                    rewrite_upstream(self.host, &u, None);
                 }
                 Action::Continue
             }
@@ -425,7 +436,7 @@ impl HttpContext for Http {
                 match ffi::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body) {
                     Ok(()) if upstream.is_some() => {
                         if let Some(u) = upstream {
-                            rewrite_upstream(&u, Some(new_body.len()));
+                            rewrite_upstream(self.host, &u, Some(new_body.len()));
                         }
                     }
                     Ok(()) => {
@@ -462,6 +473,21 @@ impl HttpContext for Http {
         if self.response == ResponseMode::Buffer && !self.host.can_hold_responses() {
             // Kong: no holding headers; copy the body for usage instead (no x-llm-* headers).
             self.response = ResponseMode::Copy;
+        }
+        if self.response == ResponseMode::Translate
+            && !self.host.can_hold_responses()
+            && !end_of_stream
+        {
+            // Kong: headers go now (JSON, length unknown until translated); the
+            // body is gathered in the filter and replaced at the end.
+            let mut ours = vec![("content-type", "application/json".to_string())];
+            ours.extend(ex.rate_limit_headers());
+            let map = merge_header_map(&headers, &ours, &["content-length"]);
+            if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
+                warn!("tollgate: cannot set translated response headers: {s:?}");
+            }
+            self.translate_in_filter = Some(Vec::new());
+            return Action::Continue;
         }
         let stream = self.response == ResponseMode::Stream && !end_of_stream;
         let mut length_removed = false;
@@ -522,6 +548,28 @@ impl HttpContext for Http {
                     ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
                 if let Some(r) = ex.on_response_complete(Some(&body)) {
                     self.emit(&r, true);
+                }
+                Action::Continue
+            }
+            ResponseMode::Translate if self.translate_in_filter.is_some() => {
+                let chunk =
+                    ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                let mut gathered = self.translate_in_filter.take().unwrap_or_default();
+                gathered.extend_from_slice(&chunk);
+                if !end_of_stream {
+                    self.translate_in_filter = Some(gathered);
+                    if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &[])
+                    {
+                        warn!("tollgate: cannot hold back a chunk to translate: {s:?}");
+                    }
+                    return Action::Continue;
+                }
+                let (out, report) = ex.on_translated_response(&gathered);
+                if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                    warn!("tollgate: cannot write the translated response: {s:?}");
+                }
+                if let Some(r) = report {
+                    self.emit(&r, false);
                 }
                 Action::Continue
             }

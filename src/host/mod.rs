@@ -47,6 +47,13 @@ impl HostKind {
         self != HostKind::Kong
     }
 
+    /// Whether `proxy_call_foreign_function` may be called (Envoy's
+    /// `clear_route_cache`, `set_envoy_filter_state`): ngx_wasm_module binds it
+    /// to its NYI stub, which traps.
+    pub fn has_foreign_functions(self) -> bool {
+        self != HostKind::Kong
+    }
+
     /// `end_of_stream` for the request-headers callback. Kong always says false
     /// (ngx_http_proxy_wasm.c passes `0 // TODO: eof`), so a declared
     /// `content-length: 0` is the only sign there is no body; a body-less request

@@ -432,3 +432,61 @@ fn kong_partial_request_body_never_pauses() {
     );
     assert_eq!(input_tokens(&gw, "gpt-4o", "chat"), 0);
 }
+
+const ANTHROPIC: &str = r#"{
+  "defaults": {"provider": "openai"},
+  "routes": {"claude": {"provider": {
+    "kind": "anthropic",
+    "endpoint": {"authority": "api.anthropic.com", "base_path": "/v1"},
+    "api_key": {"inline": "sk-ant-test"}
+  }}}
+}"#;
+
+on_both_hosts!(
+    provider_translation_openai_client_anthropic_upstream,
+    |mode| {
+        let mut gw = Gateway::tollgate(mode, ANTHROPIC, 1);
+        assert!(gw.vms[0].configured, "{mode:?}: {:?}", gw.vms[0].logs());
+        let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+                      "messages": [{"role": "user", "content": "Say hi"}]})
+        .to_string();
+        // Anthropic's documented Messages response.
+        let answer = json!({
+            "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "Hi there"}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 11, "output_tokens": 3}
+        })
+        .to_string();
+        // In two chunks: Kong hands them over one by one and tollgate gathers them.
+        let mut resp = Response::json(200, &answer);
+        let (a, b) = answer.split_at(answer.len() / 2);
+        resp.chunks = vec![a.as_bytes().to_vec(), b.as_bytes().to_vec()];
+        let o = gw.send(0, "claude", &Request::post_json(CHAT, &body), &resp);
+        clean(mode, &o);
+        assert_eq!(o.upstream_header(":path"), Some("/v1/messages"));
+        assert_eq!(o.upstream_header(":authority"), Some("api.anthropic.com"));
+        assert_eq!(o.upstream_header("x-api-key"), Some("sk-ant-test"));
+        assert!(o.upstream_header("anthropic-version").is_some());
+        let up = o.upstream_json();
+        assert_eq!(up["messages"][0]["content"], json!("Say hi"), "{up}");
+        assert_eq!(up["max_tokens"], 64);
+        let v = o.json();
+        assert_eq!(
+            v["object"],
+            "chat.completion",
+            "{mode:?}: client got {}",
+            String::from_utf8_lossy(&o.body)
+        );
+        assert_eq!(v["choices"][0]["message"]["content"], "Hi there");
+        assert_eq!(v["usage"]["prompt_tokens"], 11);
+        assert_eq!(v["usage"]["completion_tokens"], 3);
+        assert_eq!(
+            o.header("content-length")
+                .map(|l| l.parse::<usize>().unwrap())
+                .unwrap_or(o.body.len()),
+            o.body.len()
+        );
+        assert_eq!(o.header("content-type"), Some("application/json"));
+    }
+);

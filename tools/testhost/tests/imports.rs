@@ -31,7 +31,7 @@ const ENVOY_ONLY: &[(&str, &str)] = &[
     ("proxy_close_stream", "SDK close_http_stream default (vtable); tollgate never resets streams"),
     (
         "proxy_call_foreign_function",
-        "SDK default (vtable); set_envoy_filter_state (hits_addend) is an Envoy foreign function",
+        "Envoy foreign functions (clear_route_cache after a provider rewrite, set_envoy_filter_state): called only when HostKind::has_foreign_functions() (not Kong)",
     ),
     ("proxy_resolve_shared_queue", "SDK default (vtable); a Kong queue is registered, never resolved"),
 ];
