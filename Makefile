@@ -8,6 +8,8 @@
 #   make e2e     pytest only (after make build mock)
 #   make rls     redis-server + rls-limitador for the shared-limit e2e tests (cached in .cache/)
 #   make bench   benches/run.py (BENCH_ARGS="--quick" for a smoke run)
+#   make testhost tollgate.wasm on the wasmtime host, Envoy and Kong modes, + import check
+#   make oci     target/oci/tollgate: OCI image layout for Istio / Envoy Gateway
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -22,10 +24,10 @@ CONCURRENCY ?= 1
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help toolchain build mock venv run test lint e2e bench clean-venv rls
+.PHONY: help toolchain build mock venv run test lint e2e bench clean-venv rls testhost oci
 
 help:
-	@sed -n '3,11p' Makefile | sed 's/^# *//'
+	@sed -n '3,13p' Makefile | sed 's/^# *//'
 
 toolchain:
 	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
@@ -62,9 +64,10 @@ lint: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p tollgate -p noop-filter --target wasm32-wasip1 -- -D warnings
 
+# The wasm is built first: tools/testhost's tests (in cargo test --workspace) load it.
 test: venv lint
-	cargo test --workspace
 	$(MAKE) build mock
+	cargo test --workspace
 	$(MAKE) rls
 	$(MAKE) e2e
 
@@ -73,6 +76,12 @@ rls:
 
 e2e: venv
 	$(VENV)/bin/python -m pytest -q tests/ $(PYTEST_ARGS)
+
+testhost: build
+	cargo test -p testhost
+
+oci: build
+	$(PYTHON) scripts/oci.py
 
 bench: venv
 	$(VENV)/bin/python benches/run.py $(BENCH_ARGS)

@@ -7,7 +7,7 @@
 mod ffi;
 mod global;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -17,7 +17,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::config::Config;
 use crate::host::{
-    find_header, merge_header_map, parse_header_map, property_text, HostKind, ROUTE_NAME_PROPERTIES,
+    find_header, merge_header_map, parse_header_map, property_text, HostKind, KONG_PROBE,
+    ROUTE_NAME_PROPERTIES,
 };
 use crate::limits::{self, Store, StoreError};
 use crate::metering::labels::{self, ModelLabels, TokenType};
@@ -193,8 +194,23 @@ impl Metrics {
 struct Root {
     config: Rc<Config>,
     metrics: Rc<RefCell<Metrics>>,
-    host: HostKind,
     store: SharedData,
+    /// Detected on the VM's first request (see [`detect_host`]).
+    host: Rc<Cell<HostKind>>,
+}
+
+/// Which host runs this VM, probed once: request properties are not readable in
+/// the root context, so the first HTTP context asks and every later one reuses it.
+fn detect_host(cached: &Cell<HostKind>) -> HostKind {
+    if cached.get() == HostKind::Unknown {
+        let kong = matches!(ffi::property(KONG_PROBE), Ok(Some(_)));
+        cached.set(if kong {
+            HostKind::Kong
+        } else {
+            HostKind::Envoy
+        });
+    }
+    cached.get()
 }
 
 impl Default for Root {
@@ -207,8 +223,8 @@ impl Default for Root {
                 rate_limit_ids: HashMap::new(),
                 pending_allowed: None,
             })),
-            host: HostKind::Unknown,
             store: SharedData::default(),
+            host: Rc::new(Cell::new(HostKind::Unknown)),
         }
     }
 }
@@ -268,14 +284,16 @@ impl RootContext for Root {
             calls: global::Calls::new(context_id),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
-            host: self.host,
             store: self.store.clone(),
+            host: self.host.get(),
+            host_cell: self.host.clone(),
             exchange: None,
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
             held_response_headers: Vec::new(),
             response_body_replaced: false,
             pii_emitted: false,
+            translate_in_filter: None,
         }))
     }
 
@@ -297,6 +315,8 @@ struct Http {
     metrics: Rc<RefCell<Metrics>>,
     host: HostKind,
     store: SharedData,
+    /// The VM's detected host, shared with the root context.
+    host_cell: Rc<Cell<HostKind>>,
     exchange: Option<Exchange>,
     response: ResponseMode,
     waiting_for_body: bool,
@@ -308,6 +328,10 @@ struct Http {
     response_body_replaced: bool,
     /// PII metrics and filter state were written (once per request).
     pii_emitted: bool,
+    /// Kong: a provider answer being translated without holding headers. Chunks
+    /// collect here (the client gets empty chunks) until the last one, which is
+    /// replaced by the whole translated body.
+    translate_in_filter: Option<Vec<u8>>,
 }
 
 impl Context for Http {
@@ -333,7 +357,6 @@ impl Http {
                 continue;
             }
             if let Some(name) = property_text(ffi::property(path).ok().flatten()) {
-                self.host = kind;
                 return Some(name);
             }
         }
@@ -412,6 +435,7 @@ impl Http {
             }
         }
         self.global_settle(report);
+        let host = self.host;
         if add_headers {
             // Headers were held: write them back with ours added, in one call.
             let held = std::mem::take(&mut self.held_response_headers);
@@ -429,13 +453,15 @@ impl Http {
                 debug!("cannot set x-llm headers: {s:?}");
             }
         }
-        let keys = self
-            .exchange
-            .as_ref()
-            .map_or(&[][..], |ex| ex.settings().metering.filter_state.as_slice());
-        for (k, v) in report.filter_state(keys) {
-            if let Err(s) = ffi::set_property(&[k], v.as_bytes()) {
-                debug!("tollgate: cannot set filter state {k}: {s:?}");
+        if host.has_filter_state() {
+            let keys = self
+                .exchange
+                .as_ref()
+                .map_or(&[][..], |ex| ex.settings().metering.filter_state.as_slice());
+            for (k, v) in report.filter_state(keys) {
+                if let Err(s) = ffi::set_property(&[k], v.as_bytes()) {
+                    debug!("tollgate: cannot set filter state {k}: {s:?}");
+                }
             }
         }
         let mut m = self.metrics.borrow_mut();
@@ -453,7 +479,7 @@ impl Http {
             labels::requests(&report.route, &report.provider, report.estimated),
             1,
         );
-        if ffi::debug_enabled() {
+        if host.has_log_level() && ffi::debug_enabled() {
             debug!("{}", report.log_line());
         }
         drop(m);
@@ -482,7 +508,8 @@ impl Http {
                 resp,
             );
         }
-        if let Some(state) = pii.filter_state() {
+        let state = self.host.has_filter_state().then(|| pii.filter_state());
+        if let Some(state) = state.flatten() {
             if let Err(s) = ffi::set_property(&["llm.pii"], state.as_bytes()) {
                 debug!("tollgate: cannot set filter state llm.pii: {s:?}");
             }
@@ -494,7 +521,11 @@ impl Http {
 /// `:path`, `:authority`, auth and cluster headers (and `content-length` for a new
 /// body), in one read and one write of the header map, then ask Envoy to pick the
 /// route again (see docs/providers.md).
-fn rewrite_upstream(req: &crate::providers::UpstreamRequest, body_len: Option<usize>) {
+fn rewrite_upstream(
+    host: HostKind,
+    req: &crate::providers::UpstreamRequest,
+    body_len: Option<usize>,
+) {
     let map = MapType::HttpRequestHeaders;
     let raw = ffi::header_map(map).unwrap_or_default();
     let mut ours: Vec<(&str, String)> = Vec::with_capacity(req.set_headers.len() + 3);
@@ -513,11 +544,14 @@ fn rewrite_upstream(req: &crate::providers::UpstreamRequest, body_len: Option<us
     }
     // Envoy 1.40 re-selects the route by itself after a filter edited request
     // headers (measured); the foreign function makes it explicit where offered.
-    let _ = ffi::clear_route_cache();
+    if host.has_foreign_functions() {
+        let _ = ffi::clear_route_cache();
+    }
 }
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.host = detect_host(&self.host_cell);
         let route = self.route_name();
         let settings = self.config.route(route.as_deref());
         let route: Rc<str> = Rc::from(route.as_deref().unwrap_or("default"));
@@ -539,6 +573,7 @@ impl HttpContext for Http {
             };
             ex.set_consumer(consumer);
         }
+        let end_of_stream = self.host.request_end_of_stream(end_of_stream, len);
         match ex.on_request_headers(method, path, len, end_of_stream) {
             HeadersDecision::PassThrough => Action::Continue,
             HeadersDecision::Respond(r) => {
@@ -552,7 +587,11 @@ impl HttpContext for Http {
                 }
                 self.exchange = Some(ex);
                 self.waiting_for_body = true;
-                Action::Pause
+                if self.host.pause_request_headers() {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
             }
         }
     }
@@ -569,10 +608,25 @@ impl HttpContext for Http {
             return self.reply(&r);
         }
         if !end_of_stream {
+            if !self.host.pause_request_headers() {
+                // Kong hands over the whole body at once; should a part ever come,
+                // pausing would hang the request: pass it through unmetered.
+                warn!("tollgate: partial request body on a host that cannot pause; passing through unmetered");
+                self.waiting_for_body = false;
+                self.exchange = None;
+                return Action::Continue;
+            }
             return Action::Pause;
         }
         self.waiting_for_body = false;
         let body = match ffi::buffer(BufferType::HttpRequestBody, 0, body_size) {
+            Ok(b) if b.is_empty() && body_size > 0 => {
+                // Kong: a body over `nginx_http_client_body_buffer_size` is on disk
+                // and the host hands back nothing. Fail open, loudly.
+                warn!("tollgate: request body of {body_size} bytes is not readable (Kong: raise nginx_http_client_body_buffer_size); passing through unmetered");
+                self.exchange = None;
+                return Action::Continue;
+            }
             Ok(b) => b,
             Err(s) => {
                 warn!("tollgate: cannot read request body: {s:?}; passing through unmetered");
@@ -605,7 +659,7 @@ impl HttpContext for Http {
         let action = match decision {
             BodyDecision::Forward => {
                 if let Some(u) = upstream {
-                    rewrite_upstream(&u, None);
+                    rewrite_upstream(self.host, &u, None);
                 }
                 Action::Continue
             }
@@ -613,7 +667,7 @@ impl HttpContext for Http {
                 match ffi::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body) {
                     Ok(()) if upstream.is_some() => {
                         if let Some(u) = upstream {
-                            rewrite_upstream(&u, Some(new_body.len()));
+                            rewrite_upstream(self.host, &u, Some(new_body.len()));
                         }
                     }
                     Ok(()) => {
@@ -653,6 +707,25 @@ impl HttpContext for Http {
         let ct = text("content-type");
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
         self.response = ex.on_response_headers(status, ct, len);
+        if self.response == ResponseMode::Buffer && !self.host.can_hold_responses() {
+            // Kong: no holding headers; copy the body for usage instead (no x-llm-* headers).
+            self.response = ResponseMode::Copy;
+        }
+        if self.response == ResponseMode::Translate
+            && !self.host.can_hold_responses()
+            && !end_of_stream
+        {
+            // Kong: headers go now (JSON, length unknown until translated); the
+            // body is gathered in the filter and replaced at the end.
+            let mut ours = vec![("content-type", "application/json".to_string())];
+            ours.extend(ex.rate_limit_headers());
+            let map = merge_header_map(&headers, &ours, &["content-length"]);
+            if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
+                warn!("tollgate: cannot set translated response headers: {s:?}");
+            }
+            self.translate_in_filter = Some(Vec::new());
+            return Action::Continue;
+        }
         let stream = self.response == ResponseMode::Stream && !end_of_stream;
         let mut length_removed = false;
         if self.response != ResponseMode::Buffer || end_of_stream {
@@ -721,6 +794,28 @@ impl HttpContext for Http {
                 }
                 if let Some(r) = ex.on_response_complete(Some(&body)) {
                     self.emit(&r, true);
+                }
+                Action::Continue
+            }
+            ResponseMode::Translate if self.translate_in_filter.is_some() => {
+                let chunk =
+                    ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                let mut gathered = self.translate_in_filter.take().unwrap_or_default();
+                gathered.extend_from_slice(&chunk);
+                if !end_of_stream {
+                    self.translate_in_filter = Some(gathered);
+                    if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &[])
+                    {
+                        warn!("tollgate: cannot hold back a chunk to translate: {s:?}");
+                    }
+                    return Action::Continue;
+                }
+                let (out, report) = ex.on_translated_response(&gathered);
+                if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                    warn!("tollgate: cannot write the translated response: {s:?}");
+                }
+                if let Some(r) = report {
+                    self.emit(&r, false);
                 }
                 Action::Continue
             }

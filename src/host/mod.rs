@@ -14,6 +14,62 @@ pub enum HostKind {
     Unknown,
 }
 
+impl HostKind {
+    /// Whether `Action::Pause` in `on_http_request_headers` waits for the body.
+    /// Envoy (with `allow_on_headers_stop_iteration`) holds the headers and still
+    /// delivers the body. ngx_wasm_module only resumes a paused request on an
+    /// HTTP-call answer or `proxy_continue_request` (its t/03-proxy_wasm
+    /// "on_request_headers -> Pause" case times out), but it reads the whole body
+    /// before `on_request_body` anyway and request headers stay writable until
+    /// then, so on Kong tollgate continues instead of pausing.
+    pub fn pause_request_headers(self) -> bool {
+        self != HostKind::Kong
+    }
+
+    /// Whether the host can hold response headers and buffer a response body.
+    /// ngx_wasm_module cannot pause in response phases (`proxy_continue_response`
+    /// is NYI: "cannot pause in header_filter phase", a 500), so on Kong responses
+    /// are only ever copied or streamed, never held.
+    pub fn can_hold_responses(self) -> bool {
+        self != HostKind::Kong
+    }
+
+    /// Whether `proxy_get_log_level` may be called: ngx_wasm_module binds it to
+    /// its NYI stub, which traps the filter.
+    pub fn has_log_level(self) -> bool {
+        self != HostKind::Kong
+    }
+
+    /// Whether `set_property` stores filter state others can read. Envoy keeps it
+    /// as `wasm.<key>` for access logs; ngx_wasm_module only accepts `wasmx.*`
+    /// (visible to the filter alone) and immutable `ngx.*` writes trap.
+    pub fn has_filter_state(self) -> bool {
+        self != HostKind::Kong
+    }
+
+    /// Whether `proxy_call_foreign_function` may be called (Envoy's
+    /// `clear_route_cache`, `set_envoy_filter_state`): ngx_wasm_module binds it
+    /// to its NYI stub, which traps.
+    pub fn has_foreign_functions(self) -> bool {
+        self != HostKind::Kong
+    }
+
+    /// `end_of_stream` for the request-headers callback. Kong always says false
+    /// (ngx_http_proxy_wasm.c passes `0 // TODO: eof`), so a declared
+    /// `content-length: 0` is the only sign there is no body; a body-less request
+    /// that is not caught here still passes, because Kong never pauses on it.
+    pub fn request_end_of_stream(self, end_of_stream: bool, content_length: Option<u64>) -> bool {
+        match self {
+            HostKind::Kong => end_of_stream || content_length == Some(0),
+            _ => end_of_stream,
+        }
+    }
+}
+
+/// A property only Kong answers (an nginx variable every request has), read
+/// once per VM to tell the hosts apart. Envoy answers `NotFound`.
+pub const KONG_PROBE: &[&str] = &["ngx", "request_method"];
+
 /// Where each host keeps the route name, in lookup order.
 pub const ROUTE_NAME_PROPERTIES: [(HostKind, &[&str]); 3] = [
     (HostKind::Envoy, &["xds", "route_name"]),
@@ -64,6 +120,17 @@ mod tests {
         assert_eq!(property_u64(b"200"), Some(200));
         assert_eq!(property_u64(b"12345678"), Some(12_345_678));
         assert_eq!(property_u64(b"x"), None);
+    }
+
+    #[test]
+    fn kong_never_pauses_and_reads_eos_from_the_length() {
+        assert!(!HostKind::Kong.pause_request_headers());
+        assert!(!HostKind::Kong.can_hold_responses());
+        assert!(HostKind::Envoy.pause_request_headers() && HostKind::Envoy.can_hold_responses());
+        assert!(HostKind::Kong.request_end_of_stream(false, Some(0)));
+        assert!(!HostKind::Kong.request_end_of_stream(false, Some(12)));
+        assert!(!HostKind::Kong.request_end_of_stream(false, None));
+        assert!(!HostKind::Envoy.request_end_of_stream(false, Some(0)));
     }
 
     #[test]
