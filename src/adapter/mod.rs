@@ -369,7 +369,11 @@ impl HttpContext for Http {
         }
         let ct = text("content-type");
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
-        self.response = ex.on_response_headers(status, ct, len);
+        self.response = if crate::metering::identity_encoding(text("content-encoding")) {
+            ex.on_response_headers(status, ct, len)
+        } else {
+            ex.on_encoded_response_headers(status)
+        };
         let stream = self.response == ResponseMode::Stream && !end_of_stream;
         let mut length_removed = false;
         if self.response != ResponseMode::Buffer || end_of_stream {

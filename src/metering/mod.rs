@@ -97,6 +97,8 @@ pub struct Exchange {
     max_tokens: Option<u64>,
     consumer: Option<String>,
     admission: Option<Admission>,
+    /// The response body had a `content-encoding` tollgate cannot read.
+    encoded_response: bool,
 }
 
 impl Exchange {
@@ -120,6 +122,7 @@ impl Exchange {
             max_tokens: None,
             consumer: None,
             admission: None,
+            encoded_response: false,
         }
     }
 
@@ -435,6 +438,18 @@ impl Exchange {
         }
     }
 
+    /// Instead of [`Exchange::on_response_headers`] when the response carries a
+    /// `content-encoding` other than `identity` (an upstream may compress even
+    /// though tollgate drops `accept-encoding`): the body can be neither read nor
+    /// edited, so it passes through byte for byte, and the report falls back to
+    /// tollgate's prompt count, labelled as an estimate (the completion is unknown).
+    pub fn on_encoded_response_headers(&mut self, status: u32) -> ResponseMode {
+        self.response_status = status;
+        self.stream = None;
+        self.encoded_response = self.api.is_some() && (200..300).contains(&status);
+        ResponseMode::PassThrough
+    }
+
     /// A chunk of a non-streaming response in [`ResponseMode::Copy`].
     pub fn on_copied_chunk(&mut self, chunk: &[u8]) {
         if self.copy_overflow {
@@ -529,7 +544,9 @@ impl Exchange {
         };
         let estimated = match source {
             UsageSource::Provider => false,
-            UsageSource::Counted => prompt.estimated || estimated_completion,
+            UsageSource::Counted => {
+                prompt.estimated || estimated_completion || self.encoded_response
+            }
         };
         Some(Report {
             api,
@@ -546,6 +563,12 @@ impl Exchange {
             estimated,
         })
     }
+}
+
+/// True for a `content-encoding` tollgate can read: none, or `identity`.
+pub fn identity_encoding(content_encoding: Option<&str>) -> bool {
+    content_encoding
+        .is_none_or(|e| e.trim().is_empty() || e.trim().eq_ignore_ascii_case("identity"))
 }
 
 /// Case-insensitive prefix test for header values (`Text/Event-Stream`), without

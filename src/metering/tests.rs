@@ -480,3 +480,29 @@ fn anthropic_stream_cut_before_its_closing_usage_counts_what_was_streamed() {
     assert_eq!(rep.source, UsageSource::Counted);
     assert!(rep.estimated);
 }
+
+#[test]
+fn compressed_responses_pass_through_and_report_the_prompt_count_as_an_estimate() {
+    assert!(identity_encoding(None));
+    assert!(identity_encoding(Some(" Identity ")));
+    assert!(!identity_encoding(Some("gzip")));
+    let body = br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let mut ex = exchange("{}", "openai");
+    assert!(matches!(
+        start(&mut ex, "/v1/chat/completions", body),
+        BodyDecision::Replace(_)
+    ));
+    assert_eq!(
+        ex.on_encoded_response_headers(200),
+        ResponseMode::PassThrough
+    );
+    // Nothing is framed or stripped: the stream meter is gone.
+    assert_eq!(
+        ex.on_stream_chunk(b"data: {}\n\n", true),
+        Rewrite::Unchanged
+    );
+    let rep = ex.finish().unwrap();
+    assert_eq!(rep.source, UsageSource::Counted);
+    assert_eq!(rep.usage.prompt_tokens, rep.counted_prompt_tokens);
+    assert!(rep.estimated, "the completion is unknown");
+}

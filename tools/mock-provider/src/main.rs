@@ -13,11 +13,13 @@
 //!   x-mock-cached-tokens: N        report N prompt tokens as cached
 //!   x-mock-cache-creation-tokens: N  (Anthropic cache_creation_input_tokens)
 //!   x-mock-reasoning-tokens: N     add N reasoning tokens to the output
+//!   x-mock-fault: reset-after-bytes=N|stall|truncate|gzip|...  (see faults.rs)
 //! Introspection: GET /_mock/last, GET /_mock/requests, POST /_mock/reset,
 //! GET /_mock/health.
 
 mod anthropic;
 mod common;
+mod faults;
 mod http;
 mod json;
 mod openai;
@@ -244,6 +246,9 @@ fn serve_one(req: &Request, w: &mut TcpStream, verbose: bool) -> std::io::Result
     let delay = Ctl::from_request(req).map(|c| c.delay).unwrap_or_default();
     if verbose {
         eprintln!("mock-provider: {} {}", req.method, req.target);
+    }
+    if let Some(outcome) = faults::serve(req, &reply, w) {
+        return outcome;
     }
     match reply {
         Reply::Full {
