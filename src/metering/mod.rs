@@ -99,6 +99,9 @@ pub struct Exchange {
     admission: Option<Admission>,
     /// The response body had a `content-encoding` tollgate cannot read.
     encoded_response: bool,
+    /// Completions the provider generates (and bills) per request: OpenAI's `n`,
+    /// or `best_of` for legacy completions; 1 otherwise.
+    choices: u64,
 }
 
 impl Exchange {
@@ -123,6 +126,7 @@ impl Exchange {
             consumer: None,
             admission: None,
             encoded_response: false,
+            choices: 1,
         }
     }
 
@@ -223,6 +227,7 @@ impl Exchange {
         self.max_tokens = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
             .iter()
             .find_map(|k| parsed.get(*k).and_then(Value::as_u64));
+        self.choices = choices(api, &parsed);
 
         let profile = models::profile(model);
         self.encoding = profile.encoding;
@@ -327,7 +332,8 @@ impl Exchange {
             model: self.model.as_deref().unwrap_or(""),
             provider: &self.settings.provider,
             prompt_tokens: prompt,
-            reserve_tokens: self.reservation(),
+            // Every choice can use the whole cap: `n: 8` must not reserve for one.
+            reserve_tokens: self.reservation().saturating_mul(self.choices),
         };
         let a = limits::admit(&self.settings.limits, store, now_ms, &subject);
         let reply = (!a.allowed).then(|| {
@@ -563,6 +569,20 @@ impl Exchange {
             estimated,
         })
     }
+}
+
+/// Completions generated per request: `n` (and legacy `best_of`, which the
+/// provider generates and bills in full) on OpenAI chat/completions; at least 1.
+fn choices(api: Api, parsed: &Value) -> u64 {
+    if !matches!(api, Api::ChatCompletions | Api::Completions) {
+        return 1;
+    }
+    ["n", "best_of"]
+        .iter()
+        .filter_map(|k| parsed.get(*k).and_then(Value::as_u64))
+        .max()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// True for a `content-encoding` tollgate can read: none, or `identity`.
