@@ -246,11 +246,13 @@ def chat_request(target_bytes: int, seed: int) -> bytes:
         if size() >= target_bytes or turn > 10000:
             break
     # Trim the last message so the body lands close to the target (on a word boundary).
-    over = size() - target_bytes
+    over = size() - target_bytes + len(FRESH_MARKER) + 8
     last = messages[-1]
     if over > 0 and len(last["content"]) > over + 40:
         cut = last["content"][: len(last["content"]) - over]
         last["content"] = cut.rsplit(" ", 1)[0] + "."
+    # wrk replaces the marker with a new number per request (see WRK_LUA).
+    last["content"] += f" Ticket {FRESH_MARKER}."
     if messages[-1]["role"] != "user":
         messages.append({"role": "user", "content": rng.choice(_ASKS)})
     return json.dumps(req).encode()
@@ -299,6 +301,8 @@ UPSTREAM_RESPONSE = json.dumps(
 )
 
 BODY_SIZES = {"1k": 1024, "32k": 32 * 1024}
+# Eight characters in the last user turn that wrk swaps for a fresh 8-digit number.
+FRESH_MARKER = "QQQQQQQQ"
 
 
 # --------------------------------------------------------------------------------------
@@ -592,6 +596,19 @@ wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench"
 
+-- Like a real conversation, every request resends the history but ends with a new
+-- user turn: the marker in the last message becomes a fresh random number, so no
+-- proxy can answer the last turn's token count from a cache.
+math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+local at = body:find("%(marker)s", 1, true)
+if at then
+  local head, tail = body:sub(1, at - 1), body:sub(at + #"%(marker)s")
+  request = function()
+    local fresh = string.format("%%08d", math.random(0, 99999999))
+    return wrk.format(nil, nil, nil, head .. fresh .. tail)
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -743,7 +760,7 @@ def write_bodies(workdir: Path, variants: list[dict], sizes: list[str]) -> dict:
             if v.get("bodies", {}).get(label):
                 bp = REPO / v["bodies"][label]
             lua = workdir / f"wrk-{v['name']}-{label}.lua"
-            lua.write_text(WRK_LUA % {"body": str(bp)})
+            lua.write_text(WRK_LUA % {"body": str(bp), "marker": FRESH_MARKER})
             out[v["name"]][label] = (bp, lua, bp.read_bytes())
     return out
 

@@ -33,7 +33,10 @@ fn main() {
                 ResponseMode::Buffer
             );
             let r = ex.on_response_complete(Some(resp)).unwrap();
-            std::hint::black_box((r.headers(), r.filter_state()));
+            std::hint::black_box((
+                r.headers(),
+                r.filter_state(&tollgate::config::FilterStateKey::ALL),
+            ));
         }
         let per = t.elapsed().as_secs_f64() / n as f64 * 1e6;
         println!("{label} ({} bytes): {per:.1} µs per exchange", body.len());

@@ -244,7 +244,11 @@ impl Http {
                 debug!("cannot set x-llm headers: {s:?}");
             }
         }
-        for (k, v) in report.filter_state() {
+        let keys = self
+            .exchange
+            .as_ref()
+            .map_or(&[][..], |ex| ex.settings().metering.filter_state.as_slice());
+        for (k, v) in report.filter_state(keys) {
             if let Err(s) = ffi::set_property(&[k], v.as_bytes()) {
                 debug!("tollgate: cannot set filter state {k}: {s:?}");
             }

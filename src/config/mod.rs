@@ -87,7 +87,91 @@ pub struct Metering {
     /// Largest single SSE event accepted for usage parsing; larger events pass
     /// through unparsed.
     pub max_event_bytes: u64,
+    /// Which `llm.*` filter-state keys to write. Each key is one hostcall and one
+    /// Envoy filter-state object (about 1.5 µs per request in Envoy's V8), so the
+    /// default writes the figures an access log needs and nothing the host knows.
+    pub filter_state: Vec<FilterStateKey>,
 }
+
+/// One `llm.*` filter-state entry (`%FILTER_STATE(wasm.llm.<key>:PLAIN)%`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterStateKey {
+    /// Billed (or counted) prompt tokens.
+    PromptTokens,
+    /// Billed (or counted) completion tokens.
+    CompletionTokens,
+    /// Prompt plus completion tokens.
+    TotalTokens,
+    /// Prompt tokens served from the provider's cache.
+    CachedTokens,
+    /// Reasoning tokens inside the completion.
+    ReasoningTokens,
+    /// tollgate's own pre-forward prompt count.
+    CountedPromptTokens,
+    /// Requested model (else the served one).
+    Model,
+    /// Model the provider says it served.
+    ResponseModel,
+    /// Provider label.
+    Provider,
+    /// Route name as tollgate resolved it.
+    Route,
+    /// API dialect (`chat_completions`, `messages`, ...).
+    Api,
+    /// `true` when any figure is an estimate.
+    Estimated,
+    /// `provider` or `counted`.
+    UsageSource,
+}
+
+impl FilterStateKey {
+    /// Every key, in the order they are documented.
+    pub const ALL: [FilterStateKey; 13] = [
+        FilterStateKey::PromptTokens,
+        FilterStateKey::CompletionTokens,
+        FilterStateKey::TotalTokens,
+        FilterStateKey::CachedTokens,
+        FilterStateKey::ReasoningTokens,
+        FilterStateKey::CountedPromptTokens,
+        FilterStateKey::Model,
+        FilterStateKey::ResponseModel,
+        FilterStateKey::Provider,
+        FilterStateKey::Route,
+        FilterStateKey::Api,
+        FilterStateKey::Estimated,
+        FilterStateKey::UsageSource,
+    ];
+
+    /// The property name written (Envoy prefixes it with `wasm.`).
+    pub fn property(self) -> &'static str {
+        match self {
+            FilterStateKey::PromptTokens => "llm.prompt_tokens",
+            FilterStateKey::CompletionTokens => "llm.completion_tokens",
+            FilterStateKey::TotalTokens => "llm.total_tokens",
+            FilterStateKey::CachedTokens => "llm.cached_tokens",
+            FilterStateKey::ReasoningTokens => "llm.reasoning_tokens",
+            FilterStateKey::CountedPromptTokens => "llm.counted_prompt_tokens",
+            FilterStateKey::Model => "llm.model",
+            FilterStateKey::ResponseModel => "llm.response_model",
+            FilterStateKey::Provider => "llm.provider",
+            FilterStateKey::Route => "llm.route",
+            FilterStateKey::Api => "llm.api",
+            FilterStateKey::Estimated => "llm.estimated",
+            FilterStateKey::UsageSource => "llm.usage_source",
+        }
+    }
+}
+
+/// The default filter-state keys: the billed figures, the model, and whether any
+/// of it is an estimate.
+pub const DEFAULT_FILTER_STATE: [FilterStateKey; 5] = [
+    FilterStateKey::PromptTokens,
+    FilterStateKey::CompletionTokens,
+    FilterStateKey::TotalTokens,
+    FilterStateKey::Model,
+    FilterStateKey::Estimated,
+];
 
 impl Default for Metering {
     fn default() -> Self {
@@ -100,6 +184,7 @@ impl Default for Metering {
             estimate_bytes_per_token: 4.0,
             image_estimate_tokens: 765,
             max_event_bytes: 1024 * 1024,
+            filter_state: DEFAULT_FILTER_STATE.to_vec(),
         }
     }
 }
@@ -515,6 +600,14 @@ impl RouteSettings {
                 "must be at least 1024",
             ));
         }
+        for (i, k) in m.filter_state.iter().enumerate() {
+            if m.filter_state.get(..i).is_some_and(|seen| seen.contains(k)) {
+                return Err(ConfigError::at(
+                    format!("{}[{i}]", at("metering.filter_state")),
+                    format!("duplicate key {:?}", k.property()),
+                ));
+            }
+        }
         self.limits.validate(&at("limits"))?;
         Ok(())
     }
@@ -579,6 +672,11 @@ mod tests {
 
         let e = err(r#"{"routes":{"a":{"metering":{"estimate_bytes_per_token":0}}}}"#);
         assert_eq!(e.path, "routes.a.metering.estimate_bytes_per_token");
+
+        let e = err(r#"{"defaults":{"metering":{"filter_state":["model","model"]}}}"#);
+        assert_eq!(e.path, "defaults.metering.filter_state[1]");
+        let e = err(r#"{"defaults":{"metering":{"filter_state":["modle"]}}}"#);
+        assert_eq!(e.path, "defaults.metering.filter_state[0]");
 
         let e = err(r#"{"defaults":{"invalid_body":"drop"}}"#);
         assert_eq!(e.path, "defaults.invalid_body");

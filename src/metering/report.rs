@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use serde::Serialize;
 
+use crate::config::FilterStateKey;
 use crate::dialect::Api;
 use crate::usage::Usage;
 
@@ -74,44 +75,36 @@ impl Report {
         h
     }
 
-    /// Filter-state entries; Envoy exposes `llm.x` as `%FILTER_STATE(wasm.llm.x:PLAIN)%`.
-    /// Each entry is a hostcall (~1.4 µs in Envoy's V8), so only what the host does
-    /// not already know is written: the route is Envoy's own `%ROUTE_NAME%`.
-    pub fn filter_state(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("llm.prompt_tokens", self.usage.prompt_tokens.to_string()),
-            (
-                "llm.completion_tokens",
-                self.usage.completion_tokens.to_string(),
-            ),
-            ("llm.total_tokens", self.usage.total().to_string()),
-            ("llm.cached_tokens", self.usage.cached_tokens.to_string()),
-            (
-                "llm.reasoning_tokens",
-                self.usage.reasoning_tokens.to_string(),
-            ),
-            (
-                "llm.counted_prompt_tokens",
-                self.counted_prompt_tokens.to_string(),
-            ),
-            ("llm.model", self.model().to_string()),
-            (
-                "llm.response_model",
-                self.response_model.clone().unwrap_or_default(),
-            ),
-            ("llm.provider", self.provider.clone()),
-            ("llm.route", self.route.to_string()),
-            ("llm.api", self.api.name().to_string()),
-            ("llm.estimated", self.estimated.to_string()),
-            (
-                "llm.usage_source",
-                match self.source {
-                    UsageSource::Provider => "provider",
-                    UsageSource::Counted => "counted",
-                }
-                .to_string(),
-            ),
-        ]
+    /// Filter-state entries for `keys`; Envoy exposes `llm.x` as
+    /// `%FILTER_STATE(wasm.llm.x:PLAIN)%`. Each entry is a hostcall (~1.5 µs in
+    /// Envoy's V8), which is why the route config picks the keys.
+    pub fn filter_state(&self, keys: &[FilterStateKey]) -> Vec<(&'static str, String)> {
+        keys.iter()
+            .map(|k| {
+                let v = match k {
+                    FilterStateKey::PromptTokens => self.usage.prompt_tokens.to_string(),
+                    FilterStateKey::CompletionTokens => self.usage.completion_tokens.to_string(),
+                    FilterStateKey::TotalTokens => self.usage.total().to_string(),
+                    FilterStateKey::CachedTokens => self.usage.cached_tokens.to_string(),
+                    FilterStateKey::ReasoningTokens => self.usage.reasoning_tokens.to_string(),
+                    FilterStateKey::CountedPromptTokens => self.counted_prompt_tokens.to_string(),
+                    FilterStateKey::Model => self.model().to_string(),
+                    FilterStateKey::ResponseModel => {
+                        self.response_model.clone().unwrap_or_default()
+                    }
+                    FilterStateKey::Provider => self.provider.clone(),
+                    FilterStateKey::Route => self.route.to_string(),
+                    FilterStateKey::Api => self.api.name().to_string(),
+                    FilterStateKey::Estimated => self.estimated.to_string(),
+                    FilterStateKey::UsageSource => match self.source {
+                        UsageSource::Provider => "provider",
+                        UsageSource::Counted => "counted",
+                    }
+                    .to_string(),
+                };
+                (k.property(), v)
+            })
+            .collect()
     }
 
     /// One JSON line per request for debug logs: everything, no prompt content.

@@ -6,6 +6,7 @@
 //! the count degrades to a documented estimate instead of stalling a worker.
 
 pub mod bpe;
+pub mod cache;
 pub mod image;
 pub mod models;
 pub mod pretokenize;
@@ -93,7 +94,7 @@ impl TextCounter for BudgetedCounter<'_> {
         match self.tokenizer {
             Some(tok) if text.len() <= self.remaining => {
                 self.remaining -= text.len();
-                tok.count(text) as u64
+                cache::count(tok, text)
             }
             _ => {
                 if !text.is_empty() {

@@ -18,8 +18,14 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import oracle  # noqa: E402
 
+# Every llm.* filter-state key (the default writes five; the assertions read them all).
+ALL_FILTER_STATE = [
+    "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
+    "counted_prompt_tokens", "model", "response_model", "provider", "route", "api", "estimated",
+    "usage_source",
+]
 CONFIG = {
-    "defaults": {"max_request_bytes": 65536},
+    "defaults": {"max_request_bytes": 65536, "metering": {"filter_state": ALL_FILTER_STATE}},
     "routes": {"anthropic": {"provider": "anthropic"}},
 }
 MESSAGES = [

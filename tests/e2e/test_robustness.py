@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-CONFIG = {"defaults": {"metering": {"tokenize_byte_budget": 65536}}}
+CONFIG = {"defaults": {"metering": {"tokenize_byte_budget": 65536, "filter_state": ["counted_prompt_tokens"]}}}
 
 
 @pytest.fixture(scope="module")
