@@ -29,8 +29,14 @@ use tollgate::metering::{BodyDecision, Exchange, HeadersDecision, ResponseMode};
 use tollgate::tokens::{bpe, Encoding};
 use tollgate::usage::stream::Rewrite;
 
+/// A fuzz target body.
+pub type Target = fn(&[u8]);
+
+/// An SSE event as owned data: raw bytes, offset, complete, `event:`, `data:`.
+type OwnedEvent = (Vec<u8>, u64, bool, Option<String>, Option<Vec<u8>>);
+
 /// The targets by name, for the smoke runner and `make fuzz`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("exchange", exchange),
     ("sse", sse),
@@ -45,7 +51,7 @@ impl Split {
     fn new(seed: u8) -> Split {
         Split(u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
-    fn next(&mut self) -> u64 {
+    fn draw(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -56,7 +62,7 @@ impl Split {
         let mut out = Vec::new();
         let mut rest = data;
         while !rest.is_empty() {
-            let n = (1 + self.next() % max.max(1)) as usize;
+            let n = (1 + self.draw() % max.max(1)) as usize;
             let (a, b) = rest.split_at(n.min(rest.len()));
             out.push(a);
             rest = b;
@@ -283,7 +289,7 @@ pub fn sse(data: &[u8]) {
     // bytes rebuild the stream exactly.
     let frame = |chunks: &[&[u8]]| {
         let mut f = SseFramer::new(usize::MAX);
-        let mut evs: Vec<(Vec<u8>, u64, bool, Option<String>, Option<Vec<u8>>)> = Vec::new();
+        let mut evs: Vec<OwnedEvent> = Vec::new();
         let mut keep = |e: tollgate::dialect::sse::SseEvent<'_>| {
             evs.push((
                 e.raw().to_vec(),

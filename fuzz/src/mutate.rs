@@ -56,7 +56,7 @@ pub struct Rng(pub u64);
 
 impl Rng {
     /// Next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn draw(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -67,7 +67,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            (self.next() % n as u64) as usize
+            (self.draw() % n as u64) as usize
         }
     }
 }
@@ -84,7 +84,7 @@ pub fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
             }
             1 if !v.is_empty() => {
                 let i = rng.below(v.len());
-                v[i] = rng.next() as u8;
+                v[i] = rng.draw() as u8;
             }
             2 => {
                 let end = (at + 1 + rng.below(16)).min(v.len());
@@ -109,7 +109,7 @@ pub fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
                 v.splice(at..at, other[s..e].iter().copied());
             }
             6 => v.truncate(at),
-            _ => v.insert(at, rng.next() as u8),
+            _ => v.insert(at, rng.draw() as u8),
         }
     }
     v

@@ -27,7 +27,10 @@ import yaml
 import harness
 
 ROUTE_TIMEOUT_S = 3
-CONFIG = {"defaults": {"metering": {"tokenize_byte_budget": 65536}}}
+# The access-log fields the assertions read (tollgate writes only the listed keys).
+FILTER_STATE = ["prompt_tokens", "completion_tokens", "total_tokens", "counted_prompt_tokens", "estimated",
+                "usage_source"]
+CONFIG = {"defaults": {"metering": {"tokenize_byte_budget": 65536, "filter_state": FILTER_STATE}}}
 
 
 def short_timeouts(doc):
@@ -419,7 +422,8 @@ def test_bad_config_pushed_under_traffic_is_refused_and_the_old_one_serves(envoy
         # A good change afterwards is taken: the watch works, so the refusal meant it.
         good = json.loads(json.dumps(listener))
         _tollgate_filter(good)["typed_config"]["config"]["configuration"]["value"] = json.dumps(
-            {"defaults": {"metering": {"tokenize_byte_budget": 65536, "response_headers": False}}})
+            {"defaults": {"metering": {"tokenize_byte_budget": 65536, "response_headers": False,
+                                       "filter_state": FILTER_STATE}}})
         _push(lds, _lds_doc(good))
         deadline = time.monotonic() + 15
         while lds_stat("update_success") == success0 and time.monotonic() < deadline:
@@ -523,7 +527,7 @@ def _window(env, hostile: bytes | None, path: str, seconds: float = 0.25) -> flo
 
 @pytest.fixture(scope="module")
 def hostile_env(envoy_with):
-    cfg = {"defaults": {"metering": {"tokenize_byte_budget": HOSTILE_BUDGET}}}
+    cfg = {"defaults": {"metering": {"tokenize_byte_budget": HOSTILE_BUDGET, "filter_state": FILTER_STATE}}}
     e = envoy_with(cfg, name="hostile", concurrency=1, mutate=sinks)
     e.vm_baseline = vm_state(e)
     return e

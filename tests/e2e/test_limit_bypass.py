@@ -22,11 +22,14 @@ import oracle  # noqa: E402  (tests/oracle.py: OpenAI's tiktoken, offline)
 
 LIMIT = 2000
 RESERVE = 100
-CONFIG = {"defaults": {"limits": {
-    "consumer": {"header": "x-consumer-id"},
-    "reserve_max_tokens_default": RESERVE,
-    "rules": [{"name": "hourly", "key": ["consumer"], "window": "1h", "tokens": LIMIT}],
-}}}
+CONFIG = {"defaults": {
+    "metering": {"filter_state": ["prompt_tokens", "completion_tokens", "total_tokens", "usage_source"]},
+    "limits": {
+        "consumer": {"header": "x-consumer-id"},
+        "reserve_max_tokens_default": RESERVE,
+        "rules": [{"name": "hourly", "key": ["consumer"], "window": "1h", "tokens": LIMIT}],
+    },
+}}
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 
 
