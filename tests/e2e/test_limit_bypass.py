@@ -87,6 +87,30 @@ def test_a_stream_without_any_usage_is_charged_what_was_streamed(env):
     assert left == LIMIT - int(entry["total_tokens"]) - probe
 
 
+def test_a_client_that_hangs_up_mid_stream_is_charged_what_it_received(env):
+    body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 1000, "stream": True}
+    r = requests.post(env.base_url + "/v1/chat/completions", json=body, stream=True, timeout=30,
+                      headers={"x-consumer-id": "bypass-abort", "x-mock-reply-words": "400",
+                               "x-mock-chunk-delay-ms": "5"})
+    got = b""
+    for piece in r.iter_content(None):
+        got += piece
+        if got.count(b"\n\ndata: ") >= 40:
+            break
+    r.close()  # hang up before the end (and before any usage chunk)
+    received = "".join(
+        (json.loads(line[6:])["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+        for line in got.decode(errors="replace").split("\n")
+        if line.startswith("data: {") and line.endswith("}"))
+    received_tokens = len(oracle.encoding("o200k_base").encode(received))
+    assert received_tokens > 10
+    time.sleep(1.0)  # the abort reaches the upstream and the exchange is settled
+    left, probe = remaining(env, "bypass-abort")
+    charged = LIMIT - probe - left
+    print(f"hang-up: charged {charged} tokens for {received_tokens} received")
+    assert charged >= received_tokens, f"charged {charged} for {received_tokens} received tokens"
+
+
 def test_n_choices_reserve_for_every_choice(env):
     c = client(env, "bypass-n")
     # 4 choices x 600 = 2400 > 2000: refused before forwarding, although one choice fits.
