@@ -59,6 +59,7 @@ def main():
         ct = 0 if sse else 1
         head = bytes([path, 0, ct, len(resp) % 251]) + len(req).to_bytes(2, "little")
         put("exchange", p.stem, head + req + resp)
+        put("prompt", p.stem, bytes([len(req) % 6]) + req)
         if sse:
             put("sse", p.stem, bytes([path, len(resp) % 251]) + resp)
             put("exchange", p.stem + "-limits", bytes([path, 1, ct, 7]) + len(req).to_bytes(2, "little") + req + resp)
@@ -71,6 +72,9 @@ def main():
     put("sse", "crlf", bytes([0, 2]) + b'data: {"a":1}\r\n\r\n: comment\r\rdata: x\ndata: y\n\nid: 1\n\n')
     areq = b'{"model":"claude-x","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Hi"}]}'
     put("exchange", "anthropic", bytes([4, 0, 0, 5]) + len(areq).to_bytes(2, "little") + areq + anthropic)
+    put("prompt", "anthropic", bytes([3]) + areq)
+    put("prompt", "anthropic-parts", bytes([3]) + b'{"system":[{"type":"text","text":"Be brief"}],"tools":[{"name":"t","input_schema":{"type":"object"}}],"messages":[{"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]}]}')
+    put("prompt", "responses", bytes([0]) + b'{"model":"gpt-4o","instructions":"x","input":[{"role":"user","content":[{"type":"input_text","text":"hi"},{"type":"input_image","image_url":"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="}]}],"tools":[{"type":"function","name":"f","parameters":{}}]}')
 
     # tokenizer
     for name, text in {

@@ -12,6 +12,7 @@
 //!   outgrows `max_event_bytes`), and the events' raw bytes rebuild the stream;
 //! - a metered stream's output and report do not depend on the chunking either, and
 //!   a stream nothing is stripped from reaches the client byte for byte;
+//! - prompt counting (every dialect, on any JSON) labels what it estimated;
 //! - the tokenizer equals tiktoken (`encode_ordinary`) on any UTF-8;
 //! - `stream_options.include_usage` injection yields valid JSON that differs from
 //!   the request only in that member.
@@ -42,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sse", sse),
     ("tokenizer", tokenizer),
     ("inject", inject),
+    ("prompt", prompt),
 ];
 
 /// A small deterministic PRNG for chunk boundaries drawn from the input itself.
@@ -376,5 +378,54 @@ pub fn tokenizer(data: &[u8]) {
         let got = tok.encode(&text);
         assert_eq!(got, want, "{enc:?} differs from tiktoken on {text:?}");
         assert_eq!(tok.count(&text), want.len(), "{enc:?} count != encode");
+    }
+}
+
+const MODELS: &[&str] = &[
+    "gpt-4o",
+    "gpt-4",
+    "o3-mini",
+    "claude-sonnet-4-5",
+    "text-embedding-3-small",
+    "",
+];
+
+/// Prompt counting of every request dialect on one arbitrary JSON body:
+/// `[model, body..]` (the body's own `model` is ignored for the profile). With a
+/// zero byte budget any text counted must be labelled an estimate.
+pub fn prompt(data: &[u8]) {
+    use tollgate::tokens::prompt::{count_prompt, PromptOptions};
+    use tollgate::tokens::{models, BudgetedCounter, TextCounter};
+    let [m, body @ ..] = data else {
+        return;
+    };
+    let Ok(parsed) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
+    let profile = models::profile(MODELS[usize::from(*m) % MODELS.len()]);
+    let opts = PromptOptions::default();
+    let tok = profile.encoding.map(bpe::tokenizer);
+    for api in [
+        Api::ChatCompletions,
+        Api::Completions,
+        Api::Embeddings,
+        Api::Responses,
+        Api::AnthropicMessages,
+    ] {
+        let mut full = BudgetedCounter::new(tok, 1 << 20, opts.bytes_per_token);
+        let exact = count_prompt(api, &parsed, &profile, &mut full, &opts);
+        let mut none = BudgetedCounter::new(tok, 0, opts.bytes_per_token);
+        let guessed = count_prompt(api, &parsed, &profile, &mut none, &opts);
+        if none.estimated() {
+            assert!(guessed.estimated, "{api:?}: estimated text not labelled");
+        }
+        if !full.estimated() && !exact.estimated {
+            // Nothing was estimated with the full budget, so nothing was over it:
+            // the same text under a zero budget is either absent or labelled.
+            assert!(
+                guessed.estimated || guessed.tokens == exact.tokens,
+                "{api:?}"
+            );
+        }
     }
 }

@@ -38,13 +38,18 @@ fn inject() {
 }
 
 #[test]
+fn prompt() {
+    smoke("prompt", tollgate_fuzz::prompt, mutations(3000));
+}
+
+#[test]
 fn every_target_has_a_test_and_seeds() {
     for (name, _) in tollgate_fuzz::TARGETS {
         assert!(!tollgate_fuzz::mutate::seeds(name).is_empty(), "{name}");
     }
     assert_eq!(
         tollgate_fuzz::TARGETS.len(),
-        5,
+        6,
         "add a #[test] for the new target"
     );
 }
