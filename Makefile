@@ -10,6 +10,8 @@
 #   make bench   benches/run.py (BENCH_ARGS="--quick" for a smoke run)
 #   make testhost tollgate.wasm on the wasmtime host, Envoy and Kong modes, + import check
 #   make oci     target/oci/tollgate: OCI image layout for Istio / Envoy Gateway
+#   make fuzz    cargo-fuzz (nightly) on every fuzz/ target, FUZZ_SECONDS each
+#   make soak    benches/soak.py: the full soak through real Envoy (SOAK_ARGS)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -23,11 +25,14 @@ CONFIG ?= filters/examples/metering.json
 CONCURRENCY ?= 1
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' fuzz/Cargo.toml | grep -v '^tollgate-fuzz$$')
+SOAK_ARGS ?=
 
-.PHONY: help toolchain build mock venv run test lint e2e bench clean-venv rls testhost oci
+.PHONY: help toolchain build mock venv run test lint e2e bench clean-venv rls testhost oci fuzz soak
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# *//'
+	@sed -n '3,14p' Makefile | sed 's/^# *//'
 
 toolchain:
 	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
@@ -85,3 +90,23 @@ oci: build
 
 bench: venv
 	$(VENV)/bin/python benches/run.py $(BENCH_ARGS)
+
+# Coverage-guided fuzzing (nightly + cargo-fuzz, installed on demand). Each target
+# starts from its committed seeds (fuzz/seeds/) and keeps what it finds in
+# fuzz/corpus/ (git-ignored); crashes land in fuzz/artifacts/. `make test` runs
+# the stable smoke replay instead (cargo test -p tollgate-fuzz).
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		echo "== fuzz $$t ($(FUZZ_SECONDS)s)"; \
+		CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+		cargo +nightly fuzz run --features libfuzzer $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
+
+# The full soak (>= 200k requests through real Envoy); `make test` runs a short one.
+soak: venv
+	$(MAKE) build mock
+	$(VENV)/bin/python benches/soak.py $(SOAK_ARGS)

@@ -706,7 +706,11 @@ impl HttpContext for Http {
         }
         let ct = text("content-type");
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
-        self.response = ex.on_response_headers(status, ct, len);
+        self.response = if crate::metering::identity_encoding(text("content-encoding")) {
+            ex.on_response_headers(status, ct, len)
+        } else {
+            ex.on_encoded_response_headers(status)
+        };
         if self.response == ResponseMode::Buffer && !self.host.can_hold_responses() {
             // Kong: no holding headers; copy the body for usage instead (no x-llm-* headers).
             self.response = ResponseMode::Copy;

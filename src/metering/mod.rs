@@ -116,6 +116,11 @@ pub struct Exchange {
     provider_path: Option<String>,
     /// Host clock for the provider stage (Unix ms).
     clock_ms: u64,
+    /// The response body had a `content-encoding` tollgate cannot read.
+    encoded_response: bool,
+    /// Completions the provider generates (and bills) per request: OpenAI's `n`,
+    /// or `best_of` for legacy completions; 1 otherwise.
+    choices: u64,
 }
 
 impl Exchange {
@@ -147,6 +152,8 @@ impl Exchange {
             cut: None,
             provider_path: None,
             clock_ms: 0,
+            encoded_response: false,
+            choices: 1,
         }
     }
 
@@ -282,6 +289,7 @@ impl Exchange {
         self.max_tokens = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
             .iter()
             .find_map(|k| parsed.get(*k).and_then(Value::as_u64));
+        self.choices = choices(api, &parsed);
 
         let profile = models::profile(model);
         self.encoding = profile.encoding;
@@ -574,10 +582,12 @@ impl Exchange {
         }
         let l = &self.settings.limits;
         let r = self.max_tokens.unwrap_or(l.reserve_max_tokens_default);
-        match l.reserve_max_tokens_cap {
+        let per_choice = match l.reserve_max_tokens_cap {
             0 => r,
             cap => r.min(cap),
-        }
+        };
+        // Every choice can use the whole cap: `n: 8` must not reserve for one.
+        per_choice.saturating_mul(self.choices)
     }
 
     /// Admission against the route's limits, after the body was counted. Returns
@@ -804,6 +814,18 @@ impl Exchange {
         }
     }
 
+    /// Instead of [`Exchange::on_response_headers`] when the response carries a
+    /// `content-encoding` other than `identity` (an upstream may compress even
+    /// though tollgate drops `accept-encoding`): the body can be neither read nor
+    /// edited, so it passes through byte for byte, and the report falls back to
+    /// tollgate's prompt count, labelled as an estimate (the completion is unknown).
+    pub fn on_encoded_response_headers(&mut self, status: u32) -> ResponseMode {
+        self.response_status = status;
+        self.stream = None;
+        self.encoded_response = self.api.is_some() && (200..300).contains(&status);
+        ResponseMode::PassThrough
+    }
+
     /// A chunk of a non-streaming response in [`ResponseMode::Copy`].
     pub fn on_copied_chunk(&mut self, chunk: &[u8]) {
         if self.copy_overflow {
@@ -950,7 +972,9 @@ impl Exchange {
         };
         let estimated = match source {
             UsageSource::Provider => false,
-            UsageSource::Counted => prompt.estimated || estimated_completion,
+            UsageSource::Counted => {
+                prompt.estimated || estimated_completion || self.encoded_response
+            }
         };
         Some(Report {
             api,
@@ -967,6 +991,26 @@ impl Exchange {
             estimated,
         })
     }
+}
+
+/// Completions generated per request: `n` (and legacy `best_of`, which the
+/// provider generates and bills in full) on OpenAI chat/completions; at least 1.
+fn choices(api: Api, parsed: &Value) -> u64 {
+    if !matches!(api, Api::ChatCompletions | Api::Completions) {
+        return 1;
+    }
+    ["n", "best_of"]
+        .iter()
+        .filter_map(|k| parsed.get(*k).and_then(Value::as_u64))
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// True for a `content-encoding` tollgate can read: none, or `identity`.
+pub fn identity_encoding(content_encoding: Option<&str>) -> bool {
+    content_encoding
+        .is_none_or(|e| e.trim().is_empty() || e.trim().eq_ignore_ascii_case("identity"))
 }
 
 /// Case-insensitive prefix test for header values (`Text/Event-Stream`), without

@@ -480,3 +480,91 @@ fn anthropic_stream_cut_before_its_closing_usage_counts_what_was_streamed() {
     assert_eq!(rep.source, UsageSource::Counted);
     assert!(rep.estimated);
 }
+
+#[test]
+fn compressed_responses_pass_through_and_report_the_prompt_count_as_an_estimate() {
+    assert!(identity_encoding(None));
+    assert!(identity_encoding(Some(" Identity ")));
+    assert!(!identity_encoding(Some("gzip")));
+    let body = br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let mut ex = exchange("{}", "openai");
+    assert!(matches!(
+        start(&mut ex, "/v1/chat/completions", body),
+        BodyDecision::Replace(_)
+    ));
+    assert_eq!(
+        ex.on_encoded_response_headers(200),
+        ResponseMode::PassThrough
+    );
+    // Nothing is framed or stripped: the stream meter is gone.
+    assert_eq!(
+        ex.on_stream_chunk(b"data: {}\n\n", true),
+        Rewrite::Unchanged
+    );
+    let rep = ex.finish().unwrap();
+    assert_eq!(rep.source, UsageSource::Counted);
+    assert_eq!(rep.usage.prompt_tokens, rep.counted_prompt_tokens);
+    assert!(rep.estimated, "the completion is unknown");
+}
+
+#[test]
+fn n_choices_reserve_the_cap_once_per_choice() {
+    use crate::limits::{init_store, MemoryStore};
+    let cfg = r#"{"defaults":{"limits":{"reserve_max_tokens_default":10,"rules":[
+        {"name":"m","key":["consumer"],"window":"1h","tokens":1000}]}}}"#;
+    let now = 3_600_000 * 500_000;
+    let remaining_after = |body: &[u8], path: &str| {
+        let mut store = MemoryStore::default();
+        init_store(&mut store);
+        let mut ex = exchange(cfg, "chat");
+        ex.set_consumer(Some("n".into()));
+        start(&mut ex, path, body);
+        let refused = ex.admit(&mut store, now).is_some();
+        let prompt = ex.prompt.map_or(0, |p| p.tokens);
+        let remaining = ex
+            .rate_limit_headers()
+            .iter()
+            .find(|(k, _)| *k == "x-ratelimit-remaining-tokens")
+            .map(|(_, v)| v.parse::<u64>().unwrap());
+        (
+            refused,
+            remaining.filter(|_| !refused).map(|r| 1000 - prompt - r),
+        )
+    };
+    let chat = |extra: &str| {
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"Hi"}}]{extra}}}"#)
+    };
+    let path = "/v1/chat/completions";
+    assert_eq!(
+        remaining_after(chat(r#","max_tokens":100"#).as_bytes(), path),
+        (false, Some(100))
+    );
+    assert_eq!(
+        remaining_after(chat(r#","max_tokens":100,"n":3"#).as_bytes(), path),
+        (false, Some(300))
+    );
+    assert_eq!(
+        remaining_after(chat(r#","n":4"#).as_bytes(), path),
+        (false, Some(40))
+    );
+    assert!(
+        remaining_after(chat(r#","max_tokens":300,"n":4"#).as_bytes(), path).0,
+        "1200 > 1000"
+    );
+    // Nonsense n is one choice, never zero.
+    assert_eq!(
+        remaining_after(chat(r#","max_tokens":100,"n":0"#).as_bytes(), path),
+        (false, Some(100))
+    );
+    assert_eq!(
+        remaining_after(chat(r#","max_tokens":100,"n":"9""#).as_bytes(), path),
+        (false, Some(100))
+    );
+    // Legacy completions: best_of is generated (and billed) in full.
+    let c =
+        br#"{"model":"gpt-3.5-turbo-instruct","prompt":"Hi","max_tokens":100,"n":2,"best_of":5}"#;
+    assert_eq!(remaining_after(c, "/v1/completions"), (false, Some(500)));
+    // A huge n saturates: refused, never wrapped around.
+    let huge = chat(r#","max_tokens":100,"n":18446744073709551615"#);
+    assert!(remaining_after(huge.as_bytes(), path).0);
+}

@@ -16,12 +16,14 @@
 //!   x-mock-echo: 1                 chat replies echo the last user message
 //! Gemini (`/v1beta/models/{m}:generateContent`) and Bedrock Converse
 //! (`/model/{id}/converse[-stream]`, SigV4-checked) live in gemini.rs / bedrock.rs.
+//!   x-mock-fault: reset-after-bytes=N|stall|truncate|gzip|...  (see faults.rs)
 //! Introspection: GET /_mock/last, GET /_mock/requests, POST /_mock/reset,
 //! GET /_mock/health.
 
 mod anthropic;
 mod bedrock;
 mod common;
+mod faults;
 mod gemini;
 mod http;
 mod json;
@@ -255,6 +257,9 @@ fn serve_one(req: &Request, w: &mut TcpStream, verbose: bool) -> std::io::Result
     let delay = Ctl::from_request(req).map(|c| c.delay).unwrap_or_default();
     if verbose {
         eprintln!("mock-provider: {} {}", req.method, req.target);
+    }
+    if let Some(outcome) = faults::serve(req, &reply, w) {
+        return outcome;
     }
     match reply {
         Reply::Full {
