@@ -34,6 +34,7 @@ use crate::dialect::sse::{SseEvent, SseFramer};
 use crate::dialect::Api;
 use crate::tokens::{BudgetedCounter, TextCounter};
 use crate::usage::stream::Rewrite;
+use crate::usage::wire::{AnDelta, OaDelta};
 use crate::usage::Text;
 
 /// Cut-off state of one streaming exchange.
@@ -80,34 +81,6 @@ struct OaChoice<'a> {
 }
 
 #[derive(Deserialize)]
-struct OaDelta<'a> {
-    #[serde(default, borrow)]
-    content: Text<'a>,
-    #[serde(default, borrow)]
-    reasoning_content: Text<'a>,
-    #[serde(default, borrow)]
-    reasoning: Text<'a>,
-    #[serde(default, borrow)]
-    refusal: Text<'a>,
-    #[serde(default, borrow)]
-    tool_calls: Option<Vec<OaToolCall<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct OaToolCall<'a> {
-    #[serde(default, borrow)]
-    function: Option<OaFunction<'a>>,
-}
-
-#[derive(Deserialize)]
-struct OaFunction<'a> {
-    #[serde(default, borrow)]
-    name: Text<'a>,
-    #[serde(default, borrow)]
-    arguments: Text<'a>,
-}
-
-#[derive(Deserialize)]
 struct AnEvent<'a> {
     #[serde(rename = "type", default, borrow)]
     ty: Text<'a>,
@@ -115,16 +88,6 @@ struct AnEvent<'a> {
     index: Option<u64>,
     #[serde(default, borrow)]
     delta: Option<AnDelta<'a>>,
-}
-
-#[derive(Deserialize)]
-struct AnDelta<'a> {
-    #[serde(default, borrow)]
-    text: Text<'a>,
-    #[serde(default, borrow)]
-    partial_json: Text<'a>,
-    #[serde(default, borrow)]
-    thinking: Text<'a>,
 }
 
 /// What one event means for the cut.
@@ -237,9 +200,8 @@ impl StreamCut {
                 Some("content_block_stop") => self.open_block = None,
                 Some("content_block_delta") => {
                     if let Some(d) = &e.delta {
-                        let tokens = self.count(&d.text)
-                            + self.count(&d.partial_json)
-                            + self.count(&d.thinking);
+                        let mut tokens = 0;
+                        d.for_each_text(|t| tokens += self.count(t));
                         return Seen {
                             tokens,
                             finishing: false,
@@ -264,18 +226,7 @@ impl StreamCut {
             seen.finishing |= ch.finish_reason.0.is_some();
             seen.tokens += self.count(&ch.text);
             if let Some(d) = &ch.delta {
-                seen.tokens += self.count(&d.content)
-                    + self.count(&d.reasoning_content)
-                    + self.count(&d.reasoning)
-                    + self.count(&d.refusal);
-                for f in d
-                    .tool_calls
-                    .iter()
-                    .flatten()
-                    .filter_map(|t| t.function.as_ref())
-                {
-                    seen.tokens += self.count(&f.name) + self.count(&f.arguments);
-                }
+                d.for_each_text(|t| seen.tokens += self.count(t));
             }
         }
         seen

@@ -9,6 +9,7 @@
 //! whole body, because a billing record is worth more than strictness here.
 
 pub mod stream;
+pub(crate) mod wire;
 
 use std::borrow::Cow;
 use std::fmt;

@@ -16,6 +16,7 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
+use super::wire::{AnDelta, OaDelta};
 use super::{RawUsage, Text, Usage};
 use crate::dialect::inject::find_member;
 use crate::dialect::sse::{SseEvent, SseFramer};
@@ -243,34 +244,6 @@ struct OaChoice<'a> {
 }
 
 #[derive(Deserialize)]
-struct OaDelta<'a> {
-    #[serde(default, borrow)]
-    content: Text<'a>,
-    #[serde(default, borrow)]
-    reasoning_content: Text<'a>,
-    #[serde(default, borrow)]
-    reasoning: Text<'a>,
-    #[serde(default, borrow)]
-    refusal: Text<'a>,
-    #[serde(default, borrow)]
-    tool_calls: Option<Vec<OaToolCall<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct OaToolCall<'a> {
-    #[serde(default, borrow)]
-    function: Option<OaFunction<'a>>,
-}
-
-#[derive(Deserialize)]
-struct OaFunction<'a> {
-    #[serde(default, borrow)]
-    name: Text<'a>,
-    #[serde(default, borrow)]
-    arguments: Text<'a>,
-}
-
-#[derive(Deserialize)]
 struct AnEvent<'a> {
     #[serde(rename = "type", default, borrow)]
     ty: Text<'a>,
@@ -288,16 +261,6 @@ struct AnMessage<'a> {
     model: Text<'a>,
     #[serde(default)]
     usage: Option<RawUsage>,
-}
-
-#[derive(Deserialize)]
-struct AnDelta<'a> {
-    #[serde(default, borrow)]
-    text: Text<'a>,
-    #[serde(default, borrow)]
-    partial_json: Text<'a>,
-    #[serde(default, borrow)]
-    thinking: Text<'a>,
 }
 
 #[derive(Deserialize)]
@@ -391,19 +354,7 @@ impl Extract {
         for choice in c.choices.iter().flatten() {
             self.add_text(&choice.text);
             if let Some(d) = &choice.delta {
-                self.add_text(&d.content);
-                self.add_text(&d.reasoning_content);
-                self.add_text(&d.reasoning);
-                self.add_text(&d.refusal);
-                for f in d
-                    .tool_calls
-                    .iter()
-                    .flatten()
-                    .filter_map(|t| t.function.as_ref())
-                {
-                    self.add_text(&f.name);
-                    self.add_text(&f.arguments);
-                }
+                d.for_each_text(|t| self.add_text(t));
             }
         }
         if !strip {
@@ -452,9 +403,7 @@ impl Extract {
             }
             Some("content_block_delta") => {
                 if let Some(d) = &e.delta {
-                    self.add_text(&d.text);
-                    self.add_text(&d.partial_json);
-                    self.add_text(&d.thinking);
+                    d.for_each_text(|t| self.add_text(t));
                 }
             }
             _ => {}
