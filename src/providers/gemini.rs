@@ -24,6 +24,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
+use super::request::{push_turn, refuse_n, system_text_blocks, tool_call_args, tool_result_text};
 use super::{
     openai_error_body, openai_error_type_for_status, ChatRequest, ChunkWriter, Completion,
     FinishReason, Image, Part, RequestBody, RequestContext, ResponseContext, Role,
@@ -195,17 +196,6 @@ pub fn error_body(status: u32, body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// `n` > 1 asks for several choices; the translators answer with one, so say so
-/// instead of silently returning fewer.
-pub(crate) fn refuse_n(body: &Value, provider: &str) -> Result<(), TranslateError> {
-    match body.get("n").and_then(Value::as_u64) {
-        Some(n) if n > 1 => Err(TranslateError::bad_request(format!(
-            "n: {provider} routes return one choice; n = {n} is not supported"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 /// OpenAI sampling and output-format options that Gemini's `generationConfig`
 /// also has: `seed`, `presence_penalty`, `frequency_penalty`, and `response_format`
 /// (`json_object` → `responseMimeType: application/json`; `json_schema` → plus
@@ -366,16 +356,7 @@ pub fn gemini_body(r: &ChatRequest) -> Result<Value, TranslateError> {
                 let mut parts = parts_of(&m.content, &at)?;
                 for c in &m.tool_calls {
                     call_names.insert(c.id.as_str(), c.name.as_str());
-                    let args: Value = if c.arguments.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&c.arguments).map_err(|e| {
-                            TranslateError::bad_request(format!(
-                                "{at}: tool call {:?} arguments are not valid JSON ({e})",
-                                c.id
-                            ))
-                        })?
-                    };
+                    let args = tool_call_args(c, &at)?;
                     let mut part = json!({"functionCall": {"name": c.name, "args": args}});
                     if let Some((_, sig)) = c.id.split_once(THOUGHT_MARK) {
                         part["thoughtSignature"] = sig.into();
@@ -391,17 +372,7 @@ pub fn gemini_body(r: &ChatRequest) -> Result<Value, TranslateError> {
                         "{at}: tool_call_id {id:?} answers no tool call of an earlier assistant message (Gemini needs the function name)"
                     )));
                 };
-                let mut text = String::new();
-                for p in &m.content {
-                    match p {
-                        Part::Text(t) => text.push_str(t),
-                        Part::Image(_) => {
-                            return Err(TranslateError::bad_request(format!(
-                                "{at}: images in tool results cannot be translated for Gemini"
-                            )))
-                        }
-                    }
-                }
+                let text = tool_result_text(&m.content, &at, "Gemini")?;
                 // `response` must be an object: a JSON object result goes as is,
                 // anything else is wrapped.
                 let response = match serde_json::from_str::<Value>(&text) {
@@ -415,13 +386,7 @@ pub fn gemini_body(r: &ChatRequest) -> Result<Value, TranslateError> {
                 )
             }
         };
-        if parts.is_empty() {
-            continue;
-        }
-        match contents.last_mut() {
-            Some((last, p)) if *last == role => p.extend(parts),
-            _ => contents.push((role, parts)),
-        }
+        push_turn(&mut contents, role, parts);
     }
     let mut body = Map::new();
     body.insert(
@@ -433,12 +398,7 @@ pub fn gemini_body(r: &ChatRequest) -> Result<Value, TranslateError> {
                 .collect(),
         ),
     );
-    let system: Vec<Value> = r
-        .system
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| json!({ "text": s }))
-        .collect();
+    let system = system_text_blocks(r);
     if !system.is_empty() {
         body.insert("systemInstruction".into(), json!({ "parts": system }));
     }

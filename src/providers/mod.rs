@@ -57,6 +57,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai_compat;
+pub(crate) mod request;
 pub mod stage;
 
 use std::fmt::Write as _;

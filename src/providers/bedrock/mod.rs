@@ -21,6 +21,7 @@ pub mod stream;
 
 use serde_json::{json, Map, Value};
 
+use super::request::{push_turn, refuse_n, system_text_blocks, tool_call_args, tool_result_text};
 use super::{
     generic_error, ChatRequest, Completion, FinishReason, Image, Part, RequestBody, RequestContext,
     ResponseContext, Role, StreamTranslator, ToolCall, ToolChoice, TranslateError, Translator,
@@ -56,7 +57,7 @@ impl Translator for Bedrock {
                 message: "tollgate: the host gave no wall clock, so the Bedrock request cannot be SigV4-signed".into(),
             });
         }
-        super::gemini::refuse_n(body.value, "Bedrock")?;
+        refuse_n(body.value, "Bedrock")?;
         let chat = ChatRequest::from_value(body.value)?;
         let converse = converse_body(&chat)?;
         let new_body = serde_json::to_vec(&converse).map_err(|e| TranslateError {
@@ -280,33 +281,14 @@ pub fn converse_body(r: &ChatRequest) -> Result<Value, TranslateError> {
                 let mut b = content_blocks(&m.content, &at)?;
                 for c in &m.tool_calls {
                     tool_history = true;
-                    let input: Value = if c.arguments.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&c.arguments).map_err(|e| {
-                            TranslateError::bad_request(format!(
-                                "{at}: tool call {:?} arguments are not valid JSON ({e})",
-                                c.id
-                            ))
-                        })?
-                    };
+                    let input = tool_call_args(c, &at)?;
                     b.push(json!({"toolUse": {"toolUseId": c.id, "name": c.name, "input": input}}));
                 }
                 ("assistant", b)
             }
             Role::Tool => {
                 tool_history = true;
-                let mut text = String::new();
-                for p in &m.content {
-                    match p {
-                        Part::Text(t) => text.push_str(t),
-                        Part::Image(_) => {
-                            return Err(TranslateError::bad_request(format!(
-                                "{at}: images in tool results cannot be translated for Bedrock"
-                            )))
-                        }
-                    }
-                }
+                let text = tool_result_text(&m.content, &at, "Bedrock")?;
                 let content = if text.is_empty() {
                     json!([])
                 } else {
@@ -321,15 +303,8 @@ pub fn converse_body(r: &ChatRequest) -> Result<Value, TranslateError> {
                 )
             }
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        // Converse wants user and assistant turns to alternate: merge neighbours
-        // (e.g. several tool results, or a tool result followed by user text).
-        match messages.last_mut() {
-            Some((last, b)) if *last == role => b.extend(blocks),
-            _ => messages.push((role, blocks)),
-        }
+        // Converse wants user and assistant turns to alternate: merge neighbours.
+        push_turn(&mut messages, role, blocks);
     }
     let mut body = Map::new();
     body.insert(
@@ -341,12 +316,7 @@ pub fn converse_body(r: &ChatRequest) -> Result<Value, TranslateError> {
                 .collect(),
         ),
     );
-    let system: Vec<Value> = r
-        .system
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| json!({ "text": s }))
-        .collect();
+    let system = system_text_blocks(r);
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
     }
