@@ -4,10 +4,7 @@
 //! map turns client model names into deployment names.
 
 use super::openai_compat::api_suffix;
-use super::{
-    generic_error, PassStream, RequestBody, RequestContext, ResponseContext, StreamTranslator,
-    TranslateError, Translator, UpstreamRequest,
-};
+use super::{RequestBody, RequestContext, TranslateError, Translator, UpstreamRequest};
 
 /// The Azure OpenAI translator.
 pub struct AzureOpenAi;
@@ -56,21 +53,7 @@ impl Translator for AzureOpenAi {
         Ok(req)
     }
 
-    fn translate_response(
-        &self,
-        _ctx: &ResponseContext<'_>,
-        body: &[u8],
-    ) -> Result<Vec<u8>, TranslateError> {
-        Ok(body.to_vec())
-    }
-
-    fn stream_translator(&self, _ctx: &ResponseContext<'_>) -> Box<dyn StreamTranslator> {
-        Box::new(PassStream)
-    }
-
-    fn translate_error(&self, status: u32, body: &[u8]) -> Vec<u8> {
-        generic_error(status, body)
-    }
+    pass_through_responses!();
 
     fn translates_response(&self) -> bool {
         false

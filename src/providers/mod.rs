@@ -52,6 +52,33 @@
 
 pub mod config;
 
+/// The response side of a [`Translator`] whose upstream already answers in OpenAI's
+/// shape: bodies and streams pass through untouched, errors keep their message.
+/// One definition for every pass-through provider (and the not-built placeholder),
+/// so they cannot drift apart. Expands inside an `impl Translator for ...` block.
+macro_rules! pass_through_responses {
+    () => {
+        fn translate_response(
+            &self,
+            _ctx: &$crate::providers::ResponseContext<'_>,
+            body: &[u8],
+        ) -> Result<Vec<u8>, $crate::providers::TranslateError> {
+            Ok(body.to_vec())
+        }
+
+        fn stream_translator(
+            &self,
+            _ctx: &$crate::providers::ResponseContext<'_>,
+        ) -> Box<dyn $crate::providers::StreamTranslator> {
+            Box::new($crate::providers::PassStream)
+        }
+
+        fn translate_error(&self, status: u32, body: &[u8]) -> Vec<u8> {
+            $crate::providers::generic_error(status, body)
+        }
+    };
+}
+
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
@@ -229,19 +256,7 @@ impl Translator for NotBuilt {
             ),
         })
     }
-    fn translate_response(
-        &self,
-        _ctx: &ResponseContext<'_>,
-        body: &[u8],
-    ) -> Result<Vec<u8>, TranslateError> {
-        Ok(body.to_vec())
-    }
-    fn stream_translator(&self, _ctx: &ResponseContext<'_>) -> Box<dyn StreamTranslator> {
-        Box::new(PassStream)
-    }
-    fn translate_error(&self, status: u32, body: &[u8]) -> Vec<u8> {
-        generic_error(status, body)
-    }
+    pass_through_responses!();
 }
 
 /// Passes stream bytes through unchanged.

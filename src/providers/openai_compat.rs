@@ -2,10 +2,7 @@
 //! OpenRouter): same wire format, so only the path, authority, auth and (for
 //! aliases) the model change. Responses pass through untouched: zero cost.
 
-use super::{
-    generic_error, PassStream, RequestBody, RequestContext, ResponseContext, StreamTranslator,
-    TranslateError, Translator, UpstreamRequest,
-};
+use super::{RequestBody, RequestContext, TranslateError, Translator, UpstreamRequest};
 use crate::dialect::inject::find_member;
 
 /// The OpenAI-compatible translator.
@@ -80,21 +77,7 @@ impl Translator for OpenAiCompat {
         Ok(req)
     }
 
-    fn translate_response(
-        &self,
-        _ctx: &ResponseContext<'_>,
-        body: &[u8],
-    ) -> Result<Vec<u8>, TranslateError> {
-        Ok(body.to_vec())
-    }
-
-    fn stream_translator(&self, _ctx: &ResponseContext<'_>) -> Box<dyn StreamTranslator> {
-        Box::new(PassStream)
-    }
-
-    fn translate_error(&self, status: u32, body: &[u8]) -> Vec<u8> {
-        generic_error(status, body)
-    }
+    pass_through_responses!();
 
     fn translates_response(&self) -> bool {
         false
