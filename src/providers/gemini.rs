@@ -24,7 +24,9 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::request::{push_turn, refuse_n, system_text_blocks, tool_call_args, tool_result_text};
+use super::request::{
+    push_turn, refuse_n, sampling_config, system_text_blocks, tool_call_args, tool_result_text,
+};
 use super::{
     openai_error_body, openai_error_type_for_status, ChatRequest, ChunkWriter, Completion,
     FinishReason, Image, Part, RequestBody, RequestContext, ResponseContext, Role,
@@ -428,19 +430,7 @@ pub fn gemini_body(r: &ChatRequest) -> Result<Value, TranslateError> {
             body.insert("toolConfig".into(), json!({ "functionCallingConfig": c }));
         }
     }
-    let mut g = Map::new();
-    if let Some(n) = r.max_tokens {
-        g.insert("maxOutputTokens".into(), n.into());
-    }
-    if let Some(t) = r.temperature {
-        g.insert("temperature".into(), t.into());
-    }
-    if let Some(t) = r.top_p {
-        g.insert("topP".into(), t.into());
-    }
-    if !r.stop.is_empty() {
-        g.insert("stopSequences".into(), r.stop.clone().into());
-    }
+    let g = sampling_config(r, "maxOutputTokens");
     if !g.is_empty() {
         body.insert("generationConfig".into(), Value::Object(g));
     }

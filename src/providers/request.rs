@@ -6,7 +6,7 @@
 //! to text, merging neighbouring turns of one role, and the system prompt as text
 //! blocks. What a provider names its blocks and fields stays in its own module.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::{ChatRequest, Part, ToolCall, TranslateError};
 
@@ -80,4 +80,25 @@ pub(crate) fn system_text_blocks(r: &ChatRequest) -> Vec<Value> {
         .filter(|s| !s.is_empty())
         .map(|s| json!({ "text": s }))
         .collect()
+}
+
+/// The sampling options both providers spell alike (`temperature`, `topP`,
+/// `stopSequences`) plus the output cap under the provider's own key
+/// (`maxTokens` for Converse, `maxOutputTokens` for Gemini). Empty when the client
+/// set none of them.
+pub(crate) fn sampling_config(r: &ChatRequest, max_tokens_key: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(n) = r.max_tokens {
+        m.insert(max_tokens_key.into(), n.into());
+    }
+    if let Some(t) = r.temperature {
+        m.insert("temperature".into(), t.into());
+    }
+    if let Some(t) = r.top_p {
+        m.insert("topP".into(), t.into());
+    }
+    if !r.stop.is_empty() {
+        m.insert("stopSequences".into(), r.stop.clone().into());
+    }
+    m
 }

@@ -21,7 +21,9 @@ pub mod stream;
 
 use serde_json::{json, Map, Value};
 
-use super::request::{push_turn, refuse_n, system_text_blocks, tool_call_args, tool_result_text};
+use super::request::{
+    push_turn, refuse_n, sampling_config, system_text_blocks, tool_call_args, tool_result_text,
+};
 use super::{
     generic_error, ChatRequest, Completion, FinishReason, Image, Part, RequestBody, RequestContext,
     ResponseContext, Role, StreamTranslator, ToolCall, ToolChoice, TranslateError, Translator,
@@ -320,19 +322,7 @@ pub fn converse_body(r: &ChatRequest) -> Result<Value, TranslateError> {
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
     }
-    let mut inference = Map::new();
-    if let Some(n) = r.max_tokens {
-        inference.insert("maxTokens".into(), n.into());
-    }
-    if let Some(t) = r.temperature {
-        inference.insert("temperature".into(), t.into());
-    }
-    if let Some(t) = r.top_p {
-        inference.insert("topP".into(), t.into());
-    }
-    if !r.stop.is_empty() {
-        inference.insert("stopSequences".into(), r.stop.clone().into());
-    }
+    let inference = sampling_config(r, "maxTokens");
     if !inference.is_empty() {
         body.insert("inferenceConfig".into(), Value::Object(inference));
     }
