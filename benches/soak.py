@@ -9,8 +9,10 @@ Traffic (round-robin over the templates below, from several client processes
 on keep-alive connections): OpenAI chat (plain, streamed with and without
 `include_usage`, long prompt), legacy completions, embeddings, Responses,
 Anthropic messages (plain and streamed), an unmetered route, headers-only GETs,
-and a route whose per-consumer token limit is kept at its edge (so a steady
-share is refused with 429s).
+a route whose per-consumer token limit is kept at its edge (so a steady
+share is refused with 429s), and a route with PII redaction whose requests carry
+an e-mail address (the mock echoes what it received, so the client's answer shows
+the placeholder the provider got).
 
 Checks and figures (printed, and written as JSON with --json):
 - requests, throughput, p50/p99 latency;
@@ -19,7 +21,9 @@ Checks and figures (printed, and written as JSON with --json):
   from the mock, a reset, a timeout): must be zero;
 - bodies: every 200 is compared with the mock's answer to the same request sent
   directly (tollgate must change nothing the client sees: streams included,
-  where tollgate injects and strips `include_usage`), after blanking the fields
+  where tollgate injects and strips `include_usage`; on the PII route the
+  reference is the mock's answer to the request with the address already replaced
+  by its placeholder), after blanking the fields
   the mock makes fresh per call (ids, timestamps, stream padding): mismatches
   must be zero;
 - Envoy RSS and the wasm VMs' linear memory (the V8 wasm memory mappings in
@@ -54,15 +58,18 @@ def config(limit_tokens: int) -> dict:
                 "reserve_max_tokens_default": 64,
                 "rules": [{"name": "edge", "key": ["consumer"], "window": "1m", "tokens": limit_tokens}],
             }},
+            "pii": {"pii": {"enabled": True, "detectors": {"email": "redact"}}},
         },
     }
 
 
 def add_limited_route(doc):
-    """/limited/v1/... -> /v1/... on a route called `limited` (its own limits)."""
+    """/limited/v1/... and /pii/v1/... -> /v1/... on routes called `limited` (its
+    own limits) and `pii` (PII redaction)."""
     vh = harness.hcm(doc)["route_config"]["virtual_hosts"][0]
-    vh["routes"].insert(0, {"name": "limited", "match": {"prefix": "/limited/"},
-                            "route": {"cluster": "mock_llm", "prefix_rewrite": "/", "timeout": "60s"}})
+    for name in ("limited", "pii"):
+        vh["routes"].insert(0, {"name": name, "match": {"prefix": f"/{name}/"},
+                                "route": {"cluster": "mock_llm", "prefix_rewrite": "/", "timeout": "60s"}})
 
 
 def chat(content, **kw):
@@ -70,6 +77,10 @@ def chat(content, **kw):
 
 
 LONG = " ".join(f"Paragraph {i}: the soak test sends a longer prompt so tokenizing is real work." for i in range(40))
+
+PII_EMAIL = "jane.doe@example.com"
+# What the provider must receive instead on the `pii` route (first e-mail of the request).
+PII_PLACEHOLDER = "<EMAIL_1>"
 
 # (name, method, path, body or None, extra headers, path used for the direct mock call)
 TEMPLATES = [
@@ -91,6 +102,7 @@ TEMPLATES = [
     ("models", "GET", "/v1/models", None, {}),
     ("limited", "POST", "/limited/v1/chat/completions", chat("Near the edge.", max_tokens=32),
      {"x-mock-reply-words": "30"}),
+    ("pii", "POST", "/pii/v1/chat/completions", chat(f"Please mail {PII_EMAIL} the report."), {"x-mock-echo": "1"}),
 ]
 CONSUMERS = 4
 
@@ -102,7 +114,7 @@ def stable(body: bytes) -> bytes:
 
 
 def direct_path(path: str) -> str:
-    for prefix in ("/unmetered", "/limited"):
+    for prefix in ("/unmetered", "/limited", "/pii"):
         if path.startswith(prefix + "/"):
             return path[len(prefix):]
     return path
@@ -127,6 +139,10 @@ def expected_bodies(mock_port: int) -> dict[str, bytes]:
     out = {}
     for t in TEMPLATES:
         name, method, path, raw, headers = encode(t)
+        if name == "pii":
+            # The reference: what the mock echoes when it gets the placeholder.
+            raw = raw.replace(PII_EMAIL.encode(), PII_PLACEHOLDER.encode())
+            assert PII_EMAIL.encode() not in raw
         status, _, data = fetch(conn, method, direct_path(path), raw, headers)
         if status != 200:
             raise SystemExit(f"mock answered {status} to template {name}: {data[:200]!r}")

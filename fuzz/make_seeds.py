@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import shutil
+import zlib
 
 import yaml
 
@@ -99,6 +100,52 @@ def main():
         "ws": b' \n{\n  "stream": true,\n  "stream_options": { }\n}\n',
     }.items():
         put("inject", name, body)
+
+    # pii: [config | api << 2, chunk seed, input]; config 0 restores everything.
+    for name, (sel, text) in {
+        "chat-text": (0, "Mail jane.doe@example.com or call +1 415-555-2671; card 4111 1111 1111 1111."),
+        "chat-iban-ip": (0, "IBAN DE89370400440532013000 from 192.168.10.254, SSN 123-45-6789"),
+        "secrets": (1, "password = hunter2 key AKIAIOSFODNN7EXAMPLE jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig"),
+        "hash-mask": (2, "a@b.co 5555-5555-5555-4444 10.0.0.1"),
+        "placeholder": (1, "Dear <EMAIL_1>, card <CREDIT_CARD_1>"),
+        "chat-body": (1, '{"model":"gpt-4o","messages":[{"role":"user","content":"I am jane@example.com \\u0061@b.co"}]}'),
+        "anthropic-body": (4 | 3, '{"model":"claude-x","max_tokens":8,"system":"ops@corp.example","messages":[{"role":"user","content":[{"type":"text","text":"4111111111111111"}]}]}'),
+        "chat-stream": (0, 'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"Hi <EMAIL_1> jo"}}]}\n\ndata: {"id":"c1","choices":[{"index":0,"delta":{"content":"e@x.io"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'),
+        "anthropic-stream": (4 | 1, 'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"mail a@b.co"}}\n\nevent: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'),
+        "responses-stream": (8, 'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":"m1","content_index":0,"delta":"call 030 12345678"}\n\nevent: response.output_text.done\ndata: {"type":"response.output_text.done","item_id":"m1","content_index":0,"text":"x"}\n\n'),
+    }.items():
+        put("pii", name, bytes([sel, len(text) % 251]) + text.encode())
+
+    # eventstream: [mode, chunk seed, max frame / 16, input]; mode 1 frames
+    # `[event type index, payload]` pieces split at zero bytes, mode 0 is raw bytes.
+    events = [
+        (0, b'{"role":"assistant"}'),
+        (2, b'{"contentBlockIndex":0,"delta":{"text":"Hello"}}'),
+        (1, b'{"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"t1","name":"get"}}}'),
+        (2, b'{"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\\"a\\":1}"}}}'),
+        (3, b'{"contentBlockIndex":1}'),
+        (4, b'{"stopReason":"tool_use"}'),
+        (5, b'{"usage":{"inputTokens":12,"outputTokens":5,"totalTokens":17},"metrics":{"latencyMs":10}}'),
+    ]
+    put("eventstream", "framed", bytes([1, 5, 255]) + b"\0".join(bytes([t]) + p for t, p in events))
+    put("eventstream", "framed-usage-first", bytes([1, 9, 255]) + b"\0".join(bytes([t]) + p for t, p in [events[0], events[1], events[6], events[5]]))
+
+    def frame(headers, payload):
+        hb = b""
+        for k, v in headers:
+            hb += bytes([len(k)]) + k.encode() + b"\x07" + len(v).to_bytes(2, "big") + v.encode()
+        total = 12 + len(hb) + len(payload) + 4
+        prelude = total.to_bytes(4, "big") + len(hb).to_bytes(4, "big")
+        prelude += zlib.crc32(prelude).to_bytes(4, "big")
+        body = prelude + hb + payload
+        return body + zlib.crc32(body).to_bytes(4, "big")
+
+    ev = lambda t, p: frame([(":event-type", t), (":content-type", "application/json"), (":message-type", "event")], p)
+    raw = ev("messageStart", b'{"role":"assistant"}') + ev("contentBlockDelta", b'{"contentBlockIndex":0,"delta":{"text":"Hi"}}')
+    put("eventstream", "raw", bytes([0, 3, 255]) + raw + ev("messageStop", b'{"stopReason":"end_turn"}') + ev("metadata", b'{"usage":{"inputTokens":3,"outputTokens":1}}'))
+    put("eventstream", "raw-exception", bytes([0, 7, 255]) + raw + frame([(":exception-type", "throttlingException"), (":content-type", "application/json"), (":message-type", "exception")], b'{"message":"Too many requests"}'))
+    put("eventstream", "raw-truncated", bytes([0, 11, 255]) + raw[:-5])
+    put("eventstream", "raw-oversized", bytes([0, 13, 1]) + raw)
 
 
 if __name__ == "__main__":

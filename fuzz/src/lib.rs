@@ -15,7 +15,11 @@
 //! - prompt counting (every dialect, on any JSON) labels what it estimated;
 //! - the tokenizer equals tiktoken (`encode_ordinary`) on any UTF-8;
 //! - `stream_options.include_usage` injection yields valid JSON that differs from
-//!   the request only in that member.
+//!   the request only in that member;
+//! - PII redaction keeps a valid JSON body valid, a redact-then-restore round trip
+//!   gives the text back, and a PII-rewritten stream does not depend on chunking;
+//! - Bedrock eventstream decoding and ConverseStream translation do not depend on
+//!   chunking, and the decoder holds at most its frame cap.
 
 pub mod mutate;
 
@@ -44,6 +48,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tokenizer", tokenizer),
     ("inject", inject),
     ("prompt", prompt),
+    ("pii", pii),
+    ("eventstream", eventstream),
 ];
 
 /// A small deterministic PRNG for chunk boundaries drawn from the input itself.
@@ -434,6 +440,324 @@ pub fn prompt(data: &[u8]) {
                 guessed.estimated || guessed.tokens == exact.tokens,
                 "{api:?}"
             );
+        }
+    }
+}
+
+/// PII configs the `pii` target picks from: every detector restoring (with
+/// response scanning off, so the answer changes only where a placeholder is put
+/// back; built from `Detectors::NAMES` in [`pii_config`]), the defaults, hashing
+/// and masking, and detect mode.
+const PII_CONFIGS: &[&str] = &[
+    "restore-all",
+    r#"{"enabled":true}"#,
+    r#"{"enabled":true,"hash_key":"0123456789abcdef-fuzz","detectors":{"email":"hash",
+        "phone":"mask","credit_card":"hash","ip_address":"mask"}}"#,
+    r#"{"enabled":true,"mode":"detect","max_stream_hold_bytes":256}"#,
+];
+
+/// Index of the all-`restore` config, where a round trip must give the text back.
+const PII_RESTORE: usize = 0;
+
+/// The `pii` section for one of [`PII_CONFIGS`].
+fn pii_config(i: usize) -> String {
+    if i != PII_RESTORE {
+        return PII_CONFIGS[i].to_string();
+    }
+    let detectors: serde_json::Map<String, Value> = tollgate::pii::config::Detectors::NAMES
+        .iter()
+        .map(|n| (n.to_string(), Value::from("restore")))
+        .collect();
+    serde_json::json!({"enabled": true, "scan_responses": false, "detectors": detectors})
+        .to_string()
+}
+
+thread_local! {
+    /// The compiled engines of [`PII_CONFIGS`], built once per thread.
+    static PII_ENGINES: Vec<Rc<tollgate::pii::engine::Engine>> = (0..PII_CONFIGS.len())
+        .map(|i| {
+            let cfg = format!(r#"{{"defaults":{{"pii":{}}}}}"#, pii_config(i));
+            let c = Config::parse(cfg.as_bytes()).expect("fuzz PII configs are valid");
+            c.route(None).pii.engine().expect("PII is enabled").clone()
+        })
+        .collect();
+}
+
+const PII_APIS: &[Api] = &[
+    Api::ChatCompletions,
+    Api::AnthropicMessages,
+    Api::Responses,
+    Api::Completions,
+];
+
+/// A chat stream whose deltas carry `text` cut into pieces by `split`.
+fn pii_chat_stream(text: &str, split: &mut Split) -> Vec<u8> {
+    let mut s = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut n = (1 + split.draw() % 24) as usize;
+        n = n.min(rest.len());
+        while !rest.is_char_boundary(n) {
+            n += 1;
+        }
+        let (piece, tail) = rest.split_at(n);
+        rest = tail;
+        let ev = serde_json::json!({"id":"c1","object":"chat.completion.chunk","created":1,
+            "model":"m","choices":[{"index":0,"delta":{"content":piece},"finish_reason":null}]});
+        s.extend_from_slice(format!("data: {ev}\n\n").as_bytes());
+    }
+    s.extend_from_slice(br#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+    s.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+    s
+}
+
+/// The chat content a client reads from a stream; every data event must be JSON.
+fn pii_chat_text(stream: &[u8]) -> String {
+    let mut text = String::new();
+    let s = std::str::from_utf8(stream).expect("a rewritten chat stream is UTF-8");
+    for block in s.split("\n\n") {
+        let Some(d) = block.strip_prefix("data: ") else {
+            continue;
+        };
+        if d == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("event {d:?}: {e}"));
+        if let Some(c) = v
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+        {
+            text.push_str(c);
+        }
+    }
+    text
+}
+
+/// Run a stream through a PII exchange in `chunks`.
+fn pii_run_stream(ex: &mut tollgate::pii::PiiExchange, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let last = chunks.len().saturating_sub(1);
+    for (i, c) in chunks.iter().enumerate() {
+        match ex.on_stream_chunk(c, i == last) {
+            Rewrite::Unchanged => out.extend_from_slice(c),
+            Rewrite::Replace(b) => out.extend_from_slice(&b),
+        }
+    }
+    if chunks.is_empty() {
+        if let Rewrite::Replace(b) = ex.on_stream_chunk(&[], true) {
+            out.extend_from_slice(&b);
+        }
+    }
+    out
+}
+
+/// A PII exchange after `body` went through its request stage; the checked outcome.
+fn pii_request(
+    engine: &Rc<tollgate::pii::engine::Engine>,
+    api: Api,
+    body: &[u8],
+) -> (tollgate::pii::PiiExchange, Option<Vec<u8>>) {
+    use tollgate::pii::{PiiExchange, RequestOutcome};
+    let mut ex = PiiExchange::new(engine.clone(), api);
+    let valid = serde_json::from_slice::<Value>(body).is_ok();
+    let out = match ex.on_request(body) {
+        RequestOutcome::Unchanged => None,
+        RequestOutcome::Replace(b) => {
+            if valid {
+                if let Err(e) = serde_json::from_slice::<Value>(&b) {
+                    panic!(
+                        "redaction broke the JSON: {e}\nbefore: {}\nafter:  {}",
+                        String::from_utf8_lossy(body),
+                        String::from_utf8_lossy(&b)
+                    );
+                }
+            }
+            Some(b)
+        }
+        RequestOutcome::Block(b) => {
+            let v: Value = serde_json::from_slice(&b).expect("block replies are JSON");
+            assert!(v.is_object());
+            None
+        }
+    };
+    (ex, out)
+}
+
+/// PII scanning on arbitrary input: `[config|api, chunk seed, input..]`.
+/// - the input as a request body of the picked API, and as the text of a chat
+///   message: no panic, a redacted valid body stays valid JSON;
+/// - with every detector restoring, redact-then-restore gives the text back, in a
+///   whole JSON answer and in a stream cut anywhere;
+/// - the input as an SSE answer: the output does not depend on the chunking.
+pub fn pii(data: &[u8]) {
+    let [sel, seed, input @ ..] = data else {
+        return;
+    };
+    let cfg = usize::from(*sel) % PII_CONFIGS.len();
+    let api = PII_APIS[usize::from(*sel / 4) % PII_APIS.len()];
+    let engine = PII_ENGINES.with(|e| e[cfg].clone());
+    let mut split = Split::new(*seed);
+
+    // The raw input as a request body.
+    pii_request(&engine, api, input);
+
+    // The input as the text of a chat message.
+    let text = String::from_utf8_lossy(input);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": &*text}]
+    }))
+    .expect("serialisable");
+    let (mut ex, redacted) = pii_request(&engine, Api::ChatCompletions, &body);
+    // A text that already looks like a placeholder would be "restored" too: the
+    // round trip only holds for text without one.
+    if cfg == PII_RESTORE && !text.contains('<') {
+        let sent = match &redacted {
+            Some(b) => {
+                let v: Value = serde_json::from_slice(b).expect("checked above");
+                v.pointer("/messages/0/content")
+                    .and_then(Value::as_str)
+                    .expect("content stays a string")
+                    .to_string()
+            }
+            None => text.to_string(),
+        };
+        // Whole answer.
+        let answer = serde_json::to_vec(&serde_json::json!({
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": &sent}}]
+        }))
+        .expect("serialisable");
+        let back = ex.on_response_json(&answer).unwrap_or(answer);
+        let v: Value = serde_json::from_slice(&back).expect("restored answers are JSON");
+        assert_eq!(
+            v.pointer("/choices/0/message/content")
+                .and_then(Value::as_str),
+            Some(&*text),
+            "round trip lost text (sent {sent:?})"
+        );
+        // Streamed answer, cut anywhere.
+        let (mut ex, _) = pii_request(&engine, Api::ChatCompletions, &body);
+        let stream = pii_chat_stream(&sent, &mut split);
+        let chunks = split.chunks(&stream, 1 + u64::from(*seed % 53));
+        let out = pii_run_stream(&mut ex, &chunks);
+        assert_eq!(
+            pii_chat_text(&out),
+            text,
+            "streamed round trip lost text (sent {sent:?})"
+        );
+    }
+
+    // The input as an SSE answer of the picked API, after a request that issued
+    // placeholders: chunking must not change the output.
+    let run = |chunks: &[&[u8]]| {
+        let (mut ex, _) = pii_request(&engine, api, &body);
+        pii_run_stream(&mut ex, chunks)
+    };
+    let chunks = split.chunks(input, 1 + u64::from(*seed % 31));
+    assert_eq!(
+        run(&chunks),
+        run(&[input]),
+        "PII stream output depends on the chunking"
+    );
+}
+
+/// Bedrock event types the `eventstream` target frames payloads as.
+const BEDROCK_EVENTS: &[&str] = &[
+    "messageStart",
+    "contentBlockStart",
+    "contentBlockDelta",
+    "contentBlockStop",
+    "messageStop",
+    "metadata",
+    "unknownEvent",
+];
+
+/// Run the ConverseStream translator over `chunks`.
+fn converse(chunks: &[&[u8]]) -> Vec<u8> {
+    use tollgate::providers::bedrock::stream::ConverseStream;
+    use tollgate::providers::{ProviderConfig, ProviderKind, ResponseContext, StreamTranslator};
+    let p = ProviderConfig::new(ProviderKind::Bedrock);
+    let ctx = ResponseContext {
+        provider: &p,
+        model: "anthropic.claude-x",
+        created: 1_795_434_485,
+        id: "chatcmpl-fuzz",
+    };
+    let mut t = ConverseStream::new(&ctx);
+    let mut out = Vec::new();
+    let last = chunks.len().saturating_sub(1);
+    for (i, c) in chunks.iter().enumerate() {
+        t.on_chunk(c, i == last, &mut out);
+    }
+    if chunks.is_empty() {
+        t.on_chunk(&[], true, &mut out);
+    }
+    out
+}
+
+/// The Bedrock eventstream decoder and the ConverseStream translator on arbitrary
+/// bytes: `[mode, chunk seed, max frame, input..]`. With `mode & 1` the input is
+/// split at zero bytes into `[event type, JSON payload..]` pieces that are framed
+/// with valid CRCs first, so mutations reach the translator rather than only the
+/// CRC check. Frames, errors and the translated stream do not depend on the
+/// chunking; the decoder never holds more than its frame cap; every translated
+/// event is `[DONE]` or JSON.
+pub fn eventstream(data: &[u8]) {
+    use tollgate::providers::bedrock::eventstream::{event_frame, Decoder};
+    let [mode, seed, cap, input @ ..] = data else {
+        return;
+    };
+    let framed;
+    let stream: &[u8] = if mode & 1 == 1 {
+        let mut s = Vec::new();
+        for piece in input.split(|&b| b == 0) {
+            let [ty, payload @ ..] = piece else { continue };
+            let ty = BEDROCK_EVENTS[usize::from(*ty) % BEDROCK_EVENTS.len()];
+            s.extend_from_slice(&event_frame(ty, payload));
+        }
+        framed = s;
+        &framed
+    } else {
+        input
+    };
+    let mut split = Split::new(*seed);
+    let chunks = split.chunks(stream, 1 + u64::from(*seed % 67));
+    let max_frame = 16 + usize::from(*cap) * 16;
+
+    let decode = |chunks: &[&[u8]]| {
+        let mut d = Decoder::new(max_frame);
+        let mut frames = Vec::new();
+        let mut err = None;
+        for c in chunks {
+            let r = d.feed(c, |f| frames.push(f));
+            assert!(d.buffered() <= max_frame, "decoder holds more than its cap");
+            if let Err(e) = r {
+                err = Some(e);
+                break;
+            }
+        }
+        (frames, err, d.finish())
+    };
+    let (frames_a, err_a, end_a) = decode(&chunks);
+    let (frames_b, err_b, end_b) = decode(&[stream]);
+    assert_eq!(frames_a, frames_b, "frames depend on the chunking");
+    assert_eq!(err_a, err_b, "decode errors depend on the chunking");
+    assert_eq!(end_a, end_b, "end-of-stream state depends on the chunking");
+
+    let out = converse(&chunks);
+    assert_eq!(
+        out,
+        converse(&[stream]),
+        "translated stream depends on the chunking"
+    );
+    let text = std::str::from_utf8(&out).expect("translated streams are UTF-8");
+    for block in text.split("\n\n").filter(|b| !b.is_empty()) {
+        let d = block
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not a data event: {block:?}"));
+        if d != "[DONE]" {
+            let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+            assert!(v.is_object());
         }
     }
 }

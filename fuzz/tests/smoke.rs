@@ -43,13 +43,23 @@ fn prompt() {
 }
 
 #[test]
+fn pii() {
+    smoke("pii", tollgate_fuzz::pii, mutations(1500));
+}
+
+#[test]
+fn eventstream() {
+    smoke("eventstream", tollgate_fuzz::eventstream, mutations(4000));
+}
+
+#[test]
 fn every_target_has_a_test_and_seeds() {
     for (name, _) in tollgate_fuzz::TARGETS {
         assert!(!tollgate_fuzz::mutate::seeds(name).is_empty(), "{name}");
     }
     assert_eq!(
         tollgate_fuzz::TARGETS.len(),
-        6,
+        8,
         "add a #[test] for the new target"
     );
 }

@@ -490,3 +490,90 @@ on_both_hosts!(
         assert_eq!(o.header("content-type"), Some("application/json"));
     }
 );
+
+const PII_RESTORE: &str = r#"{"defaults": {"provider": "openai", "pii": {"enabled": true, "detectors": {"email": "restore"}}}}"#;
+
+on_both_hosts!(pii_redacts_the_request_and_restores_the_answer, |mode| {
+    let mut gw = Gateway::tollgate(mode, PII_RESTORE, 1);
+    let body = chat_body(
+        "gpt-4o",
+        json!({"messages": [{"role": "user", "content": "Write to jane.doe@example.com today"}]}),
+    );
+    let answer = json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Sent to <EMAIL_1>."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 15, "completion_tokens": 5, "total_tokens": 20}
+    });
+    let o = gw.send(
+        0,
+        "chat",
+        &Request::post_json(CHAT, &body),
+        &Response::json(200, &answer.to_string()),
+    );
+    clean(mode, &o);
+    assert_eq!(o.status, 200, "{mode:?}");
+    let sent = o.upstream_json();
+    assert_eq!(
+        sent["messages"][0]["content"], "Write to <EMAIL_1> today",
+        "{mode:?}: the provider must get the placeholder"
+    );
+    assert!(
+        !serde_json::to_string(&sent).unwrap().contains("jane.doe"),
+        "{mode:?}: the address leaked upstream"
+    );
+    let got = o.json();
+    match mode {
+        Mode::Envoy => assert_eq!(
+            got["choices"][0]["message"]["content"], "Sent to jane.doe@example.com.",
+            "Envoy: the client gets its own value back"
+        ),
+        // Known gap: Kong cannot hold response headers, so a JSON answer is copied
+        // (not buffered) and its placeholders reach the client as sent.
+        Mode::Kong => assert_eq!(
+            got["choices"][0]["message"]["content"], "Sent to <EMAIL_1>.",
+            "Kong: JSON answers are not restored (if this now restores, update the test and docs)"
+        ),
+    }
+    assert_eq!(got["usage"]["completion_tokens"], 5, "{mode:?}: usage kept");
+    assert_eq!(
+        gw.metric("tollgate.pii_detections.route.chat.pii_category.email.direction.request"),
+        Some(1),
+        "{mode:?}"
+    );
+
+    // A streamed answer is restored on both hosts, even with the placeholder cut
+    // across chunks.
+    let stream = format!(
+        "{}{}data: [DONE]\n\n",
+        sse_chunk("Sent to <EMA"),
+        sse_chunk("IL_1>.")
+    );
+    let cut = stream.find("<EMA").unwrap() + 2;
+    let (a, b) = stream.split_at(cut);
+    let o = gw.send(
+        0,
+        "chat",
+        &Request::post_json(
+            CHAT,
+            &chat_body(
+                "gpt-4o",
+                json!({"stream": true,
+            "messages": [{"role": "user", "content": "Write to jane.doe@example.com today"}]}),
+            ),
+        ),
+        &Response::sse(&[a, b]),
+    );
+    clean(mode, &o);
+    assert_eq!(o.status, 200, "{mode:?}");
+    let mut text = String::new();
+    for block in String::from_utf8(o.body.clone()).unwrap().split("\n\n") {
+        if let Some(d) = block.strip_prefix("data: ").filter(|d| *d != "[DONE]") {
+            let v: serde_json::Value = serde_json::from_str(d).unwrap();
+            text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(
+        text, "Sent to jane.doe@example.com.",
+        "{mode:?}: streamed restore"
+    );
+});
