@@ -711,9 +711,14 @@ impl HttpContext for Http {
         } else {
             ex.on_encoded_response_headers(status)
         };
+        let mut gather = false;
         if self.response == ResponseMode::Buffer && !self.host.can_hold_responses() {
             // Kong: no holding headers; copy the body for usage instead (no x-llm-* headers).
             self.response = ResponseMode::Copy;
+            // A PII route must restore/scan the whole answer before the client sees
+            // it: gather it in the filter (the declared length is small, that is why
+            // it would have been buffered) and write it out at the end.
+            gather = ex.pii().is_some() && !end_of_stream;
         }
         if self.response == ResponseMode::Translate
             && !self.host.can_hold_responses()
@@ -730,7 +735,10 @@ impl HttpContext for Http {
             self.translate_in_filter = Some(Vec::new());
             return Action::Continue;
         }
-        let stream = self.response == ResponseMode::Stream && !end_of_stream;
+        if gather {
+            self.translate_in_filter = Some(Vec::new());
+        }
+        let stream = (self.response == ResponseMode::Stream && !end_of_stream) || gather;
         let mut length_removed = false;
         if self.response != ResponseMode::Buffer || end_of_stream {
             // Rate-limit headers, in one write of the whole map (held headers get
@@ -771,7 +779,14 @@ impl HttpContext for Http {
                 }
                 Action::Continue
             }
-            ResponseMode::Copy | ResponseMode::PassThrough => Action::Continue,
+            ResponseMode::Copy => {
+                if gather && !length_removed {
+                    // The gathered answer is rewritten: its length changes.
+                    let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
+                }
+                Action::Continue
+            }
+            ResponseMode::PassThrough => Action::Continue,
         }
     }
 
@@ -847,6 +862,29 @@ impl HttpContext for Http {
                     debug!("tollgate: cannot set translated response headers: {s:?}");
                 }
                 if let Some(r) = report {
+                    self.emit(&r, false);
+                }
+                Action::Continue
+            }
+            ResponseMode::Copy if self.translate_in_filter.is_some() => {
+                // Kong, PII route: the answer is gathered and rewritten as a whole.
+                let chunk =
+                    ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                let mut gathered = self.translate_in_filter.take().unwrap_or_default();
+                gathered.extend_from_slice(&chunk);
+                if !end_of_stream {
+                    self.translate_in_filter = Some(gathered);
+                    if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &[])
+                    {
+                        warn!("tollgate: cannot hold back a chunk to scan: {s:?}");
+                    }
+                    return Action::Continue;
+                }
+                let out = ex.pii_response(&gathered).unwrap_or(gathered);
+                if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                    warn!("tollgate: cannot write the scanned response: {s:?}");
+                }
+                if let Some(r) = ex.on_response_complete(Some(&out)) {
                     self.emit(&r, false);
                 }
                 Action::Continue
