@@ -517,6 +517,27 @@ impl Http {
     }
 }
 
+/// Kong, where responses cannot be held: add this chunk to `gathered` and send the
+/// client an empty chunk instead; at the end of the body, the whole answer to
+/// rewrite and write out in place of the last chunk.
+fn gather_chunk(
+    gathered: &mut Option<Vec<u8>>,
+    body_size: usize,
+    end_of_stream: bool,
+) -> Option<Vec<u8>> {
+    let chunk = ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+    let mut all = gathered.take().unwrap_or_default();
+    all.extend_from_slice(&chunk);
+    if end_of_stream {
+        return Some(all);
+    }
+    *gathered = Some(all);
+    if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &[]) {
+        warn!("tollgate: cannot hold back a response chunk: {s:?}");
+    }
+    None
+}
+
 /// Apply the provider stage's request rewrite while headers are still held:
 /// `:path`, `:authority`, auth and cluster headers (and `content-length` for a new
 /// body), in one read and one write of the header map, then ask Envoy to pick the
@@ -817,18 +838,11 @@ impl HttpContext for Http {
                 Action::Continue
             }
             ResponseMode::Translate if self.translate_in_filter.is_some() => {
-                let chunk =
-                    ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
-                let mut gathered = self.translate_in_filter.take().unwrap_or_default();
-                gathered.extend_from_slice(&chunk);
-                if !end_of_stream {
-                    self.translate_in_filter = Some(gathered);
-                    if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &[])
-                    {
-                        warn!("tollgate: cannot hold back a chunk to translate: {s:?}");
-                    }
+                let Some(gathered) =
+                    gather_chunk(&mut self.translate_in_filter, body_size, end_of_stream)
+                else {
                     return Action::Continue;
-                }
+                };
                 let (out, report) = ex.on_translated_response(&gathered);
                 if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
                     warn!("tollgate: cannot write the translated response: {s:?}");
@@ -868,18 +882,11 @@ impl HttpContext for Http {
             }
             ResponseMode::Copy if self.translate_in_filter.is_some() => {
                 // Kong, PII route: the answer is gathered and rewritten as a whole.
-                let chunk =
-                    ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
-                let mut gathered = self.translate_in_filter.take().unwrap_or_default();
-                gathered.extend_from_slice(&chunk);
-                if !end_of_stream {
-                    self.translate_in_filter = Some(gathered);
-                    if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &[])
-                    {
-                        warn!("tollgate: cannot hold back a chunk to scan: {s:?}");
-                    }
+                let Some(gathered) =
+                    gather_chunk(&mut self.translate_in_filter, body_size, end_of_stream)
+                else {
                     return Action::Continue;
-                }
+                };
                 let out = ex.pii_response(&gathered).unwrap_or(gathered);
                 if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
                     warn!("tollgate: cannot write the scanned response: {s:?}");
