@@ -101,6 +101,21 @@ def main():
     }.items():
         put("inject", name, body)
 
+    # json: the request-path document against serde_json.
+    for name, body in {
+        "chat": b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"n":2,"max_tokens":64}',
+        "escapes": b'{"k\\u0065y":"\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude42","dup":1,"dup":2}',
+        "numbers": b'[0,-0,1.5,-2e10,3E+2,4e-3,18446744073709551615,18446744073709551616,1e308]',
+        "nested": b'{"a":[[[{"b":[null,true,false,{}]}]]],"c":""}',
+        "unicode": '{"é🙂":"日本語","ws":[ 1 ,\t2\n]}'.encode(),
+        "surrogate": b'["\\ud800"]',
+        "control": b'["a\x01b"]',
+        "tool-call": json.dumps({"model": "gpt-4o", "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}]}).encode(),
+    }.items():
+        put("json", name, body)
+
     # pii: [config | api << 2, chunk seed, input]; config 0 restores everything.
     for name, (sel, text) in {
         "chat-text": (0, "Mail jane.doe@example.com or call +1 415-555-2671; card 4111 1111 1111 1111."),

@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
+use tollgate::dialect::doc::Doc;
 use tollgate::dialect::Api;
 use tollgate::tokens::models::profile;
 use tollgate::tokens::prompt::{count_prompt, PromptOptions};
@@ -123,13 +124,14 @@ fn recorded_prompt_tokens_match_billing() {
                 continue;
             }
             let body: Value = serde_json::from_str(req_body).expect("JSON request body");
+            let doc = Doc::parse(req_body.as_bytes()).expect("JSON request body");
             let Some(billed) = billed(resp_body) else {
                 let model = body.get("model").and_then(Value::as_str).unwrap_or("");
                 let prof = profile(model);
                 let bpe = tiktoken_rs::o200k_base_singleton();
                 let ours = count_prompt(
                     api,
-                    &body,
+                    doc.root(),
                     &prof,
                     &mut Tiktoken(bpe),
                     &PromptOptions::default(),
@@ -152,7 +154,7 @@ fn recorded_prompt_tokens_match_billing() {
             };
             let got = count_prompt(
                 api,
-                &body,
+                doc.root(),
                 &prof,
                 &mut Tiktoken(bpe),
                 &PromptOptions::default(),

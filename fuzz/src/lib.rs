@@ -18,6 +18,8 @@
 //!   the request only in that member;
 //! - PII redaction keeps a valid JSON body valid, a redact-then-restore round trip
 //!   gives the text back, and a PII-rewritten stream does not depend on chunking;
+//! - the request-path JSON document accepts exactly what serde_json accepts and
+//!   reads the same values;
 //! - Bedrock eventstream decoding and ConverseStream translation do not depend on
 //!   chunking, and the decoder holds at most its frame cap.
 
@@ -27,6 +29,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 use tollgate::config::Config;
+use tollgate::dialect::doc::{Doc, Kind, Node};
 use tollgate::dialect::sse::SseFramer;
 use tollgate::dialect::{inject, Api};
 use tollgate::limits::MemoryStore;
@@ -50,6 +53,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("prompt", prompt),
     ("pii", pii),
     ("eventstream", eventstream),
+    ("json", json),
 ];
 
 /// A small deterministic PRNG for chunk boundaries drawn from the input itself.
@@ -283,10 +287,13 @@ fn check_injected(original: &[u8], new: &[u8]) {
 /// `ensure_stream_usage` on any JSON object body (the exchange only calls it on
 /// bodies that parsed as one).
 pub fn inject(data: &[u8]) {
-    let Ok(parsed @ Value::Object(_)) = serde_json::from_slice::<Value>(data) else {
+    let Ok(doc) = Doc::parse(data) else {
         return;
     };
-    let inj = inject::ensure_stream_usage(data, &parsed);
+    if !doc.root().is_object() {
+        return;
+    }
+    let inj = inject::ensure_stream_usage(data, doc.root());
     if let Some(new) = inj.body {
         check_injected(data, &new);
     }
@@ -413,9 +420,10 @@ pub fn prompt(data: &[u8]) {
     let [m, body @ ..] = data else {
         return;
     };
-    let Ok(parsed) = serde_json::from_slice::<Value>(body) else {
+    let Ok(doc) = Doc::parse(body) else {
         return;
     };
+    let parsed = doc.root();
     let profile = models::profile(MODELS[usize::from(*m) % MODELS.len()]);
     let opts = PromptOptions::default();
     let tok = profile.encoding.map(bpe::tokenizer);
@@ -427,9 +435,9 @@ pub fn prompt(data: &[u8]) {
         Api::AnthropicMessages,
     ] {
         let mut full = BudgetedCounter::new(tok, 1 << 20, opts.bytes_per_token);
-        let exact = count_prompt(api, &parsed, &profile, &mut full, &opts);
+        let exact = count_prompt(api, parsed, &profile, &mut full, &opts);
         let mut none = BudgetedCounter::new(tok, 0, opts.bytes_per_token);
-        let guessed = count_prompt(api, &parsed, &profile, &mut none, &opts);
+        let guessed = count_prompt(api, parsed, &profile, &mut none, &opts);
         if none.estimated() {
             assert!(guessed.estimated, "{api:?}: estimated text not labelled");
         }
@@ -758,6 +766,36 @@ pub fn eventstream(data: &[u8]) {
         if d != "[DONE]" {
             let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("{d:?}: {e}"));
             assert!(v.is_object());
+        }
+    }
+}
+
+/// The request-path JSON document against serde_json (what the provider stage and
+/// every provider parse with): same verdict on every input, same values.
+pub fn json(data: &[u8]) {
+    let ours = Doc::parse(data);
+    let theirs = serde_json::from_slice::<Value>(data);
+    match (&ours, &theirs) {
+        (Ok(doc), Ok(v)) => assert_eq!(&to_value(doc.root()), v, "values differ"),
+        (Err(_), Err(_)) => {}
+        (Ok(_), Err(e)) => panic!("accepted what serde_json refuses ({e})"),
+        (Err(e), Ok(_)) => panic!("refused what serde_json accepts ({e})"),
+    }
+}
+
+fn to_value(n: Node<'_>) -> Value {
+    match n.kind() {
+        Kind::Null => Value::Null,
+        Kind::Bool => Value::Bool(n.as_bool() == Some(true)),
+        Kind::Number => serde_json::from_str(n.raw_number().unwrap_or("")).unwrap_or(Value::Null),
+        Kind::String => Value::String(n.as_str().unwrap_or("").to_string()),
+        Kind::Array => Value::Array(n.as_array().into_iter().flatten().map(to_value).collect()),
+        Kind::Object => {
+            let mut m = serde_json::Map::new();
+            for (k, v) in n.members().into_iter().flatten() {
+                m.insert(k.to_string(), to_value(v));
+            }
+            Value::Object(m)
         }
     }
 }

@@ -53,13 +53,18 @@ fn eventstream() {
 }
 
 #[test]
+fn json() {
+    smoke("json", tollgate_fuzz::json, mutations(6000));
+}
+
+#[test]
 fn every_target_has_a_test_and_seeds() {
     for (name, _) in tollgate_fuzz::TARGETS {
         assert!(!tollgate_fuzz::mutate::seeds(name).is_empty(), "{name}");
     }
     assert_eq!(
         tollgate_fuzz::TARGETS.len(),
-        8,
+        9,
         "add a #[test] for the new target"
     );
 }

@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use serde_json::Value;
+use super::doc::Node;
 
 /// What [`ensure_stream_usage`] did to a request body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,14 +29,14 @@ pub struct Injection {
 /// `parsed` is the same body already parsed by the caller, so deciding costs no
 /// second parse; the bytes are only scanned (not parsed) to find where to splice.
 /// Requests that are not `"stream": true` are left alone.
-pub fn ensure_stream_usage(body: &[u8], parsed: &Value) -> Injection {
-    if parsed.get("stream").and_then(Value::as_bool) != Some(true) {
+pub fn ensure_stream_usage(body: &[u8], parsed: Node<'_>) -> Injection {
+    if parsed.get("stream").and_then(Node::as_bool) != Some(true) {
         return Injection::default();
     }
     let options = parsed.get("stream_options");
     if options
         .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
+        .and_then(Node::as_bool)
         == Some(true)
     {
         return Injection {
@@ -50,7 +50,7 @@ pub fn ensure_stream_usage(body: &[u8], parsed: &Value) -> Injection {
     }
 }
 
-fn splice_include_usage(body: &[u8], options: Option<&Value>) -> Option<Vec<u8>> {
+fn splice_include_usage(body: &[u8], options: Option<Node<'_>>) -> Option<Vec<u8>> {
     const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}"#;
     let open = skip_ws(body, 0);
     if body.get(open) != Some(&b'{') {
@@ -62,10 +62,10 @@ fn splice_include_usage(body: &[u8], options: Option<&Value>) -> Option<Vec<u8>>
             // `"stream": true` exists, so the object is not empty and needs the comma.
             Some(splice(body, open + 1..open + 1, &[MEMBER, b","].concat()))
         }
-        Some(Value::Object(map)) => {
+        Some(o) if o.is_object() => {
             let m = find_member(body, b"stream_options")?;
             let obj = &body[m.value.clone()];
-            if map.contains_key("include_usage") {
+            if o.get("include_usage").is_some() {
                 let inner = find_member(obj, b"include_usage")?;
                 let at = m.value.start + inner.value.start..m.value.start + inner.value.end;
                 Some(splice(body, at, b"true"))
@@ -218,10 +218,12 @@ pub(crate) fn find_member(json: &[u8], key: &[u8]) -> Option<Member> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn run(body: &str) -> (Injection, Option<Value>) {
         let parsed: Value = serde_json::from_str(body).unwrap();
-        let inj = ensure_stream_usage(body.as_bytes(), &parsed);
+        let doc = crate::dialect::doc::Doc::parse(body.as_bytes()).unwrap();
+        let inj = ensure_stream_usage(body.as_bytes(), doc.root());
         let after = inj
             .body
             .as_ref()
@@ -295,7 +297,8 @@ mod tests {
             let Ok(parsed) = serde_json::from_str::<Value>(&r.request) else {
                 continue;
             };
-            let inj = ensure_stream_usage(r.request.as_bytes(), &parsed);
+            let doc = crate::dialect::doc::Doc::parse(r.request.as_bytes()).unwrap();
+            let inj = ensure_stream_usage(r.request.as_bytes(), doc.root());
             let streaming = parsed["stream"] == Value::Bool(true);
             let asked = parsed["stream_options"]["include_usage"] == Value::Bool(true);
             assert_eq!(inj.client_asked, asked, "{}", r.name);

@@ -3,6 +3,7 @@
 //! The dialect decides how a body is counted and in which shape an error goes back
 //! (an OpenAI SDK cannot parse an Anthropic error, and vice versa).
 
+pub mod doc;
 pub mod inject;
 pub mod sse;
 

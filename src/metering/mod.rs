@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::config::LimitMode;
 use crate::config::{InvalidBody, RouteSettings};
+use crate::dialect::doc::{Doc, Node};
 use crate::dialect::{error_body, inject, Api, ErrorKind};
 use crate::limits::{self, Admission, Store, Subject};
 use crate::providers::stage::Stage;
@@ -106,8 +107,8 @@ pub struct Exchange {
     pii: Option<crate::pii::PiiExchange>,
     /// Provider rewriting (route's `provider` object), if any.
     provider: Option<Stage>,
-    /// The parsed client request, kept only for the provider stage.
-    parsed: Option<Value>,
+    /// The client request parsed as JSON and counted: the provider stage runs.
+    parsed: bool,
     /// The client itself asked for a usage chunk (`stream_options.include_usage`).
     client_asked_usage: bool,
     /// Mid-stream cut-off (`limits.stream_cutoff: cut`), once the stream started.
@@ -147,7 +148,7 @@ impl Exchange {
             global: limits::global::Ticket::default(),
             pii: None,
             provider: None,
-            parsed: None,
+            parsed: false,
             client_asked_usage: false,
             cut: None,
             provider_path: None,
@@ -268,14 +269,17 @@ impl Exchange {
         if let Some(reply) = self.check_body_size(body.len() as u64) {
             return BodyDecision::Respond(reply);
         }
-        let parsed: Value = match serde_json::from_slice(body) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return self.invalid_body(api, "the request body must be a JSON object"),
+        let doc = match Doc::parse(body) {
+            Ok(d) => d,
             Err(e) => {
                 return self.invalid_body(api, &format!("the request body is not valid JSON: {e}"))
             }
         };
-        let model = parsed.get("model").and_then(Value::as_str).unwrap_or("");
+        let parsed = doc.root();
+        if !parsed.is_object() {
+            return self.invalid_body(api, "the request body must be a JSON object");
+        }
+        let model = parsed.get("model").and_then(Node::as_str).unwrap_or("");
         self.model = (!model.is_empty()).then(|| model.to_string());
         if let Some(path) = self.provider_path.take() {
             if let Err(reply) = self.choose_provider(api, &path, model) {
@@ -284,12 +288,12 @@ impl Exchange {
         }
         self.streaming = parsed
             .get("stream")
-            .and_then(Value::as_bool)
+            .and_then(Node::as_bool)
             .unwrap_or(false);
         self.max_tokens = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
             .iter()
-            .find_map(|k| parsed.get(*k).and_then(Value::as_u64));
-        self.choices = choices(api, &parsed);
+            .find_map(|k| parsed.get(k).and_then(Node::as_u64));
+        self.choices = choices(api, parsed);
 
         let profile = models::profile(model);
         self.encoding = profile.encoding;
@@ -299,7 +303,7 @@ impl Exchange {
             image_estimate_tokens: m.image_estimate_tokens,
             bytes_per_token: m.estimate_bytes_per_token,
         };
-        let mut count = count_prompt(api, &parsed, &profile, &mut counter, &opts);
+        let mut count = count_prompt(api, parsed, &profile, &mut counter, &opts);
         count.estimated |= counter.estimated();
         self.prompt = Some(count);
 
@@ -311,8 +315,9 @@ impl Exchange {
         if translated && self.streaming {
             // Translators always emit the usage chunk; hide it unless asked for.
             let asked = parsed
-                .pointer("/stream_options/include_usage")
-                .and_then(Value::as_bool)
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .and_then(Node::as_bool)
                 == Some(true);
             self.client_asked_usage = asked;
             self.stream = Some(self.stream_meter(api, !asked));
@@ -320,7 +325,7 @@ impl Exchange {
             && m.inject_stream_usage
             && matches!(api, Api::ChatCompletions | Api::Completions)
         {
-            let inj = inject::ensure_stream_usage(body, &parsed);
+            let inj = inject::ensure_stream_usage(body, parsed);
             self.client_asked_usage = inj.client_asked;
             self.stream = Some(self.stream_meter(api, !inj.client_asked));
             new_body = inj.body;
@@ -334,7 +339,7 @@ impl Exchange {
         }
         if self.provider.is_some() {
             // The provider stage runs after admission and the clamp (see `provider_stage`).
-            self.parsed = Some(parsed);
+            self.parsed = true;
         }
         match new_body {
             Some(b) => BodyDecision::Replace(b),
@@ -345,13 +350,31 @@ impl Exchange {
     /// The last request stage, after admission and the clamp: translate whatever
     /// `decision` forwards for the route's provider. `original` is the client's body.
     pub fn provider_stage(&mut self, decision: BodyDecision, original: &[u8]) -> BodyDecision {
-        let Some(parsed) = self.parsed.take() else {
+        if !std::mem::take(&mut self.parsed) {
             return decision;
-        };
+        }
         let mut new_body = match decision {
             BodyDecision::Forward => None,
             BodyDecision::Replace(b) => Some(b),
             BodyDecision::Respond(r) => return BodyDecision::Respond(r),
+        };
+        // The translators build the provider's body from a serde_json tree; only
+        // provider routes pay for one.
+        let parsed: Value = match serde_json::from_slice(original) {
+            Ok(v) => v,
+            Err(e) => {
+                self.reported = true;
+                let api = self.api.unwrap_or(Api::ChatCompletions);
+                return BodyDecision::Respond(LocalReply {
+                    status: ErrorKind::InvalidRequest.status(),
+                    body: error_body(
+                        api.family(),
+                        ErrorKind::InvalidRequest,
+                        &format!("the request body is not valid JSON: {e}"),
+                    ),
+                    headers: Vec::new(),
+                });
+            }
         };
         if let Err(reply) = self.rewrite_for_provider(original, &parsed, &mut new_body) {
             return BodyDecision::Respond(reply);
@@ -995,13 +1018,13 @@ impl Exchange {
 
 /// Completions generated per request: `n` (and legacy `best_of`, which the
 /// provider generates and bills in full) on OpenAI chat/completions; at least 1.
-fn choices(api: Api, parsed: &Value) -> u64 {
+fn choices(api: Api, parsed: Node<'_>) -> u64 {
     if !matches!(api, Api::ChatCompletions | Api::Completions) {
         return 1;
     }
     ["n", "best_of"]
         .iter()
-        .filter_map(|k| parsed.get(*k).and_then(Value::as_u64))
+        .filter_map(|k| parsed.get(k).and_then(Node::as_u64))
         .max()
         .unwrap_or(1)
         .max(1)

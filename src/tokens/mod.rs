@@ -45,6 +45,11 @@ pub trait TextCounter {
     fn count(&mut self, text: &str) -> u64;
     /// True once any part of the count was estimated rather than tokenized.
     fn estimated(&self) -> bool;
+    /// Bytes still tokenized exactly; also bounds how many messages a prompt
+    /// walk reads (unbounded unless the counter has a budget).
+    fn remaining_budget(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Bytes per token assumed when text is estimated instead of tokenized. 4 is
@@ -107,5 +112,8 @@ impl TextCounter for BudgetedCounter<'_> {
     }
     fn estimated(&self) -> bool {
         self.estimated
+    }
+    fn remaining_budget(&self) -> usize {
+        self.remaining
     }
 }

@@ -6,12 +6,18 @@
 //! prove them are in `docs/counting.md`; anything not proven is returned with
 //! `estimated: true` so limits can treat it accordingly.
 
-use serde_json::Value;
+use std::collections::HashMap;
+
+use crate::dialect::doc::{Array, Node, View};
 
 use super::image::{self, Detail, ImagePricing};
 use super::models::{ModelFamily, ModelProfile};
 use super::{estimate_tokens, TextCounter, ESTIMATE_BYTES_PER_TOKEN};
 use crate::dialect::Api;
+
+/// Bytes of the tokenize budget one message of a conversation stands for when
+/// deciding how many messages to read (see [`TextCounter::remaining_budget`]).
+pub const BUDGET_BYTES_PER_MESSAGE: usize = 64;
 
 /// Knobs for the parts of a prompt that cannot be counted exactly.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,11 +77,15 @@ const AUDIO_PART_OVERHEAD: u64 = 4;
 /// describes. Never fails: shapes it does not understand count as what is countable.
 pub fn count_prompt(
     api: Api,
-    body: &Value,
+    body: Node<'_>,
     profile: &ModelProfile,
     counter: &mut dyn TextCounter,
     opts: &PromptOptions,
 ) -> PromptCount {
+    // Every message walked costs fixed work whatever its text, so the byte budget
+    // also bounds how many are read: 20k one-word messages must not cost a
+    // worker milliseconds. The rest is estimated by size (and labelled).
+    let max_messages = counter.remaining_budget() / BUDGET_BYTES_PER_MESSAGE;
     let mut c = Tally {
         counter,
         profile,
@@ -86,20 +96,20 @@ pub fn count_prompt(
     match api {
         Api::Completions => {
             c.tokenized_input(body.get("prompt"));
-            if let Some(s) = body.get("suffix").and_then(Value::as_str) {
+            if let Some(s) = body.get("suffix").and_then(Node::as_str) {
                 c.text(s);
             }
         }
         Api::Embeddings => c.tokenized_input(body.get("input")),
         Api::ChatCompletions => {
-            let req = Request::from_chat(body);
+            let req = Request::from_chat(body, max_messages);
             c.chat(&req);
             if !profile.exact {
                 c.estimated = true;
             }
         }
         Api::Responses => {
-            let req = Request::from_responses(body);
+            let req = Request::from_responses(body, max_messages);
             c.chat(&req);
             // The Responses framing has no recordings: always labelled.
             c.estimated = true;
@@ -145,15 +155,15 @@ impl Tally<'_, '_> {
 
     /// Completions `prompt` / embeddings `input`: a string, token array, or a batch
     /// of either. Token arrays bill their length; a batch bills the sum.
-    fn tokenized_input(&mut self, v: Option<&Value>) {
-        match v {
-            Some(Value::String(s)) => self.text(s),
-            Some(Value::Array(items)) => {
+    fn tokenized_input(&mut self, v: Option<Node<'_>>) {
+        match v.map(Node::view) {
+            Some(View::String(s)) => self.text(s),
+            Some(View::Array(items)) => {
                 for item in items {
-                    match item {
-                        Value::String(s) => self.text(s),
-                        Value::Number(_) => self.add(1),
-                        Value::Array(toks) => self.add(toks.len() as u64),
+                    match item.view() {
+                        View::String(s) => self.text(s),
+                        View::Number(_) => self.add(1),
+                        View::Array(toks) => self.add(toks.len() as u64),
                         _ => {}
                     }
                 }
@@ -163,10 +173,10 @@ impl Tally<'_, '_> {
     }
 
     /// Message `content`: a string or an array of typed parts.
-    fn content(&mut self, v: Option<&Value>) {
-        match v {
-            Some(Value::String(s)) => self.text(s),
-            Some(Value::Array(parts)) => {
+    fn content(&mut self, v: Option<Node<'_>>) {
+        match v.map(Node::view) {
+            Some(View::String(s)) => self.text(s),
+            Some(View::Array(parts)) => {
                 for p in parts {
                     self.part(p);
                 }
@@ -175,37 +185,37 @@ impl Tally<'_, '_> {
         }
     }
 
-    fn part(&mut self, p: &Value) {
-        let ty = p.get("type").and_then(Value::as_str).unwrap_or("");
+    fn part(&mut self, p: Node<'_>) {
+        let ty = p.get("type").and_then(Node::as_str).unwrap_or("");
         match ty {
             "text" | "input_text" | "output_text" => {
-                if let Some(s) = p.get("text").and_then(Value::as_str) {
+                if let Some(s) = p.get("text").and_then(Node::as_str) {
                     self.text(s);
                 }
             }
             "refusal" => {
-                if let Some(s) = p.get("refusal").and_then(Value::as_str) {
+                if let Some(s) = p.get("refusal").and_then(Node::as_str) {
                     self.text(s);
                 }
             }
             "image_url" => {
                 let iu = p.get("image_url");
                 let url = iu
-                    .and_then(|i| i.get("url").and_then(Value::as_str).or(i.as_str()))
+                    .and_then(|i| i.get("url").and_then(Node::as_str).or(i.as_str()))
                     .unwrap_or("");
-                let detail = iu.and_then(|i| i.get("detail")).and_then(Value::as_str);
+                let detail = iu.and_then(|i| i.get("detail")).and_then(Node::as_str);
                 self.image(url, Detail::parse(detail));
             }
             "input_image" => {
-                let url = p.get("image_url").and_then(Value::as_str).unwrap_or("");
-                let detail = p.get("detail").and_then(Value::as_str);
+                let url = p.get("image_url").and_then(Node::as_str).unwrap_or("");
+                let detail = p.get("detail").and_then(Node::as_str);
                 self.image(url, Detail::parse(detail));
             }
             "input_audio" => {
                 let data = p
                     .get("input_audio")
                     .and_then(|a| a.get("data"))
-                    .and_then(Value::as_str)
+                    .and_then(Node::as_str)
                     .unwrap_or("");
                 self.audio(data);
             }
@@ -245,6 +255,9 @@ impl Tally<'_, '_> {
     }
 
     fn chat(&mut self, req: &Request<'_>) {
+        if req.rest_bytes > 0 {
+            self.guess_bytes(req.rest_bytes);
+        }
         match self.profile.family {
             ModelFamily::Harmony => self.harmony(req),
             ModelFamily::SearchPreview => {
@@ -410,14 +423,14 @@ enum Msg<'a> {
     Text {
         role: &'a str,
         name: Option<&'a str>,
-        content: Option<&'a Value>,
+        content: Option<Node<'a>>,
     },
     /// An assistant function call.
     Call { name: &'a str, arguments: &'a str },
     /// A tool/function result.
     Output {
         name: &'a str,
-        content: Option<&'a Value>,
+        content: Option<Node<'a>>,
     },
 }
 
@@ -425,14 +438,14 @@ enum Msg<'a> {
 struct Tool<'a> {
     name: &'a str,
     description: &'a str,
-    parameters: Option<&'a Value>,
+    parameters: Option<Node<'a>>,
 }
 
 /// A `json_schema` response format.
 struct Format<'a> {
     name: &'a str,
     description: Option<&'a str>,
-    schema: Option<&'a Value>,
+    schema: Option<Node<'a>>,
     strict: bool,
 }
 
@@ -444,58 +457,72 @@ struct Request<'a> {
     other_tools: bool,
     forced_tool: Option<&'a str>,
     format: Option<Format<'a>>,
+    /// JSON bytes of the messages past the walk budget, estimated by size.
+    rest_bytes: usize,
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
+fn s<'a>(v: Node<'a>, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Node::as_str)
 }
 
-fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+fn array<'a>(v: Node<'a>, key: &str) -> Array<'a> {
+    v.get(key).and_then(Node::as_array).unwrap_or(Array::EMPTY)
 }
 
 impl<'a> Request<'a> {
-    fn from_chat(body: &'a Value) -> Request<'a> {
+    fn from_chat(body: Node<'a>, max_messages: usize) -> Request<'a> {
         let raw = array(body, "messages");
-        let mut messages = Vec::with_capacity(raw.len());
-        for m in raw {
-            let role = s(m, "role").unwrap_or("user");
-            match role {
+        let mut messages = Vec::with_capacity(raw.len().min(max_messages));
+        // Built once, at the first tool result: a lookup per result would make
+        // thousands of tool messages quadratic.
+        let mut names: Option<HashMap<&str, &str>> = None;
+        let mut rest_bytes = 0;
+        for (i, m) in raw.iter().enumerate() {
+            if i == max_messages {
+                // Past the walk budget: the rest is priced by its size, unread.
+                rest_bytes = rest_of(raw, m);
+                break;
+            }
+            // One pass over the members (the last of a repeated key wins, as in
+            // serde_json), not a lookup per field.
+            let (mut role, mut content, mut calls, mut legacy, mut name, mut call_id) =
+                (None, None, Array::EMPTY, None, None, None);
+            for (k, v) in m.members().into_iter().flatten() {
+                match k {
+                    "role" => role = v.as_str(),
+                    "content" => content = Some(v),
+                    "tool_calls" => calls = v.as_array().unwrap_or(Array::EMPTY),
+                    "function_call" => legacy = Some(v),
+                    "name" => name = v.as_str(),
+                    "tool_call_id" => call_id = v.as_str(),
+                    _ => {}
+                }
+            }
+            match role.unwrap_or("user") {
                 "tool" => {
-                    let id = s(m, "tool_call_id").unwrap_or("");
-                    let name = call_name(raw, id);
-                    messages.push(Msg::Output {
-                        name,
-                        content: m.get("content"),
-                    });
+                    let id = call_id.unwrap_or("");
+                    let names = names.get_or_insert_with(|| call_names(raw));
+                    let name = names.get(id).copied().unwrap_or("");
+                    messages.push(Msg::Output { name, content });
                 }
                 "function" => messages.push(Msg::Output {
-                    name: s(m, "name").unwrap_or(""),
-                    content: m.get("content"),
+                    name: name.unwrap_or(""),
+                    content,
                 }),
-                _ => {
-                    let content = m.get("content");
-                    let calls = array(m, "tool_calls");
-                    let legacy = m.get("function_call");
-                    let has_content = match content {
-                        Some(Value::String(t)) => !t.is_empty(),
-                        Some(Value::Array(a)) => !a.is_empty(),
+                role => {
+                    let has_content = match content.map(Node::view) {
+                        Some(View::String(t)) => !t.is_empty(),
+                        Some(View::Array(a)) => !a.is_empty(),
                         _ => false,
                     };
                     if has_content || (calls.is_empty() && legacy.is_none()) {
                         messages.push(Msg::Text {
                             role,
-                            name: s(m, "name"),
+                            name,
                             content,
                         });
                     }
-                    for c in calls
-                        .iter()
-                        .chain(legacy.map(std::slice::from_ref).unwrap_or(&[]))
-                    {
+                    for c in calls.iter().chain(legacy) {
                         let f = c.get("function").unwrap_or(c);
                         messages.push(Msg::Call {
                             name: s(f, "name").unwrap_or(""),
@@ -523,7 +550,7 @@ impl<'a> Request<'a> {
             .or_else(|| body.get("function_call").and_then(|f| s(f, "name")));
         let format = body
             .get("response_format")
-            .filter(|f| s(f, "type") == Some("json_schema"))
+            .filter(|f| s(*f, "type") == Some("json_schema"))
             .and_then(|f| f.get("json_schema"))
             .map(format_from);
         Request {
@@ -532,10 +559,11 @@ impl<'a> Request<'a> {
             other_tools,
             forced_tool,
             format,
+            rest_bytes,
         }
     }
 
-    fn from_responses(body: &'a Value) -> Request<'a> {
+    fn from_responses(body: Node<'a>, max_messages: usize) -> Request<'a> {
         let mut messages = Vec::new();
         if let Some(instr) = body.get("instructions").filter(|v| !v.is_null()) {
             messages.push(Msg::Text {
@@ -544,19 +572,26 @@ impl<'a> Request<'a> {
                 content: Some(instr),
             });
         }
-        let items: &[Value] = match body.get("input") {
-            Some(v @ Value::String(_)) => {
+        let input = body.get("input");
+        let items = match input.map(Node::view) {
+            Some(View::String(_)) => {
                 messages.push(Msg::Text {
                     role: "user",
                     name: None,
-                    content: Some(v),
+                    content: input,
                 });
-                &[]
+                Array::EMPTY
             }
-            Some(Value::Array(a)) => a,
-            _ => &[],
+            Some(View::Array(a)) => a,
+            _ => Array::EMPTY,
         };
-        for it in items {
+        let mut names: Option<HashMap<&str, &str>> = None;
+        let mut rest_bytes = 0;
+        for (i, it) in items.iter().enumerate() {
+            if i == max_messages {
+                rest_bytes = rest_of(items, it);
+                break;
+            }
             match s(it, "type") {
                 Some("function_call") => messages.push(Msg::Call {
                     name: s(it, "name").unwrap_or(""),
@@ -564,13 +599,19 @@ impl<'a> Request<'a> {
                 }),
                 Some("function_call_output") => {
                     let id = s(it, "call_id").unwrap_or("");
-                    let name = items
-                        .iter()
-                        .find(|o| {
-                            s(o, "type") == Some("function_call") && s(o, "call_id") == Some(id)
-                        })
-                        .and_then(|o| s(o, "name"))
-                        .unwrap_or("");
+                    let names = names.get_or_insert_with(|| {
+                        let mut names = HashMap::new();
+                        for o in items
+                            .iter()
+                            .filter(|o| s(*o, "type") == Some("function_call"))
+                        {
+                            names
+                                .entry(s(o, "call_id").unwrap_or(""))
+                                .or_insert(s(o, "name").unwrap_or(""));
+                        }
+                        names
+                    });
+                    let name = names.get(id).copied().unwrap_or("");
                     messages.push(Msg::Output {
                         name,
                         content: it.get("output"),
@@ -603,7 +644,7 @@ impl<'a> Request<'a> {
         let format = body
             .get("text")
             .and_then(|t| t.get("format"))
-            .filter(|f| s(f, "type") == Some("json_schema"))
+            .filter(|f| s(*f, "type") == Some("json_schema"))
             .map(format_from);
         Request {
             messages,
@@ -611,22 +652,23 @@ impl<'a> Request<'a> {
             other_tools,
             forced_tool,
             format,
+            rest_bytes,
         }
     }
 }
 
 /// A `json_schema` response format, as Chat Completions (`response_format.json_schema`)
 /// and Responses (`text.format`) both spell it.
-fn format_from(j: &Value) -> Format<'_> {
+fn format_from(j: Node<'_>) -> Format<'_> {
     Format {
         name: s(j, "name").unwrap_or(""),
         description: s(j, "description"),
         schema: j.get("schema"),
-        strict: j.get("strict").and_then(Value::as_bool).unwrap_or(false),
+        strict: j.get("strict").and_then(Node::as_bool).unwrap_or(false),
     }
 }
 
-fn tool(f: &Value) -> Tool<'_> {
+fn tool(f: Node<'_>) -> Tool<'_> {
     Tool {
         name: s(f, "name").unwrap_or(""),
         description: s(f, "description").unwrap_or(""),
@@ -634,22 +676,31 @@ fn tool(f: &Value) -> Tool<'_> {
     }
 }
 
-/// Name of the function an earlier assistant `tool_calls` entry with `id` called.
-fn call_name<'a>(messages: &'a [Value], id: &str) -> &'a str {
-    messages
-        .iter()
-        .flat_map(|m| array(m, "tool_calls"))
-        .find(|c| s(c, "id") == Some(id))
-        .and_then(|c| c.get("function"))
-        .and_then(|f| s(f, "name"))
-        .unwrap_or("")
+/// Bytes from `from` (an element of `list`) to the end of `list`: the part of a
+/// conversation past the walk budget.
+fn rest_of(list: Array<'_>, from: Node<'_>) -> usize {
+    // Up to the closing `]`, which the element count leaves out of the estimate.
+    list.end_byte()
+        .saturating_sub(1)
+        .saturating_sub(from.start_byte())
+}
+
+/// Function name by call id, from the assistant `tool_calls` entries (the first
+/// entry wins when an id repeats).
+fn call_names(messages: Array<'_>) -> HashMap<&str, &str> {
+    let mut names = HashMap::new();
+    for c in messages.iter().flat_map(|m| array(m, "tool_calls")) {
+        let name = c.get("function").and_then(|f| s(f, "name")).unwrap_or("");
+        names.entry(s(c, "id").unwrap_or("")).or_insert(name);
+    }
+    names
 }
 
 /// Append a message's text (string, or the text parts of an array).
-fn push_text(out: &mut String, content: Option<&Value>) {
-    match content {
-        Some(Value::String(t)) => out.push_str(t),
-        Some(Value::Array(parts)) => {
+fn push_text(out: &mut String, content: Option<Node<'_>>) {
+    match content.map(Node::view) {
+        Some(View::String(t)) => out.push_str(t),
+        Some(View::Array(parts)) => {
             for p in parts {
                 if let Some(t) = s(p, "text") {
                     out.push_str(t);
@@ -692,12 +743,12 @@ fn render_namespace(tools: &[Tool<'_>]) -> Option<String> {
 const MAX_SCHEMA_DEPTH: usize = 32;
 
 /// JSON Schema → TypeScript type, following harmony's `json_schema_to_typescript`.
-fn typescript(schema: &Value, indent: &str, out: &mut String, depth: usize) {
+fn typescript(schema: Node<'_>, indent: &str, out: &mut String, depth: usize) {
     if depth > MAX_SCHEMA_DEPTH {
         out.push_str("any");
         return;
     }
-    if let Some(variants) = schema.get("oneOf").and_then(Value::as_array) {
+    if let Some(variants) = schema.get("oneOf").and_then(Node::as_array) {
         let inner = format!("{indent}   ");
         for v in variants {
             out.push('\n');
@@ -711,9 +762,9 @@ fn typescript(schema: &Value, indent: &str, out: &mut String, depth: usize) {
         }
         return;
     }
-    if let Some(types) = schema.get("type").and_then(Value::as_array) {
+    if let Some(types) = schema.get("type").and_then(Node::as_array) {
         let mut first = true;
-        for t in types.iter().filter_map(Value::as_str) {
+        for t in types.iter().filter_map(Node::as_str) {
             if !first {
                 out.push_str(" | ");
             }
@@ -734,7 +785,7 @@ fn typescript(schema: &Value, indent: &str, out: &mut String, depth: usize) {
             }
             out.push_str("{\n");
             let required = array(schema, "required");
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            if let Some(props) = schema.get("properties").and_then(Node::members) {
                 let inner = format!("{indent}    ");
                 for (key, val) in props {
                     if let Some(t) = s(val, "title") {
@@ -751,11 +802,11 @@ fn typescript(schema: &Value, indent: &str, out: &mut String, depth: usize) {
                         out.push_str(d);
                         out.push('\n');
                     }
-                    if let Some(ex) = val.get("examples").and_then(Value::as_array) {
+                    if let Some(ex) = val.get("examples").and_then(Node::as_array) {
                         if !ex.is_empty() {
                             out.push_str(indent);
                             out.push_str("// Examples:\n");
-                            for e in ex.iter().filter_map(Value::as_str) {
+                            for e in ex.iter().filter_map(Node::as_str) {
                                 out.push_str(indent);
                                 out.push_str("// - \"");
                                 out.push_str(e);
@@ -770,20 +821,20 @@ fn typescript(schema: &Value, indent: &str, out: &mut String, depth: usize) {
                     }
                     out.push_str(": ");
                     typescript(val, &inner, out, depth + 1);
-                    if val.get("nullable").and_then(Value::as_bool) == Some(true) {
+                    if val.get("nullable").and_then(Node::as_bool) == Some(true) {
                         out.push_str(" | null");
                     }
                     out.push(',');
                     if let Some(d) = val.get("default") {
                         out.push_str(" // default: ");
-                        match d {
-                            Value::String(t) if val.get("enum").is_none() => {
+                        match d.view() {
+                            View::String(t) if val.get("enum").is_none() => {
                                 out.push('"');
                                 out.push_str(t);
                                 out.push('"');
                             }
-                            Value::String(t) => out.push_str(t),
-                            other => write_json(other, false, out, depth + 1),
+                            View::String(t) => out.push_str(t),
+                            _ => write_json(d, false, out, depth + 1),
                         }
                     }
                     out.push('\n');
@@ -795,7 +846,7 @@ fn typescript(schema: &Value, indent: &str, out: &mut String, depth: usize) {
         Some("string") => {
             let enums = array(schema, "enum");
             let mut first = true;
-            for e in enums.iter().filter_map(Value::as_str) {
+            for e in enums.iter().filter_map(Node::as_str) {
                 if !first {
                     out.push_str(" | ");
                 }
@@ -842,17 +893,17 @@ fn render_format(f: &Format<'_>) -> String {
 }
 
 /// Compact JSON (serde_json's escaping), optionally without strict-mode keys.
-fn write_json(v: &Value, strict: bool, out: &mut String, depth: usize) {
+fn write_json(v: Node<'_>, strict: bool, out: &mut String, depth: usize) {
     if depth > MAX_SCHEMA_DEPTH {
         out.push_str("null");
         return;
     }
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
-        Value::String(t) => write_str(t, out),
-        Value::Array(a) => {
+    match v.view() {
+        View::Null => out.push_str("null"),
+        View::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        View::Number(n) => out.push_str(n),
+        View::String(t) => write_str(t, out),
+        View::Array(a) => {
             out.push('[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
@@ -862,7 +913,7 @@ fn write_json(v: &Value, strict: bool, out: &mut String, depth: usize) {
             }
             out.push(']');
         }
-        Value::Object(o) => {
+        View::Object(o) => {
             out.push('{');
             let mut first = true;
             for (k, x) in o {
@@ -906,28 +957,27 @@ fn write_str(t: &str, out: &mut String) {
 }
 
 /// Length of `v` as compact JSON, without building it (escapes not counted).
-fn json_len(v: &Value) -> usize {
+fn json_len(v: Node<'_>) -> usize {
     json_len_at(v, 0)
 }
 
-fn json_len_at(v: &Value, depth: usize) -> usize {
+fn json_len_at(v: Node<'_>, depth: usize) -> usize {
     if depth > MAX_SCHEMA_DEPTH * 4 {
         return 0;
     }
-    match v {
-        Value::Null => 4,
-        Value::Bool(_) => 5,
-        Value::Number(_) => 8,
-        Value::String(t) => t.len() + 2,
-        Value::Array(a) => {
+    match v.view() {
+        View::Null => 4,
+        View::Bool(_) => 5,
+        View::Number(_) => 8,
+        View::String(t) => t.len() + 2,
+        View::Array(a) => {
             2 + a
                 .iter()
                 .map(|x| json_len_at(x, depth + 1) + 1)
                 .sum::<usize>()
         }
-        Value::Object(o) => {
+        View::Object(o) => {
             2 + o
-                .iter()
                 .map(|(k, x)| k.len() + 4 + json_len_at(x, depth + 1))
                 .sum::<usize>()
         }
@@ -981,19 +1031,19 @@ fn wav_seconds(b64: &str) -> Option<f64> {
 /// Anthropic Messages: no public tokenizer, so bytes / `bytes_per_token` over the
 /// system prompt, message text, tool calls/results and tool definitions, plus
 /// Anthropic's published image rule (w×h/750 after fitting 1568 px).
-fn anthropic(c: &mut Tally<'_, '_>, body: &Value) {
+fn anthropic(c: &mut Tally<'_, '_>, body: Node<'_>) {
     let mut bytes = 0usize;
     let mut images = 0u64;
     fn blocks(
-        v: Option<&Value>,
+        v: Option<Node<'_>>,
         bytes: &mut usize,
         images: &mut u64,
         opts: &PromptOptions,
         depth: usize,
     ) {
-        match v {
-            Some(Value::String(t)) => *bytes += t.len(),
-            Some(Value::Array(items)) if depth < 4 => {
+        match v.map(Node::view) {
+            Some(View::String(t)) => *bytes += t.len(),
+            Some(View::Array(items)) if depth < 4 => {
                 for b in items {
                     match s(b, "type") {
                         Some("text") => *bytes += s(b, "text").map_or(0, str::len),
@@ -1015,7 +1065,13 @@ fn anthropic(c: &mut Tally<'_, '_>, body: &Value) {
     }
     blocks(body.get("system"), &mut bytes, &mut images, c.opts, 0);
     let messages = array(body, "messages");
-    for m in messages {
+    let max_messages = c.counter.remaining_budget() / BUDGET_BYTES_PER_MESSAGE;
+    for (i, m) in messages.iter().enumerate() {
+        if i == max_messages {
+            // Past the walk budget: the rest by its JSON size.
+            bytes += rest_of(messages, m);
+            break;
+        }
         blocks(m.get("content"), &mut bytes, &mut images, c.opts, 0);
     }
     for t in array(body, "tools") {
@@ -1029,7 +1085,7 @@ fn anthropic(c: &mut Tally<'_, '_>, body: &Value) {
 }
 
 /// Anthropic image: ⌈w·h/750⌉ after fitting the long edge to 1568 px.
-fn anthropic_image(block: &Value, opts: &PromptOptions) -> u64 {
+fn anthropic_image(block: Node<'_>, opts: &PromptOptions) -> u64 {
     let src = block.get("source");
     let dims = match src.and_then(|x| s(x, "type")) {
         Some("base64") => {
@@ -1063,7 +1119,7 @@ fn anthropic_image(block: &Value, opts: &PromptOptions) -> u64 {
 mod tests {
     use super::*;
     use crate::tokens::models::profile;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     /// 4 bytes per token, for shape tests that do not need a real vocabulary.
     struct Quarter;
@@ -1077,9 +1133,11 @@ mod tests {
     }
 
     fn count(api: Api, model: &str, body: Value) -> PromptCount {
+        let text = body.to_string();
+        let doc = crate::dialect::doc::Doc::parse(text.as_bytes()).unwrap();
         count_prompt(
             api,
-            &body,
+            doc.root(),
             &profile(model),
             &mut Quarter,
             &PromptOptions::default(),
@@ -1149,17 +1207,20 @@ mod tests {
 
     #[test]
     fn tools_render_like_harmony() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}
+            },
+            "required": ["location"]
+        })
+        .to_string();
+        let doc = crate::dialect::doc::Doc::parse(schema.as_bytes()).unwrap();
         let t = [Tool {
             name: "get_current_weather",
             description: "Get the current weather in a given location",
-            parameters: Some(&json!({
-                "type": "object",
-                "properties": {
-                    "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
-                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}
-                },
-                "required": ["location"]
-            })),
+            parameters: Some(doc.root()),
         }];
         let expected = "namespace functions {\n\n// Get the current weather in a given location\ntype get_current_weather = (_: {\n// The city and state, e.g. San Francisco, CA\nlocation: string,\nunit?: \"celsius\" | \"fahrenheit\",\n}) => any;\n\n} // namespace functions";
         assert_eq!(render_namespace(&t).as_deref(), Some(expected));
@@ -1168,7 +1229,8 @@ mod tests {
     #[test]
     fn hostile_shapes_do_not_panic() {
         let mut deep = json!({"type": "string"});
-        for i in 0..200 {
+        // Deeper than the schema renderer goes, within the JSON nesting limit.
+        for i in 0..58 {
             deep = if i % 2 == 0 {
                 json!({"type": "object", "properties": {"x": deep}})
             } else {
@@ -1200,6 +1262,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A budgeted counter: `budget` bytes tokenized (4 bytes a token), the rest
+    /// estimated.
+    struct Budget(usize, bool);
+    impl TextCounter for Budget {
+        fn count(&mut self, text: &str) -> u64 {
+            if text.len() > self.0 {
+                self.0 = 0;
+                self.1 = true;
+            } else {
+                self.0 -= text.len();
+            }
+            estimate_tokens(text.len(), 4.0)
+        }
+        fn estimated(&self) -> bool {
+            self.1
+        }
+        fn remaining_budget(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn message_walk_is_bounded_by_the_budget() {
+        let msgs: Vec<Value> = (0..1000)
+            .map(|i| json!({"role": if i % 2 == 0 {"user"} else {"assistant"}, "content": "abcd"}))
+            .collect();
+        let body = json!({"model": "gpt-4o", "messages": msgs}).to_string();
+        let doc = crate::dialect::doc::Doc::parse(body.as_bytes()).unwrap();
+        let run = |api, budget| {
+            count_prompt(
+                api,
+                doc.root(),
+                &profile("gpt-4o"),
+                &mut Budget(budget, false),
+                &PromptOptions::default(),
+            )
+        };
+        // Unbounded: every message read, exact.
+        let all = run(Api::ChatCompletions, usize::MAX);
+        // Quarter-byte counts: "user" 1, "assistant" 3, "abcd" 1, plus 3 per message.
+        assert_eq!(
+            all,
+            PromptCount {
+                tokens: 500 * (3 + 1 + 1) + 500 * (3 + 3 + 1) + 3,
+                estimated: false
+            }
+        );
+        // 100 messages' worth of budget: 100 read, the other 900 priced by their
+        // JSON size (`{"role":"assistant","content":"abcd"}` is 37 bytes, the user
+        // one 32, plus commas), and labelled.
+        let some = run(Api::ChatCompletions, 100 * BUDGET_BYTES_PER_MESSAGE);
+        assert!(some.estimated);
+        let rest_bytes = 450 * 32 + 450 * 37 + 899;
+        assert_eq!(
+            some.tokens,
+            50 * 5 + 50 * 7 + 3 + estimate_tokens(rest_bytes, 4.0)
+        );
+        // Nothing left: the whole conversation by size.
+        let none = run(Api::ChatCompletions, 0);
+        assert!(none.estimated && none.tokens >= 6000, "{none:?}");
+        let anthropic_all = run(Api::AnthropicMessages, usize::MAX).tokens;
+        let anthropic_some = run(Api::AnthropicMessages, 10 * BUDGET_BYTES_PER_MESSAGE).tokens;
+        assert!(
+            anthropic_some > anthropic_all,
+            "{anthropic_some} vs {anthropic_all}"
+        );
     }
 
     #[test]

@@ -35,6 +35,9 @@ fn main() {
     let config = Config::parse(br#"{"defaults":{"metering":{"tokenize_byte_budget":65536}}}"#)
         .unwrap_or_else(|e| panic!("config: {e}"));
     let settings = config.route(Some("bench"));
+    let no_budget = Config::parse(br#"{"defaults":{"metering":{"tokenize_byte_budget":0}}}"#)
+        .unwrap_or_else(|e| panic!("config: {e}"))
+        .route(Some("bench"));
     let mut tiny = String::from(r#"{"model":"gpt-4o","messages":["#);
     for i in 0..20_000 {
         if i > 0 {
@@ -43,22 +46,50 @@ fn main() {
         tiny.push_str(r#"{"role":"user","content":"m"}"#);
     }
     tiny.push_str("]}");
-    let mut one_k = String::from(r#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":""#);
+    let mut one_k = String::from(
+        r#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":""#,
+    );
     while one_k.len() < 950 {
         one_k.push_str("the quick brown fox jumps over the lazy dog ");
     }
     one_k.push_str(r#""}],"max_tokens":64}"#);
-    for (name, body, runs) in [("20k tiny messages", tiny.as_bytes(), 15), ("1 KB chat", one_k.as_bytes(), 2001)] {
+    for (name, body, runs) in [
+        ("20k tiny messages", tiny.as_bytes(), 15),
+        ("1 KB chat", one_k.as_bytes(), 2001),
+    ] {
         let parse = time(runs, || {
             let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
             std::hint::black_box(v);
         });
+        let doc = time(runs, || {
+            let d = tollgate::dialect::doc::Doc::parse(body).map(|d| d.root().is_object());
+            std::hint::black_box(d.ok());
+        });
         let stage = time(runs, || {
             let mut ex = Exchange::new(settings.clone(), Rc::from("bench"));
-            let d = ex.on_request_headers("POST", "/v1/chat/completions", Some(body.len() as u64), false);
+            let d = ex.on_request_headers(
+                "POST",
+                "/v1/chat/completions",
+                Some(body.len() as u64),
+                false,
+            );
             assert!(matches!(d, HeadersDecision::WaitForBody));
             std::hint::black_box(ex.on_request_body(body));
         });
-        println!("{name:>18} ({:>7} B): serde_json::Value parse {parse:8.3} ms; on_request_body {stage:8.3} ms", body.len());
+        let estimated = time(runs, || {
+            let mut ex = Exchange::new(no_budget.clone(), Rc::from("bench"));
+            ex.on_request_headers(
+                "POST",
+                "/v1/chat/completions",
+                Some(body.len() as u64),
+                false,
+            );
+            std::hint::black_box(ex.on_request_body(body));
+        });
+        println!(
+            "{name:>18} ({:>7} B): serde_json::Value parse {parse:7.3} ms; Doc parse {doc:7.3} ms; \
+             on_request_body {stage:7.3} ms (with a zero tokenize budget {estimated:7.3} ms)",
+            body.len()
+        );
     }
 }
