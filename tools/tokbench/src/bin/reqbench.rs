@@ -43,19 +43,29 @@ fn main() {
         tiny.push_str(r#"{"role":"user","content":"m"}"#);
     }
     tiny.push_str("]}");
-    let mut one_k = String::from(r#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":""#);
+    let mut one_k = String::from(
+        r#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":""#,
+    );
     while one_k.len() < 950 {
         one_k.push_str("the quick brown fox jumps over the lazy dog ");
     }
     one_k.push_str(r#""}],"max_tokens":64}"#);
-    for (name, body, runs) in [("20k tiny messages", tiny.as_bytes(), 15), ("1 KB chat", one_k.as_bytes(), 2001)] {
+    for (name, body, runs) in [
+        ("20k tiny messages", tiny.as_bytes(), 15),
+        ("1 KB chat", one_k.as_bytes(), 2001),
+    ] {
         let parse = time(runs, || {
             let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
             std::hint::black_box(v);
         });
         let stage = time(runs, || {
             let mut ex = Exchange::new(settings.clone(), Rc::from("bench"));
-            let d = ex.on_request_headers("POST", "/v1/chat/completions", Some(body.len() as u64), false);
+            let d = ex.on_request_headers(
+                "POST",
+                "/v1/chat/completions",
+                Some(body.len() as u64),
+                false,
+            );
             assert!(matches!(d, HeadersDecision::WaitForBody));
             std::hint::black_box(ex.on_request_body(body));
         });
