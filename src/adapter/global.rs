@@ -6,7 +6,7 @@
 //! enforces (Envoy answers a timed-out gRPC call with DEADLINE_EXCEEDED and a timed-out
 //! HTTP call with no headers), and a dispatch the host refuses is a failure at once.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -15,7 +15,9 @@ use proxy_wasm::types::{Action, BufferType, MapType, Status, StreamType};
 
 use super::ffi;
 use super::Http;
+use crate::config::RouteSettings;
 use crate::host::{parse_header_map, HostKind};
+use crate::limits::global::queue::{PendingTrueUp, Pushed, TrueUpQueue, MAX_CALLS_PER_TICK};
 use crate::limits::global::{
     self, decide, descriptor, http_api, proto, Decision, GlobalMode, Verdict, HITS_ADDEND_KEY,
     RLS_METHOD, RLS_SERVICE,
@@ -37,6 +39,55 @@ thread_local! {
 /// Remember the root context id (called when the host creates it).
 pub(super) fn set_root_id(id: u32) {
     ROOT_ID.with(|r| r.set(id));
+}
+
+/// Kong's true-ups, waiting in the VM for the root context's tick.
+///
+/// ngx_wasm_module accepts `dispatch_http_call` only in `on_request_headers`,
+/// `on_request_body`, `on_tick` and a dispatch response: its host function checks the
+/// step and otherwise traps with "can only send HTTP dispatch during
+/// "on_request_headers", "on_request_body", "on_dispatch_response", "on_tick""
+/// (Kong/ngx_wasm_module `src/common/proxy_wasm/ngx_proxy_wasm_host.c`,
+/// `ngx_proxy_wasm_hfuncs_dispatch_http_call`; `t/03-proxy_wasm/hfuncs/contexts/
+/// 130-proxy_dispatch_http.t` TEST 3 dispatches from `on_tick`; background-tick
+/// dispatch landed in PR #196, before the 0.1.0 release Kong 3.4 ships). A response
+/// phase is where the true-up becomes known, so it waits here and the tick sends it.
+/// Kong builds filter chains with isolation `none` (`src/common/lua/
+/// ngx_wasm_lua_ffi.c`), so requests and the root context share this VM state.
+pub(super) type TrueUps = TrueUpQueue<RouteSettings>;
+
+/// Send the queued true-ups (Kong; called from the root context's `on_tick`). An
+/// empty queue costs one borrow.
+pub(super) fn send_true_ups(queue: &RefCell<TrueUps>) {
+    let batch = {
+        let Ok(mut q) = queue.try_borrow_mut() else {
+            return;
+        };
+        let (dropped, tokens) = q.take_dropped();
+        if dropped > 0 {
+            warn!(
+                "tollgate: {dropped} shared-limit true-up(s) ({tokens} tokens) dropped since the last tick: more than {} were waiting; those tokens are not charged",
+                global::queue::MAX_QUEUED
+            );
+        }
+        if q.is_empty() {
+            return;
+        }
+        q.take_batch(MAX_CALLS_PER_TICK)
+    };
+    for p in batch {
+        let cfg = &p.target.limits.global;
+        match dispatch(cfg, &p.entry_refs(), p.hits) {
+            Ok(_) => debug!(
+                "tollgate: shared-limit true-up from the tick: {} more tokens",
+                p.hits
+            ),
+            Err(s) => warn!(
+                "tollgate: shared-limit true-up of {} tokens not sent to {:?}: {s:?}",
+                p.hits, cfg.cluster
+            ),
+        }
+    }
 }
 
 /// Per-request call state.
@@ -259,12 +310,24 @@ impl Http {
                 let Some(extra) = extra else {
                     return;
                 };
+                let entries = descriptor(cfg, &subject);
                 if host == HostKind::Kong {
-                    // Kong has no dispatch_http_call in response phases.
-                    debug!("tollgate: shared-limit true-up of {extra} tokens skipped on Kong");
+                    // No dispatch_http_call in response phases: the tick sends it.
+                    let pending = PendingTrueUp {
+                        target: settings.clone(),
+                        entries: entries
+                            .iter()
+                            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                            .collect(),
+                        hits: extra,
+                    };
+                    let pushed = match self.true_ups.try_borrow_mut() {
+                        Ok(mut q) => q.push(pending),
+                        Err(_) => Pushed::Disabled,
+                    };
+                    self.true_up_queued(pushed, extra);
                     return;
                 }
-                let entries = descriptor(cfg, &subject);
                 let root = ROOT_ID.with(Cell::get);
                 // SAFETY: plain values. The call is made for the root context so the
                 // host does not cancel it when this request's stream ends.
@@ -283,6 +346,28 @@ impl Http {
                 }
             }
             GlobalMode::Off => {}
+        }
+    }
+
+    /// Log (and count) what queueing a Kong true-up did.
+    fn true_up_queued(&self, pushed: Pushed, extra: u64) {
+        match pushed {
+            Pushed::Queued => {
+                debug!("tollgate: shared-limit true-up of {extra} tokens queued for the tick")
+            }
+            Pushed::DroppedOldest { hits, first } => {
+                self.metrics
+                    .borrow_mut()
+                    .add(labels::global_true_ups_dropped(), 1);
+                // One line per tick at most: later drops are summed in the tick's line.
+                if first {
+                    warn!("tollgate: shared-limit true-up queue full ({} waiting for the tick); dropped the oldest ({hits} tokens, not charged)", global::queue::MAX_QUEUED);
+                }
+            }
+            Pushed::Disabled => {
+                debug!("tollgate: shared-limit true-up of {extra} tokens not sent: Kong cannot call out after the response and no timer runs")
+            }
+            Pushed::Nothing => {}
         }
     }
 }

@@ -197,6 +197,11 @@ struct Root {
     store: SharedData,
     /// Detected on the VM's first request (see [`detect_host`]).
     host: Rc<Cell<HostKind>>,
+    /// Kong's shared-limit true-ups, sent on the tick (see [`global::TrueUps`]).
+    true_ups: Rc<RefCell<global::TrueUps>>,
+    /// The tick period is set: it is not asked for twice (ngx_wasm_module refuses a
+    /// second `set_tick_period` with "tick_period already set").
+    ticking: bool,
 }
 
 /// Which host runs this VM, probed once: request properties are not readable in
@@ -225,6 +230,8 @@ impl Default for Root {
             })),
             store: SharedData::default(),
             host: Rc::new(Cell::new(HostKind::Unknown)),
+            true_ups: Rc::new(RefCell::new(global::TrueUps::default())),
+            ticking: false,
         }
     }
 }
@@ -249,24 +256,34 @@ impl RootContext for Root {
                     routes
                 );
                 limits::init_store(&mut self.store.clone());
-                let any_limits = config.route(None).limits.active()
-                    || config
-                        .route_names()
-                        .any(|n| config.route(Some(n)).limits.active());
+                let any_route = |f: &dyn Fn(&crate::config::RouteSettings) -> bool| {
+                    f(&config.route(None))
+                        || config.route_names().any(|n| f(&config.route(Some(n))))
+                };
+                let any_limits = any_route(&|r| r.limits.active());
+                // Kong sends `http` true-ups from the tick. The host is only known at
+                // the first request, so the timer runs wherever the mode is set; on
+                // Envoy its tick finds the queue empty (one borrow).
+                let global_http =
+                    any_route(&|r| r.limits.global.mode == limits::global::GlobalMode::Http);
                 // Write what is held before a new config could change the rules.
                 limits::flush_deferred(&mut self.store.clone());
                 self.metrics.borrow_mut().flush();
                 self.store.defers = false;
-                if any_limits {
+                if (any_limits || global_http) && !self.ticking {
                     match ffi::set_tick_period_ms(DEFERRED_FLUSH_MS) {
-                        Ok(()) => {
-                            self.store.defers = true;
-                            self.metrics.borrow_mut().pending_allowed = Some(HashMap::new());
-                        }
-                        Err(s) => {
-                            warn!("tollgate: no timer ({s:?}); refunds are written at each true-up")
-                        }
+                        Ok(()) => self.ticking = true,
+                        Err(s) => warn!(
+                            "tollgate: no timer ({s:?}); refunds are written at each true-up, and on Kong shared-limit (http) true-ups are not sent"
+                        ),
                     }
+                }
+                if self.ticking && any_limits {
+                    self.store.defers = true;
+                    self.metrics.borrow_mut().pending_allowed = Some(HashMap::new());
+                }
+                if let Ok(mut q) = self.true_ups.try_borrow_mut() {
+                    q.set_enabled(self.ticking && global_http);
                 }
                 self.config = Rc::new(config);
                 true
@@ -287,6 +304,7 @@ impl RootContext for Root {
             store: self.store.clone(),
             host: self.host.get(),
             host_cell: self.host.clone(),
+            true_ups: self.true_ups.clone(),
             exchange: None,
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
@@ -306,6 +324,7 @@ impl RootContext for Root {
         if let Ok(mut m) = self.metrics.try_borrow_mut() {
             m.flush();
         }
+        global::send_true_ups(&self.true_ups);
     }
 }
 
@@ -317,6 +336,8 @@ struct Http {
     store: SharedData,
     /// The VM's detected host, shared with the root context.
     host_cell: Rc<Cell<HostKind>>,
+    /// Kong's shared-limit true-ups, queued here and sent by the root's tick.
+    true_ups: Rc<RefCell<global::TrueUps>>,
     exchange: Option<Exchange>,
     response: ResponseMode,
     waiting_for_body: bool,

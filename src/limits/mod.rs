@@ -158,8 +158,12 @@ pub struct Subject<'a> {
     pub provider: &'a str,
     /// tollgate's prompt count.
     pub prompt_tokens: u64,
-    /// Completion tokens reserved (`max_tokens` or the configured default).
+    /// Completion tokens reserved (`max_tokens` or the configured default), for
+    /// every choice together.
     pub reserve_tokens: u64,
+    /// Completions the provider generates, each up to the request's cap (OpenAI's
+    /// `n`); a clamp splits the room between them. 0 counts as 1.
+    pub choices: u64,
 }
 
 /// What a counter counts.
@@ -435,7 +439,8 @@ pub struct Admission {
     /// Counter updates that gave up (store error or CAS attempts exhausted);
     /// those rules failed open for this request.
     pub store_errors: usize,
-    /// The completion reservation was lowered to this to fit (clamp mode).
+    /// The per-choice completion cap was lowered to this to fit (clamp mode); the
+    /// reservation is then this times [`Subject::choices`].
     pub clamped_to: Option<u64>,
     /// Output tokens this request may produce before some budget runs out
     /// (`None`: unbounded), for the mid-stream cut-off. Computed from the counters
@@ -676,7 +681,8 @@ fn restore_deferred(store: &mut dyn Store, plan: &[Planned]) {
 /// every budget; refused ones on none. In `report_only` the request is always
 /// admitted and charged. With `clamp_max_tokens`, a request whose prompt fits but
 /// whose reservation does not is admitted with the reservation lowered to what
-/// fits (at least `clamp_min_tokens`); see [`Admission::clamped_to`].
+/// fits, split evenly between its choices (at least `clamp_min_tokens` each); see
+/// [`Admission::clamped_to`].
 ///
 /// Hostcalls: per budget one `get` and one CAS `set` (more only on contention or
 /// when a counter is created). Refunds this worker deferred ([`Store::defer`]) are
@@ -721,9 +727,14 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
     let mut clamped_to = None;
     if cfg.clamp_max_tokens && enforce {
         if let Some(room) = output_allowance {
-            if room < reserve && room >= cfg.clamp_min_tokens {
-                reserve = room;
-                clamped_to = Some(room);
+            // The cap written into the body holds per choice, and every choice may
+            // use all of it: `n` choices share the room (0 per choice refuses, as
+            // `clamp_min_tokens` is at least 1).
+            let choices = s.choices.max(1);
+            let per_choice = room / choices;
+            if room < reserve && per_choice >= cfg.clamp_min_tokens {
+                reserve = per_choice.saturating_mul(choices);
+                clamped_to = Some(per_choice);
             }
         }
     }

@@ -14,6 +14,7 @@ fn subject(consumer: Option<&str>, prompt: u64, reserve: u64) -> Subject<'_> {
         provider: "openai",
         prompt_tokens: prompt,
         reserve_tokens: reserve,
+        choices: 1,
     }
 }
 
@@ -397,6 +398,50 @@ fn clamp_lowers_the_reservation_to_what_fits_and_never_below_the_minimum() {
         Some(70),
         "what the stream may use before a cut"
     );
+}
+
+#[test]
+fn clamp_splits_the_room_between_choices() {
+    let l = limits(
+        r#"{"clamp_max_tokens":true,"clamp_min_tokens":10,
+            "rules":[{"name":"t","window":"1m","tokens":100}]}"#,
+    );
+    let with_n = |prompt, per_choice: u64, n: u64| Subject {
+        choices: n,
+        ..subject(None, prompt, per_choice * n)
+    };
+    // 30 prompt, room 70 for output; n = 2 asking 500 each: 35 per choice, so
+    // the provider's worst case (2 x 35) fits the budget.
+    let mut st = store();
+    let a = admit(&l, &mut st, T0, &with_n(30, 500, 2));
+    assert!(a.allowed);
+    assert_eq!(a.clamped_to, Some(35));
+    assert_eq!(a.state().unwrap().remaining, 0, "charged 30 + 2 x 35");
+    // An odd room rounds down: 71 / 2 = 35, one token stays unspent.
+    let mut st = store();
+    let a = admit(&l, &mut st, T0, &with_n(29, 500, 2));
+    assert_eq!(a.clamped_to, Some(35));
+    assert_eq!(a.state().unwrap().remaining, 1);
+    // 70 / 8 = 8 per choice, under clamp_min_tokens: refused, not clamped.
+    let mut st = store();
+    let a = admit(&l, &mut st, T0, &with_n(30, 500, 8));
+    assert!(!a.allowed && a.clamped_to.is_none());
+    // More choices than room: 0 per choice is refused even at the lowest minimum.
+    let mut low = l.clone();
+    low.clamp_min_tokens = 1;
+    let mut st = store();
+    let a = admit(&low, &mut st, T0, &with_n(30, 500, 71));
+    assert!(!a.allowed && a.clamped_to.is_none());
+    // A reservation that fits is left alone, whatever n is; 0 counts as 1.
+    let mut st = store();
+    let a = admit(&l, &mut st, T0, &with_n(30, 35, 2));
+    assert!(a.allowed && a.clamped_to.is_none());
+    let mut st = store();
+    let zero = Subject {
+        choices: 0,
+        ..subject(None, 30, 500)
+    };
+    assert_eq!(admit(&l, &mut st, T0, &zero).clamped_to, Some(70));
 }
 
 #[test]

@@ -113,6 +113,12 @@ pub fn rate_limit(route: &str, rule: &str, decision: &str) -> String {
     )
 }
 
+/// Counter of shared-limit true-ups dropped unsent because the per-worker queue
+/// that holds them for the timer (Kong) was full. No labels.
+pub fn global_true_ups_dropped() -> String {
+    format!("{PREFIX}.global_true_ups_dropped")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -627,6 +627,7 @@ impl Exchange {
             provider: self.provider_label(),
             prompt_tokens: prompt,
             reserve_tokens: self.reservation(),
+            choices: self.choices,
         };
         let a = limits::admit(&self.settings.limits, store, now_ms, &subject);
         let reply = (!a.allowed).then(|| {
@@ -710,7 +711,9 @@ impl Exchange {
     }
 
     /// After admission: the request body with its completion cap lowered to the
-    /// clamp (see [`limits::clamp`]), applied to whatever `decision` forwards.
+    /// clamp (see [`limits::clamp`]), applied to whatever `decision` forwards. The
+    /// clamp is per choice: with `n` choices it is the room divided by `n`, since
+    /// the provider applies the cap to each.
     pub fn clamp_request(&self, decision: BodyDecision, body: &[u8]) -> BodyDecision {
         let (Some(api), Some(to)) = (self.api, self.admission.as_ref().and_then(|a| a.clamped_to))
         else {
@@ -747,6 +750,7 @@ impl Exchange {
             provider: &self.settings.provider,
             prompt_tokens: prompt.tokens,
             reserve_tokens: self.reservation(),
+            choices: self.choices,
         })
     }
 

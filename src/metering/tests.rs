@@ -568,3 +568,52 @@ fn n_choices_reserve_the_cap_once_per_choice() {
     let huge = chat(r#","max_tokens":100,"n":18446744073709551615"#);
     assert!(remaining_after(huge.as_bytes(), path).0);
 }
+
+#[test]
+fn clamp_with_n_choices_caps_each_choice_at_its_share_of_the_room() {
+    use crate::limits::{init_store, MemoryStore};
+    let cfg = r#"{"defaults":{"limits":{"clamp_max_tokens":true,"rules":[
+        {"name":"m","key":["consumer"],"window":"1h","tokens":1000}]}}}"#;
+    let now = 3_600_000 * 500_000;
+    let clamp = |n: &str| {
+        let mut store = MemoryStore::default();
+        init_store(&mut store);
+        let mut ex = exchange(cfg, "chat");
+        ex.set_consumer(Some("n".into()));
+        let body = format!(
+            r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"Hi"}}],"max_tokens":4000{n}}}"#
+        );
+        let d = start(&mut ex, "/v1/chat/completions", body.as_bytes());
+        assert!(ex.admit(&mut store, now).is_none(), "clamped, not refused");
+        let room = 1000 - ex.prompt.map_or(0, |p| p.tokens);
+        let header = |name: &str| {
+            ex.rate_limit_headers()
+                .into_iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.parse::<u64>().unwrap())
+        };
+        let (clamped, remaining) = (
+            header("x-tollgate-max-tokens-clamped"),
+            header("x-ratelimit-remaining-tokens"),
+        );
+        let sent: Value = match ex.clamp_request(d, body.as_bytes()) {
+            BodyDecision::Replace(b) => serde_json::from_slice(&b).unwrap(),
+            other => panic!("not clamped: {other:?}"),
+        };
+        (
+            room,
+            sent["max_tokens"].as_u64().unwrap(),
+            clamped,
+            remaining,
+        )
+    };
+    // One choice: the whole room.
+    let (room, sent, clamped, remaining) = clamp("");
+    assert_eq!((sent, clamped, remaining), (room, Some(room), Some(0)));
+    // Three choices each up to max_tokens: a third of the room each, so three
+    // full-length choices still fit; the rounding remainder stays unspent.
+    let (room, sent, clamped, remaining) = clamp(r#","n":3"#);
+    assert_eq!(sent, room / 3);
+    assert_eq!(clamped, Some(room / 3));
+    assert_eq!(remaining, Some(room % 3));
+}

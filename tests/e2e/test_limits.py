@@ -493,6 +493,17 @@ def test_clamp_lowers_max_tokens_instead_of_refusing(envoy_with):
     c2 = oai(env, "c-clamp-2")
     raw = c2.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
     assert env.mock.last_body()["max_completion_tokens"] == 150 - raw.parse().usage.prompt_tokens
+    # n = 2: the provider applies the cap to each choice, so each gets half the
+    # room (rounded down) and two full-length choices still fit the budget.
+    c3 = oai(env, "c-clamp-n2")
+    raw = c3.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=1000, n=2,
+        extra_headers={"x-mock-reply-words": "2000"})
+    room = 150 - raw.parse().usage.prompt_tokens
+    sent = env.mock.last_body()
+    assert sent["n"] == 2 and sent["max_tokens"] == room // 2, sent
+    assert raw.headers["x-tollgate-max-tokens-clamped"] == str(room // 2)
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(room % 2), "charged 2 x the clamp"
     # Anthropic: max_tokens lowered too.
     a = anthropic.Anthropic(base_url=env.base_url, api_key="test", max_retries=0,
                             default_headers={"x-consumer-id": "c-clamp-anthropic"})
@@ -502,7 +513,7 @@ def test_clamp_lowers_max_tokens_instead_of_refusing(envoy_with):
     assert env.mock.last_body()["max_tokens"] == clamped
     assert 130 < clamped < 150, "150 less tollgate's estimate of the Claude prompt"
     assert msg.headers["x-ratelimit-remaining-tokens"] == "0"
-    assert env.stats().get("tollgate_rate_limit_decisions", rule="clamp-hour", decision="clamped") >= 3
+    assert env.stats().get("tollgate_rate_limit_decisions", rule="clamp-hour", decision="clamped") >= 4
 
 
 def test_usd_budget_admits_on_price_and_trues_up_to_real_cost(envoy_with):

@@ -12,7 +12,8 @@
 //!   `hits_addend` = prompt + reservation, holds the request until the answer, and
 //!   charges the overrun in a second call after the response.
 //! * `http` (Kong, also Envoy): the same through `dispatch_http_call` to an HTTP
-//!   endpoint in Limitador's `check_and_report` shape.
+//!   endpoint in Limitador's `check_and_report` shape. Kong cannot call out in
+//!   response phases: its true-up waits in [`queue`] for the next timer tick.
 //!
 //! RLS counters only go up (`hits_addend` is unsigned), so a reservation larger than
 //! the real usage is not refunded: the budget errs on the safe side by at most one
@@ -22,6 +23,7 @@
 
 pub mod http_api;
 pub mod proto;
+pub mod queue;
 
 use serde::{Deserialize, Serialize};
 

@@ -24,6 +24,7 @@ fn subject<'a>(consumer: Option<&'a str>) -> Subject<'a> {
         provider: "openai",
         prompt_tokens: 120,
         reserve_tokens: 50,
+        choices: 1,
     }
 }
 

@@ -3,7 +3,7 @@
 use wasmtime::{Caller, Extern, Val};
 
 use crate::abi::{self, buffer, map, status, Kong};
-use crate::{HeaderMap, Mode, Phase, State};
+use crate::{HeaderMap, HttpCall, Mode, Phase, State};
 
 type R = wasmtime::Result<i32>;
 
@@ -105,7 +105,7 @@ fn deserialize(b: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
 /// Which header map a call addresses, if it is readable in this phase.
 fn headers(d: &mut State, kind: i32) -> Option<(&mut HeaderMap, bool)> {
     match kind {
-        map::HTTP_REQUEST_HEADERS if d.phase != Phase::Root => {
+        map::HTTP_REQUEST_HEADERS if !matches!(d.phase, Phase::Root | Phase::Tick) => {
             Some((&mut d.stream.req_headers, d.stream.req_headers_frozen))
         }
         map::HTTP_RESPONSE_HEADERS
@@ -116,6 +116,8 @@ fn headers(d: &mut State, kind: i32) -> Option<(&mut HeaderMap, bool)> {
         {
             Some((&mut d.stream.resp_headers, d.stream.resp_headers_frozen))
         }
+        // Only while an answer is being delivered; read-only.
+        map::HTTP_CALL_RESPONSE_HEADERS => d.answering.as_mut().map(|(h, _)| (h, true)),
         _ => None,
     }
 }
@@ -151,7 +153,7 @@ fn header_write(
 /// A property as this host answers it.
 fn property(d: &State, path: &str) -> Option<Vec<u8>> {
     let s = &d.stream;
-    let in_request = d.phase != Phase::Root;
+    let in_request = !matches!(d.phase, Phase::Root | Phase::Tick);
     let header = |name: &str| {
         s.req_headers
             .iter()
@@ -221,7 +223,7 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
         }
         "proxy_set_effective_context" | "proxy_done" | "proxy_close_stream" => Ok(status::OK),
         "proxy_set_tick_period_milliseconds" => {
-            if mode == Mode::Kong && phase != Phase::Root {
+            if mode == Mode::Kong && !matches!(phase, Phase::Root | Phase::Tick) {
                 return Err(trap(
                     "Kong: can only set tick_period in root context".into(),
                 ));
@@ -233,6 +235,9 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             if mode == Mode::Kong && i(a, 0) == 1 {
                 c.data_mut().violations.push("Kong: proxy_continue_stream(response): yielding not supported in response phases".into());
                 return Ok(status::BAD_ARGUMENT);
+            }
+            if i(a, 0) == 0 {
+                c.data_mut().request_resumed = true;
             }
             Ok(status::OK)
         }
@@ -272,6 +277,10 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
                     }
                     d.stream.resp_body.clone()
                 }
+                buffer::HTTP_CALL_RESPONSE_BODY => match &d.answering {
+                    Some((_, body)) => body.clone(),
+                    None => return Ok(status::NOT_FOUND),
+                },
                 _ => return Ok(status::NOT_FOUND),
             };
             let end = start.saturating_add(max).min(whole.len());
@@ -426,9 +435,20 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
         }
         "proxy_http_call" => {
             let upstream = String::from_utf8_lossy(&read(&mut c, u(a, 0), u(a, 1))?).into_owned();
+            let headers = deserialize(&read(&mut c, u(a, 2), u(a, 3))?).unwrap_or_default();
+            let body = read(&mut c, u(a, 4), u(a, 5))?;
+            let timeout_ms = i(a, 8) as u32;
             let d = c.data_mut();
-            if mode == Mode::Kong && matches!(phase, Phase::ResponseHeaders | Phase::ResponseBody) {
-                d.violations.push(format!("Kong: dispatch_http_call to {upstream} in {phase:?} (not allowed in response phases)"));
+            // ngx_proxy_wasm_host.c: "can only send HTTP dispatch during
+            // "on_request_headers", "on_request_body", "on_dispatch_response", "on_tick""
+            // (answers are delivered in the RequestBody phase here).
+            if mode == Mode::Kong
+                && !matches!(
+                    phase,
+                    Phase::RequestHeaders | Phase::RequestBody | Phase::Tick
+                )
+            {
+                d.violations.push(format!("Kong: dispatch_http_call to {upstream} in {phase:?} (only request headers/body, a call's answer and on_tick)"));
                 return Ok(status::BAD_ARGUMENT);
             }
             if mode == Mode::Kong && !upstream.contains(':') {
@@ -439,7 +459,19 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
                 return Ok(status::BAD_ARGUMENT);
             }
             d.calls.push(format!("http {upstream}"));
-            let token = d.calls.len() as u32;
+            d.last_token += 1;
+            let token = d.last_token;
+            d.http_calls.push(HttpCall {
+                upstream,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .collect(),
+                body,
+                timeout_ms,
+                token,
+                phase: format!("{phase:?}"),
+            });
             write_u32(&mut c, u(a, 9), token)?;
             Ok(status::OK)
         }
@@ -448,7 +480,8 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
             let service = String::from_utf8_lossy(&read(&mut c, u(a, 2), u(a, 3))?).into_owned();
             let d = c.data_mut();
             d.calls.push(format!("grpc {upstream} {service}"));
-            let token = d.calls.len() as u32;
+            d.last_token += 1;
+            let token = d.last_token;
             let slot = if name == "proxy_grpc_call" { 11 } else { 8 };
             write_u32(&mut c, u(a, slot), token)?;
             Ok(status::OK)

@@ -12,7 +12,9 @@
 //!   request body arrives once and whole (`eof = 1`), `Pause` with nothing to
 //!   resume it hangs the request (t/03-proxy_wasm "on_request_headers -> Pause":
 //!   `timeout_expected`), pausing in response phases is refused ("cannot pause in
-//!   header_filter phase", 500), `proxy_http_call` is refused in response phases,
+//!   header_filter phase", 500), `proxy_http_call` is only accepted in request
+//!   headers/body, `on_tick` and a call's answer (`ngx_proxy_wasm_host.c`: "can only
+//!   send HTTP dispatch during ..."),
 //!   NYI imports trap (`ngx_proxy_wasm_hfuncs_nop`), metrics are stored as
 //!   `pw.{filter}.{name}` (`docs/METRICS.md`), request bodies over
 //!   `client_body_buffer_size` are on disk and unreadable.
@@ -351,6 +353,77 @@ pub struct Outcome {
     pub properties: BTreeMap<String, Vec<u8>>,
     /// Outgoing HTTP / gRPC calls the filter dispatched.
     pub calls: Vec<String>,
+    /// The HTTP calls in full, in dispatch order.
+    pub http_calls: Vec<HttpCall>,
+}
+
+/// An HTTP call the filter dispatched (`proxy_http_call`), as the host received it.
+#[derive(Clone, Debug, Default)]
+pub struct HttpCall {
+    /// Cluster name (Envoy) or `host:port` (Kong).
+    pub upstream: String,
+    /// Headers, pseudo-headers included.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Timeout the filter asked for.
+    pub timeout_ms: u32,
+    /// The token the host handed back.
+    pub token: u32,
+    /// Host phase it was made in (`RequestBody`, `Tick`, `ResponseBody`, ...).
+    pub phase: String,
+}
+
+impl HttpCall {
+    /// A header of the call.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (Null when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What the called service answers to every HTTP call (see [`Vm::answer_http_calls`]).
+#[derive(Clone, Debug, Default)]
+pub struct CallAnswer {
+    /// HTTP status (sent as `:status`).
+    pub status: u32,
+    /// Further headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl CallAnswer {
+    /// An answer with this status, no body.
+    pub fn status(status: u32) -> CallAnswer {
+        CallAnswer {
+            status,
+            ..CallAnswer::default()
+        }
+    }
+
+    /// Add a header.
+    pub fn header(mut self, k: &str, v: &str) -> CallAnswer {
+        self.headers.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    fn header_map(&self) -> HeaderMap {
+        std::iter::once((":status".to_string(), self.status.to_string().into_bytes()))
+            .chain(
+                self.headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())),
+            )
+            .collect()
+    }
 }
 
 impl Outcome {
@@ -389,6 +462,8 @@ impl Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
     Root,
+    /// The root context's `on_tick`.
+    Tick,
     RequestHeaders,
     RequestBody,
     ResponseHeaders,
@@ -423,6 +498,15 @@ pub(crate) struct State {
     pub violations: Vec<String>,
     pub properties: BTreeMap<String, Vec<u8>>,
     pub calls: Vec<String>,
+    pub http_calls: Vec<HttpCall>,
+    /// Last call token handed out (tokens are unique for the VM's life).
+    pub last_token: u32,
+    /// What every HTTP call is answered with; `None`: calls stay unanswered.
+    pub call_answer: Option<CallAnswer>,
+    /// The answer being delivered (`on_http_call_response`): its headers and body.
+    pub answering: Option<(HeaderMap, Vec<u8>)>,
+    /// `proxy_continue_stream(request)` was called.
+    pub request_resumed: bool,
     pub metric_names: Vec<String>,
     pub tick_ms: u32,
     pub now_ns: u64,
@@ -458,6 +542,11 @@ impl Vm {
             violations: Vec::new(),
             properties: BTreeMap::new(),
             calls: Vec::new(),
+            http_calls: Vec::new(),
+            last_token: 0,
+            call_answer: None,
+            answering: None,
+            request_resumed: false,
             metric_names: Vec::new(),
             tick_ms: 0,
             now_ns: 1_700_000_000_000_000_000,
@@ -538,13 +627,66 @@ impl Vm {
         self.store.data_mut().now_ns += ms * 1_000_000;
     }
 
-    /// Run the root context's `on_tick` once (if the filter asked for ticks).
+    /// Run the root context's `on_tick` once (if the filter asked for ticks). HTTP
+    /// calls it makes are kept for [`Vm::take_http_calls`] and, with an answer set,
+    /// answered to the root context.
     pub fn tick(&mut self) -> Result<(), String> {
         if self.store.data().tick_ms == 0 {
             return Ok(());
         }
+        let before = self.store.data().last_token;
+        self.store.data_mut().phase = Phase::Tick;
+        self.call1("proxy_on_tick", ROOT)?;
+        self.answer_calls_since(ROOT, before)?;
         self.store.data_mut().phase = Phase::Root;
-        self.call1("proxy_on_tick", ROOT)
+        Ok(())
+    }
+
+    /// Answer every HTTP call from now on with `answer` (`None`: leave them
+    /// unanswered, as a service that never replies within the test).
+    pub fn answer_http_calls(&mut self, answer: Option<CallAnswer>) {
+        self.store.data_mut().call_answer = answer;
+    }
+
+    /// HTTP calls made outside an exchange (on the tick) since the last take.
+    pub fn take_http_calls(&mut self) -> Vec<HttpCall> {
+        std::mem::take(&mut self.store.data_mut().http_calls)
+    }
+
+    /// The tick period the filter asked for (0: none).
+    pub fn tick_period_ms(&self) -> u32 {
+        self.store.data().tick_ms
+    }
+
+    /// Deliver the configured answer to context `ctx` for each HTTP call made after
+    /// token `after`. Returns how many were answered.
+    fn answer_calls_since(&mut self, ctx: i32, after: u32) -> Result<usize, String> {
+        let Some(answer) = self.store.data().call_answer.clone() else {
+            return Ok(0);
+        };
+        let tokens: Vec<u32> = self
+            .store
+            .data()
+            .http_calls
+            .iter()
+            .filter(|c| c.token > after)
+            .map(|c| c.token)
+            .collect();
+        for &token in &tokens {
+            let headers = answer.header_map();
+            let n = headers.len() as i32;
+            self.store.data_mut().answering = Some((headers, answer.body.clone()));
+            let f = self.func::<(i32, i32, i32, i32, i32), ()>("proxy_on_http_call_response")?;
+            let r = f
+                .call(
+                    &mut self.store,
+                    (ctx, token as i32, n, answer.body.len() as i32, 0),
+                )
+                .map_err(|e| format!("proxy_on_http_call_response trapped: {e:?}"));
+            self.store.data_mut().answering = None;
+            r?;
+        }
+        Ok(tokens.len())
     }
 
     /// Log lines so far (level, message).
@@ -615,7 +757,9 @@ impl Vm {
             d.violations.clear();
             d.properties.clear();
             d.calls.clear();
+            d.request_resumed = false;
         }
+        let first_call = self.store.data().http_calls.len();
         self.call2("proxy_on_context_create", ctx, ROOT);
         let result = self.run(ctx, mode, req, resp);
         let mut out = Outcome::default();
@@ -641,6 +785,7 @@ impl Vm {
         out.violations.append(&mut d.violations);
         out.properties = std::mem::take(&mut d.properties);
         out.calls = std::mem::take(&mut d.calls);
+        out.http_calls = d.http_calls.split_off(first_call.min(d.http_calls.len()));
         out
     }
 
@@ -716,7 +861,8 @@ impl Vm {
                             .req_body
                             .extend_from_slice(chunk);
                         let size = self.store.data().stream.req_body.len() as i32;
-                        let a = self.call_ret3(
+                        let before = self.store.data().last_token;
+                        let mut a = self.call_ret3(
                             "proxy_on_request_body",
                             ctx,
                             size,
@@ -724,6 +870,18 @@ impl Vm {
                         )?;
                         if self.local_reply_sent() {
                             return Ok(self.take_local());
+                        }
+                        if a == action::PAUSE && i == last {
+                            // Held for a call's answer: deliver it; the filter resumes
+                            // (proxy_continue_stream) or answers itself.
+                            if self.answer_calls_since(ctx, before)? > 0 {
+                                if self.local_reply_sent() {
+                                    return Ok(self.take_local());
+                                }
+                                if self.store.data().request_resumed {
+                                    a = action::CONTINUE;
+                                }
+                            }
                         }
                         if a == action::CONTINUE {
                             // Buffered data (maybe rewritten) goes upstream; headers are sent now.
@@ -749,10 +907,23 @@ impl Vm {
                     for (i, part) in parts.iter().enumerate() {
                         self.store.data_mut().stream.req_body = part.to_vec();
                         let eos = i32::from(i == last);
-                        let a =
+                        let before = self.store.data().last_token;
+                        let mut a =
                             self.call_ret3("proxy_on_request_body", ctx, part.len() as i32, eos)?;
                         if self.local_reply_sent() {
                             return Ok(self.take_local());
+                        }
+                        // A pause with a dispatch pending waits for its answer; the
+                        // filter then resumes the request or answers itself
+                        // (ngx_http_proxy_wasm_dispatch.c: "resume main handled by
+                        // wasm callback").
+                        if a == action::PAUSE && self.answer_calls_since(ctx, before)? > 0 {
+                            if self.local_reply_sent() {
+                                return Ok(self.take_local());
+                            }
+                            if self.store.data().request_resumed {
+                                a = action::CONTINUE;
+                            }
                         }
                         if a == action::PAUSE {
                             return Err("Kong: paused in on_request_body with nothing to resume it (request hangs)".into());

@@ -6,7 +6,7 @@
 //! upstream answer, and OpenAI's chat prompt rule over tiktoken-rs's o200k.
 
 use serde_json::json;
-use testhost::{Gateway, Mode, Outcome, Request, Response};
+use testhost::{CallAnswer, Gateway, Mode, Outcome, Request, Response};
 
 /// Run `$body(mode)` once per host, as two tests named `$name::envoy` / `$name::kong`.
 macro_rules! on_both_hosts {
@@ -288,6 +288,138 @@ on_both_hosts!(local_limits_refuse_in_dialect_across_workers, |mode| {
         .metric_sum(&["rate_limit_decisions", "decision.refused"]);
     assert_eq!(refusals, 1, "{mode:?}: refusals counted once");
 });
+
+const GLOBAL_HTTP: &str = r#"{
+  "defaults": {
+    "provider": "openai",
+    "limits": {
+      "consumer": { "header": "x-consumer-id" },
+      "global": {
+        "mode": "http", "cluster": "127.0.0.1:8080", "path": "/check_and_report",
+        "domain": "llm", "timeout_ms": 150,
+        "descriptors": [ { "key": "consumer", "from": "consumer" } ]
+      }
+    }
+  }
+}"#;
+
+/// Limitador's answer under the limit, with its draft-03 headers.
+fn limitador_ok() -> CallAnswer {
+    CallAnswer::status(200)
+        .header("x-ratelimit-limit", "5000, 5000;w=60")
+        .header("x-ratelimit-remaining", "4000")
+        .header("x-ratelimit-reset", "30")
+}
+
+/// The `check_and_report` body tollgate sends.
+fn check_and_report(consumer: &str, delta: u64) -> serde_json::Value {
+    json!({"namespace": "llm", "values": {"consumer": consumer}, "delta": delta,
+           "response_headers": "DraftVersion03"})
+}
+
+on_both_hosts!(global_http_true_up_reaches_the_service, |mode| {
+    let mut gw = Gateway::tollgate(mode, GLOBAL_HTTP, 1);
+    assert!(gw.vms[0].configured, "{mode:?}: {:?}", gw.vms[0].logs());
+    // Kong's true-up goes out on the tick; the timer runs wherever `http` mode is set
+    // (the host is only known at the first request).
+    assert_eq!(gw.vms[0].tick_period_ms(), 1000);
+    gw.vms[0].answer_http_calls(Some(limitador_ok()));
+    let body = chat_body("gpt-4o", json!({"max_tokens": 16}));
+    let billed = openai_prompt_tokens(&body);
+    let req = Request::post_json(CHAT, &body).header("x-consumer-id", "team-a");
+    // 40 completion tokens against 16 reserved: 24 owed after the response.
+    let o = gw.send(0, "chat", &req, &completion("gpt-4o", billed, 40));
+    clean(mode, &o);
+    assert_eq!(o.status, 200);
+    assert!(o.upstream_request.is_some(), "admitted and forwarded");
+    let admission = &o.http_calls[0];
+    assert_eq!(admission.phase, "RequestBody");
+    assert_eq!(admission.upstream, "127.0.0.1:8080");
+    assert_eq!(admission.header(":path"), Some("/check_and_report"));
+    assert_eq!(admission.header(":method"), Some("POST"));
+    assert_eq!(admission.timeout_ms, 150);
+    assert_eq!(admission.json(), check_and_report("team-a", billed + 16));
+    assert_eq!(
+        o.header("x-ratelimit-remaining-tokens"),
+        Some("4000"),
+        "the service's state"
+    );
+    match mode {
+        // Envoy calls from the response phase, on the root context's behalf.
+        Mode::Envoy => {
+            assert_eq!(o.http_calls.len(), 2, "{:?}", o.http_calls);
+            assert_eq!(o.http_calls[1].phase, "ResponseBody");
+            assert_eq!(o.http_calls[1].json(), check_and_report("team-a", 24));
+            gw.vms[0].tick().unwrap();
+            assert!(gw.vms[0].take_http_calls().is_empty(), "nothing queued");
+        }
+        // Kong cannot: the true-up waits for the root context's tick.
+        Mode::Kong => {
+            assert_eq!(o.http_calls.len(), 1, "no call in a response phase");
+            assert!(
+                gw.vms[0].take_http_calls().is_empty(),
+                "not before the tick"
+            );
+            gw.vms[0].tick().unwrap();
+            let sent = gw.vms[0].take_http_calls();
+            assert_eq!(sent.len(), 1, "{sent:?}");
+            let t = &sent[0];
+            assert_eq!(t.phase, "Tick");
+            assert_eq!(t.upstream, "127.0.0.1:8080");
+            assert_eq!(t.header(":path"), Some("/check_and_report"));
+            assert_eq!(t.header(":authority"), Some("127.0.0.1:8080"));
+            assert_eq!(t.timeout_ms, 150);
+            assert_eq!(t.json(), check_and_report("team-a", 24));
+            // Sent once; the answer went to the root context without a trap.
+            gw.vms[0].tick().unwrap();
+            assert!(gw.vms[0].take_http_calls().is_empty(), "sent once");
+        }
+    }
+    assert!(
+        !gw.vms[0].logs().iter().any(|(_, l)| l.contains("panicked")),
+        "{:?}",
+        gw.vms[0].logs()
+    );
+});
+
+#[test]
+fn kong_true_ups_between_two_ticks_go_out_one_call_per_counter() {
+    let mut gw = Gateway::tollgate(Mode::Kong, GLOBAL_HTTP, 1);
+    gw.vms[0].answer_http_calls(Some(limitador_ok()));
+    let body = chat_body("gpt-4o", json!({"max_tokens": 16}));
+    let billed = openai_prompt_tokens(&body);
+    let send = |gw: &mut Gateway, consumer: &str, completion_tokens: u64| {
+        let req = Request::post_json(CHAT, &body).header("x-consumer-id", consumer);
+        let o = gw.send(
+            0,
+            "chat",
+            &req,
+            &completion("gpt-4o", billed, completion_tokens),
+        );
+        clean(Mode::Kong, &o);
+        assert_eq!(o.status, 200);
+    };
+    send(&mut gw, "team-a", 40); // owes 24
+    send(&mut gw, "team-b", 20); // owes 4
+    send(&mut gw, "team-a", 30); // owes 14
+    send(&mut gw, "team-b", 10); // within the reservation: owes nothing
+    gw.vms[0].tick().unwrap();
+    let sent: Vec<serde_json::Value> = gw.vms[0]
+        .take_http_calls()
+        .iter()
+        .map(|c| {
+            assert_eq!(c.phase, "Tick");
+            c.json()
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            check_and_report("team-a", 38),
+            check_and_report("team-b", 4)
+        ]
+    );
+}
 
 const PER_ROUTE: &str = r#"{
   "defaults": {"provider": "openai"},
