@@ -557,12 +557,12 @@ def test_hostile_prompt_stays_in_budget_and_spares_concurrent_requests(hostile_e
         parses = False
     if parses:
         assert int(entry["counted_prompt_tokens"]) > 0
-        if kind != "20k one-word messages":
-            # One text far over the budget is estimated.
-            assert entry["estimated"] == "true"
-        else:
-            # Tiny texts, each counted exactly (the byte budget is not reached).
-            assert int(entry["counted_prompt_tokens"]) > 20_000 * 3
+        # One text far over the budget, or messages far past the walk budget (one
+        # message per 64 bytes of it), is estimated.
+        assert entry["estimated"] == "true"
+        if kind == "20k one-word messages":
+            # 1024 messages read, the rest priced by size: never under the real 5 each.
+            assert int(entry["counted_prompt_tokens"]) >= 20_000 * 5
     else:
         assert entry["counted_prompt_tokens"] in ("-", "", None)
     # One worker (--concurrency 1) serves both: the p99 of normal requests running
@@ -580,18 +580,28 @@ def test_hostile_prompt_stays_in_budget_and_spares_concurrent_requests(hostile_e
 
 
 def test_huge_message_counts_cost_is_bounded_by_the_body_cap(hostile_env):
-    """20k one-word messages (720 KB, under the 960 KiB cap) are counted without
-    tokenizing past the budget, but building and walking 20k JSON objects is
-    per-message work the byte budget does not bound: measured here so it stays
-    bounded (by max_request_bytes) and visible. Known: it costs tens of ms of
-    worker time (20-50 ms in V8 here; ~17 ms natively), more than 2x a normal
-    request's p99 for requests queued behind it, so it is not in the 2x test above."""
+    """20k one-word messages (720 KB, under the 960 KiB cap): the body is parsed into
+    the flat document (no tree of 20k objects), 1024 messages are read one by one
+    (one per 64 bytes of the 65536-byte budget) and the rest is priced by its size in
+    one step. The whole request costs about a millisecond of worker time more than
+    without tollgate; the 2x p99 test above covers its effect on other requests."""
     env = hostile_env
-    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "m"}] * 20_000}).encode()
-    on = sorted(_post_raw(env.port, "/sink/v1/chat/completions", body)[1] for _ in range(5))[2]
-    off = sorted(_post_raw(env.port, "/sink-off/v1/chat/completions", body)[1] for _ in range(5))[2]
-    print(f"20k messages: {on:.1f} ms with tollgate, {off:.1f} ms without")
-    assert on < off + 250, "per-request work stays bounded"
+    tiny = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "m"}] * 20_000}).encode()
+    # Tool results name their call by id: 4k calls then 4k results (a search per
+    # result would be 16M comparisons), 700 KB.
+    calls = [{"role": "assistant", "tool_calls": [{"id": f"c{i}", "type": "function",
+                                                   "function": {"name": "f", "arguments": "{}"}}]}
+             for i in range(4_000)]
+    results = [{"role": "tool", "tool_call_id": f"c{i}", "content": "ok"} for i in range(4_000)]
+    tools = json.dumps({"model": "gpt-5", "messages": calls + results}).encode()
+    for name, body in (("20k one-word messages", tiny), ("4k tool calls + 4k results", tools)):
+        assert _post_raw(env.port, "/sink/v1/chat/completions", body)[0] == 200, name
+        on = sorted(_post_raw(env.port, "/sink/v1/chat/completions", body)[1] for _ in range(5))[2]
+        off = sorted(_post_raw(env.port, "/sink-off/v1/chat/completions", body)[1] for _ in range(5))[2]
+        print(f"{name}: {on:.1f} ms with tollgate, {off:.1f} ms without")
+        # A few ms here; 25 ms leaves room for a loaded 2-core machine.
+        assert on < off + 25, f"{name}: per-request work stays bounded"
+    body = tiny
     mark = env.mark()
     assert _post_raw(env.port, "/sink/v1/chat/completions", body)[0] == 200
     (entry,) = env.new_entries(mark, 1)
