@@ -203,6 +203,9 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
         )));
     }
     let phase = c.data().phase;
+    if !matches!(phase, Phase::Root | Phase::Tick) {
+        c.data_mut().hostcalls.push(format!("{phase:?}:{name}"));
+    }
     match name {
         "proxy_log" => {
             let msg = read(&mut c, u(a, 1), u(a, 2))?;
