@@ -76,6 +76,7 @@ VARIANTS: list[dict] = [
         "package": "tollgate",
         "config_file": "benches/configs/tollgate-limits.json",
         "config": "{}",
+        "compare_to": "tollgate",  # limits/tollgate ratio and the issue-3 target row
     },
     {
         # Issue 4: with redaction on, >= 85% of plain Envoy's rps at 1 KB (or >= 90%
@@ -100,6 +101,32 @@ VARIANTS: list[dict] = [
         "ttft": True,
     },
 ]
+# Hostcall price probes: the no-op filter plus N calls of one kind per request (see
+# tools/noop-filter). Run only when named (`--variants noop,probe-time,...`); the report
+# then prices one call as (probe − noop CPU/req) / N, paired per round.
+PROBE_CALLS = 10
+for _probe in ("time", "get_shared_data", "set_shared_data", "set_property", "increment_metric",
+               "log_level", "response_header_read", "replace_response_header", "add_response_header",
+               "response_header_map"):
+    VARIANTS.append({
+        "name": f"probe-{_probe}",
+        "desc": f"noop-filter + {PROBE_CALLS} × {_probe} per request",
+        "wasm": "noop_filter.wasm",
+        "package": "noop-filter",
+        "config": f"{_probe}:{PROBE_CALLS}",
+        "optional": True,
+        "probe_calls": PROBE_CALLS,
+    })
+VARIANTS.append({
+    # The two sides of tollgate's held-response header write with nothing added.
+    "name": "probe-response_header_map-0",
+    "desc": "noop-filter + one response header-map read and write",
+    "wasm": "noop_filter.wasm",
+    "package": "noop-filter",
+    "config": "response_header_map:0",
+    "optional": True,
+    "probe_calls": 1,
+})
 BASELINE = "plain"
 FLOOR = "noop"
 SUBJECT = "tollgate"
@@ -115,6 +142,7 @@ TARGETS = {
     "pii_rps_vs_noop_1k": 0.90,  # ... or >= 90% of noop's
     "pii_scan_mb_s": 200.0,  # PII scan of typical text in wasm (piibench under node)
     "translate_rps_vs_plain_1k": 0.85,
+    "limits_cpu_vs_metering_1k": 1.05,  # issue 3: a local limit check within 5% of metering alone
     "translate_ttft_added_p99_ms": 1.0,
 }
 
@@ -800,7 +828,7 @@ def prepare_variants(args) -> list[dict]:
     wanted = [v.strip() for v in args.variants.split(",")] if args.variants else None
     out = []
     for spec in VARIANTS:
-        if wanted and spec["name"] not in wanted:
+        if (wanted and spec["name"] not in wanted) or (spec.get("optional") and not wanted):
             continue
         v = dict(spec)
         v["available"] = True
@@ -904,6 +932,18 @@ def phase_throughput(args, variants, bodies, upstream: Envoy, workdir: Path) -> 
             run_wrk(procs[v["name"]].listen_port, bodies[v["name"]][label][1], args.warmup, args.conns, args.threads)
         rounds = {v["name"]: [] for v in avail}
         for rnd in range(args.rounds):
+            if args.restart and rnd > 0:
+                # A fresh Envoy per variant and round: one process can run the same code a few
+                # per cent faster or slower than another for its whole life (measured: two
+                # Envoys with the same wasm and config, 4% apart in every round), so ratios
+                # between single processes carry that bias; new processes average it out.
+                for v in avail:
+                    procs[v["name"]].stop()
+                    e = start_proxy(v, upstream.listen_port, workdir, 1)
+                    e.wait_live()
+                    e.wait_serving(bodies[v["name"]][label][2], timeout=15)
+                    procs[v["name"]] = e
+                    run_wrk(e.listen_port, bodies[v["name"]][label][1], args.warmup, args.conns, args.threads)
             if args.order == "rotate":
                 # Latin square: each variant takes each position equally often, so neither
                 # warm caches nor a load trend favour whoever runs first.
@@ -951,13 +991,33 @@ def phase_throughput(args, variants, bodies, upstream: Envoy, workdir: Path) -> 
                 log(f"  {label} round {rnd + 1}/{args.rounds} {v['name']:>9}: {w['rps']:9.0f} rps  "
                     f"p50 {w['p50_us'] / 1000:6.2f} ms  p99 {w['p99_us'] / 1000:6.2f} ms  "
                     f"cpu {w['proxy_cpu_us_per_req'] or 0:6.1f} us/req  (load {w['loadavg']})")
-        results[label] = summarize_throughput(rounds, [v["name"] for v in avail])
+        results[label] = summarize_throughput(rounds, [v["name"] for v in avail],
+                                              {v["name"]: v["compare_to"] for v in avail if v.get("compare_to")})
+        results[label]["probes"] = probe_prices(rounds, avail)
     for e in procs.values():
         e.stop()
     return {"sizes": results, "errors": errors}
 
 
-def summarize_throughput(rounds: dict, names: list[str]) -> dict:
+def probe_prices(rounds: dict, avail: list[dict]) -> dict:
+    """µs of proxy CPU per hostcall: (probe − noop CPU/req) / N, per round, then the median."""
+    out = {}
+    if FLOOR not in rounds:
+        return out
+    for v in avail:
+        n = v.get("probe_calls")
+        if not n or v["name"] not in rounds:
+            continue
+        per = [(x["proxy_cpu_us_per_req"] - y["proxy_cpu_us_per_req"]) / n
+               for x, y in zip(rounds[v["name"]], rounds[FLOOR])
+               if x["proxy_cpu_us_per_req"] and y["proxy_cpu_us_per_req"]
+               and not (x.get("stalled") or y.get("stalled"))]
+        if per:
+            out[v["name"]] = {"calls": n, "us_per_call": med(per), "per_round": per}
+    return out
+
+
+def summarize_throughput(rounds: dict, names: list[str], compare_to: dict | None = None) -> dict:
     s = {"per_variant": {}, "ratios": {}}
     for n in names:
         rs_all = rounds[n]
@@ -980,7 +1040,7 @@ def summarize_throughput(rounds: dict, names: list[str]) -> dict:
         for b in names:
             if a == b:
                 continue
-            if b == BASELINE or (b == FLOOR and a != BASELINE):
+            if b == BASELINE or (b == FLOOR and a != BASELINE) or (compare_to or {}).get(a) == b:
                 pairs.append((a, b))
     for a, b in pairs:
         key = f"{a}/{b}"
@@ -1383,6 +1443,19 @@ def evaluate_targets(R: dict) -> list[dict]:
     else:
         row("VM start, per worker (log)", "≤ 30 ms", "n/a", None, "tollgate unavailable or not run")
 
+    if tp and "limits/tollgate" in tp["ratios"]:
+        # Issue 3: a local limit check costs within 5% of metering alone (proxy CPU per request,
+        # the steadier figure; req/s shown beside it).
+        r = tp["ratios"]["limits/tollgate"]
+        cpu, rng = r["median"]["cpu_per_req"], r["range"]["cpu_per_req"]
+        pv = tp["per_variant"]
+        ok = None if cpu is None else (cpu <= TARGETS["limits_cpu_vs_metering_1k"]
+                                       and not pv["limits"]["error_rounds"])
+        row("local limit vs metering @1 KB", "limits ≤ 1.05× tollgate's proxy CPU/req",
+            fmt(cpu, 3, "×"), ok,
+            f"{pv['limits']['cpu_us_per_req'] - pv['tollgate']['cpu_us_per_req']:+.1f} µs/req (medians); "
+            + (f"rounds {rng[0]:.3f}–{rng[1]:.3f}; " if rng else "")
+            + f"req/s {r['median']['rps']:.3f}× tollgate")
     if tp and "translate/plain" in tp["ratios"]:
         r = tp["ratios"]["translate/plain"]["median"]["rps"]
         rng = tp["ratios"]["translate/plain"]["range"]["rps"]
@@ -1447,7 +1520,7 @@ def render(R: dict) -> str:
     L.append(f"- when: {R['started']}  git: `{R['git']}`  envoy: {R['envoy_version']}")
     L.append(f"- host: {os.cpu_count()} CPUs, load average at start {R['load_start']}, at end {R.get('load_end', '?')}")
     L.append(f"- load: wrk, {a['threads']} thread, {a['conns']} connections, {a['rounds']} round(s) × {a['duration']:g} s "
-             f"per variant (interleaved, order {a['order']}), warm-up {a['warmup']:g} s; Envoy under test `--concurrency 1`; "
+             f"per variant (interleaved, order {a['order']}{', a fresh Envoy per variant and round' if a.get('restart') else ''}), warm-up {a['warmup']:g} s; Envoy under test `--concurrency 1`; "
              f"upstream: a separate Envoy `direct_response` (`--concurrency {a['upstream_concurrency']}`)")
     L.append("")
     L.append("| variant | what | wasm | config |")
@@ -1497,6 +1570,16 @@ def render(R: dict) -> str:
                 L.append(f"⚠ noisy: per-round req/s ratios of {', '.join(noisy)} span more than 20% of the median; "
                          "the CPU/req ratio is the steadier figure. Re-run with more rounds or on a quieter host.")
             L.append("")
+            if s.get("probes"):
+                L.append("Hostcall prices (probe variants): proxy CPU per call, (probe − noop CPU/req) / N, "
+                         "median of the paired rounds.")
+                L.append("")
+                L.append("| probe | calls/req | µs per call | per round |")
+                L.append("|---|---:|---:|---|")
+                for n, pr in s["probes"].items():
+                    L.append(f"| {n} | {pr['calls']} | {pr['us_per_call']:.2f} | "
+                             + " ".join(f"{x:.2f}" for x in pr["per_round"]) + " |")
+                L.append("")
         if tp["errors"]:
             L.append("**ERRORS (results are not valid for these variants):**")
             L.append("")
@@ -1596,6 +1679,8 @@ def main() -> int:
                     help="rotate: abc, bca, cab, ... (default); fixed: abc, abc, ...")
     ap.add_argument("--tokbench-timeout", type=int, default=600)
     ap.add_argument("--no-build", action="store_true", help="use the wasm files as they are")
+    ap.add_argument("--restart", action="store_true", default=env("BENCH_RESTART", "") not in ("", "0"),
+                    help="a fresh Envoy per variant for every throughput round (averages out per-process bias)")
     ap.add_argument("--out-dir", default=str(REPO / "bench-results"))
     ap.add_argument("--keep-workdir", action="store_true")
     args = ap.parse_args()

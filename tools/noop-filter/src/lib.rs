@@ -10,26 +10,121 @@
 //!
 //! The benchmark in `benches/` compares tollgate against this filter to tell
 //! tollgate's own cost from the fixed cost of wasm + buffering.
+//!
+//! Probe mode, for pricing hostcalls: a plugin configuration `NAME:N` (e.g.
+//! `get_shared_data:10`) makes N calls of that kind per request at the end of the
+//! request body (see [`Probe`]); the bench's `probe-*` variants compare it with the
+//! plain no-op (configuration `{}`), so the difference divided by N is one call.
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(NoopRoot) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(NoopRoot::default()) });
 }}
 
-struct NoopRoot;
+/// Hostcalls the probe mode can repeat, each the way tollgate makes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    /// `proxy_get_current_time_nanoseconds`.
+    Time,
+    /// `proxy_get_shared_data` of a 16-byte entry (the host allocates the copy in the VM).
+    GetSharedData,
+    /// `proxy_set_shared_data` of a 16-byte entry (unconditional).
+    SetSharedData,
+    /// `proxy_set_property` (a filter-state object), N distinct keys.
+    SetProperty,
+    /// `proxy_increment_metric` of one counter.
+    IncrementMetric,
+    /// `proxy_get_log_level`.
+    LogLevel,
+    /// N reads of the response header map (`proxy_get_header_map_pairs`).
+    ResponseHeaderRead,
+    /// One read of the response header map, then N headers set one call each
+    /// (`proxy_replace_header_map_value`).
+    ReplaceResponseHeader,
+    /// One read of the response header map, then N headers added one call each
+    /// (`proxy_add_header_map_value`).
+    AddResponseHeader,
+    /// One read of the response header map, then one write of the whole map
+    /// (`proxy_set_header_map_pairs`) with N headers added.
+    ResponseHeaderMapWrite,
+}
+
+impl Probe {
+    fn parse(s: &str) -> Option<(Probe, u32)> {
+        let (name, n) = s.trim().split_once(':')?;
+        let probe = match name {
+            "time" => Probe::Time,
+            "get_shared_data" => Probe::GetSharedData,
+            "set_shared_data" => Probe::SetSharedData,
+            "set_property" => Probe::SetProperty,
+            "increment_metric" => Probe::IncrementMetric,
+            "log_level" => Probe::LogLevel,
+            "response_header_read" => Probe::ResponseHeaderRead,
+            "replace_response_header" => Probe::ReplaceResponseHeader,
+            "add_response_header" => Probe::AddResponseHeader,
+            "response_header_map" => Probe::ResponseHeaderMapWrite,
+            _ => return None,
+        };
+        Some((probe, n.parse().ok()?))
+    }
+}
+
+const PROBE_KEY: &str = "noop/probe";
+const HEADER_NAMES: [&str; 8] = [
+    "x-probe-0",
+    "x-probe-1",
+    "x-probe-2",
+    "x-probe-3",
+    "x-probe-4",
+    "x-probe-5",
+    "x-probe-6",
+    "x-probe-7",
+];
+
+#[derive(Default)]
+struct NoopRoot {
+    probe: Option<(Probe, u32)>,
+    metric: u32,
+}
 
 impl Context for NoopRoot {}
 
 impl RootContext for NoopRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let raw = hostcalls::get_buffer(
+            BufferType::PluginConfiguration,
+            0,
+            plugin_configuration_size,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        self.probe = Probe::parse(&String::from_utf8_lossy(&raw));
+        if let Some((p, _)) = self.probe {
+            if p == Probe::IncrementMetric {
+                self.metric =
+                    hostcalls::define_metric(MetricType::Counter, "noop_probe").unwrap_or(0);
+            }
+            if matches!(p, Probe::GetSharedData | Probe::SetSharedData) {
+                let _ = hostcalls::set_shared_data(PROBE_KEY, Some(&[0u8; 16]), None);
+            }
+        }
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(NoopHttp))
+        match self.probe {
+            None => Some(Box::new(NoopHttp)),
+            Some((probe, n)) => Some(Box::new(ProbeHttp {
+                probe,
+                n,
+                metric: self.metric,
+            })),
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -59,5 +154,99 @@ impl HttpContext for NoopHttp {
             // Pause on non-final chunks: Envoy keeps buffering the body.
             Action::Pause
         }
+    }
+}
+
+/// The no-op filter plus N hostcalls of one kind per request.
+struct ProbeHttp {
+    probe: Probe,
+    n: u32,
+    metric: u32,
+}
+
+impl Context for ProbeHttp {}
+
+impl HttpContext for ProbeHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        for i in 0..self.n {
+            match self.probe {
+                Probe::Time => {
+                    let _ = hostcalls::get_current_time();
+                }
+                Probe::GetSharedData => {
+                    let _ = hostcalls::get_shared_data(PROBE_KEY);
+                }
+                Probe::SetSharedData => {
+                    let _ = hostcalls::set_shared_data(PROBE_KEY, Some(&[1u8; 16]), None);
+                }
+                Probe::SetProperty => {
+                    let key = format!("probe.k{i}");
+                    let _ = hostcalls::set_property(vec![key.as_str()], Some(b"12345"));
+                }
+                Probe::IncrementMetric => {
+                    let _ = hostcalls::increment_metric(self.metric, 1);
+                }
+                Probe::LogLevel => {
+                    let _ = hostcalls::get_log_level();
+                }
+                Probe::ResponseHeaderRead
+                | Probe::ReplaceResponseHeader
+                | Probe::AddResponseHeader
+                | Probe::ResponseHeaderMapWrite => {}
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let n = self.n as usize;
+        match self.probe {
+            Probe::ResponseHeaderRead => {
+                for _ in 0..n {
+                    let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
+                }
+            }
+            Probe::ReplaceResponseHeader => {
+                let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
+                for name in HEADER_NAMES.iter().cycle().take(n) {
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some("12345"));
+                }
+            }
+            Probe::AddResponseHeader => {
+                let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
+                for name in HEADER_NAMES.iter().cycle().take(n) {
+                    let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, "12345");
+                }
+            }
+            Probe::ResponseHeaderMapWrite => {
+                // tollgate's held-response write; N = 0 prices the read and the
+                // write of the upstream's own headers.
+                let mut map = hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
+                let base = map.len();
+                for name in HEADER_NAMES.iter().cycle().take(n) {
+                    map.push((name.to_string(), "12345".to_string()));
+                }
+                let pairs: Vec<(&str, &str)> = map
+                    .iter()
+                    .take(base + n)
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let _ = hostcalls::set_map(MapType::HttpResponseHeaders, pairs);
+            }
+            _ => {}
+        }
+        Action::Continue
     }
 }
