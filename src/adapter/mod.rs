@@ -35,9 +35,6 @@ struct SharedData {
     defers: bool,
 }
 
-/// How often held refunds are written when their counter sees no new request.
-const DEFERRED_FLUSH_MS: u32 = 1000;
-
 impl Store for SharedData {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         ffi::shared_data(key).map_err(|s| {
@@ -99,9 +96,31 @@ struct Metrics {
     /// per-request lookup builds no metric name (route and rule names come from
     /// the config, so this stays small).
     rate_limit_ids: HashMap<String, HashMap<String, HashMap<&'static str, u32>>>,
-    /// `allowed` decisions not yet added to their counters (by metric id), when
-    /// the limits timer runs: written on the tick instead of one hostcall each.
-    pending_allowed: Option<HashMap<u32, u64>>,
+    /// An exchange's counters by route, provider and requested model, so a
+    /// request builds no metric name (see [`Series`]).
+    series: HashMap<String, HashMap<String, HashMap<String, Series>>>,
+    /// Entries in `series`; past [`MAX_SERIES`] new ones are not cached.
+    series_len: usize,
+    /// Counts not yet added to their counters (by metric id), when the timer
+    /// runs: written on the tick (at most [`METRICS_FLUSH_MS`] late) instead of
+    /// one hostcall each per request.
+    pending: Option<HashMap<u32, u64>>,
+}
+
+/// How often batched metric counts and held limit refunds are written.
+const METRICS_FLUSH_MS: u32 = 1000;
+
+/// Most (route, provider, model) series a VM caches; model names are client
+/// input, so the cache is bounded (beyond it, names are built per request).
+const MAX_SERIES: usize = 1024;
+
+/// The counters one metered exchange adds to, for one (route, provider, model).
+#[derive(Clone, Copy)]
+struct Series {
+    input: Option<u32>,
+    output: Option<u32>,
+    /// `requests` by `estimated` (false, true), defined on first use.
+    requests: [Option<u32>; 2],
 }
 
 impl Metrics {
@@ -127,28 +146,137 @@ impl Metrics {
                 id
             }
         };
+        // Refusals and the rarer decisions are counted at once (operators watch
+        // them); `allowed` is batched like the token counters.
         if decision == "allowed" {
-            if let Some(p) = self.pending_allowed.as_mut() {
-                let n = p.entry(id).or_default();
-                *n = n.saturating_add(1);
-                return;
-            }
-        }
-        if let Err(s) = ffi::increment_metric(id, 1) {
-            warn!("tollgate: cannot increment metric: {s:?}");
+            self.count(id, 1);
+        } else {
+            increment(id, 1);
         }
     }
 
-    /// Write the batched `allowed` counts.
+    /// Add `by` to counter `id`: batched for the tick when the timer runs, else now.
+    fn count(&mut self, id: u32, by: u64) {
+        if by == 0 {
+            return;
+        }
+        match self.pending.as_mut() {
+            Some(p) => {
+                let n = p.entry(id).or_default();
+                *n = n.saturating_add(by);
+            }
+            None => increment(id, by),
+        }
+    }
+
+    /// Write the batched counts.
     fn flush(&mut self) {
-        let Some(p) = self.pending_allowed.as_mut() else {
+        let Some(p) = self.pending.as_mut() else {
             return;
         };
         for (id, n) in p.drain() {
-            if let Err(s) = ffi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX)) {
-                warn!("tollgate: cannot increment metric: {s:?}");
+            increment(id, n);
+        }
+    }
+
+    /// Forget cached ids that depend on the config (the model-label cap).
+    fn reset_series(&mut self) {
+        self.series.clear();
+        self.series_len = 0;
+    }
+
+    /// The token and request counters of one exchange.
+    fn exchange(&mut self, report: &Report) {
+        let u = &report.usage;
+        let series = self.series_for(&report.route, &report.provider, report.model());
+        let est = usize::from(report.estimated);
+        let requests = match series.and_then(|s| s.requests.get(est).copied().flatten()) {
+            Some(id) => Some(id),
+            None => {
+                let id = self.id(labels::requests(
+                    &report.route,
+                    &report.provider,
+                    report.estimated,
+                ));
+                if let Some(slot) = self
+                    .series
+                    .get_mut(&*report.route)
+                    .and_then(|p| p.get_mut(&report.provider))
+                    .and_then(|m| m.get_mut(report.model()))
+                    .and_then(|s| s.requests.get_mut(est))
+                {
+                    *slot = id;
+                }
+                id
+            }
+        };
+        match series {
+            Some(s) => {
+                if let Some(id) = s.input {
+                    self.count(id, u.prompt_tokens);
+                }
+                if let Some(id) = s.output {
+                    self.count(id, u.completion_tokens);
+                }
+            }
+            None => {
+                // Past the cache bound: names built per request, as before caching.
+                let model = self.models.label(report.model());
+                let input =
+                    labels::token_usage(TokenType::Input, &model, &report.route, &report.provider);
+                let output =
+                    labels::token_usage(TokenType::Output, &model, &report.route, &report.provider);
+                if let Some(id) = self.id(input) {
+                    self.count(id, u.prompt_tokens);
+                }
+                if let Some(id) = self.id(output) {
+                    self.count(id, u.completion_tokens);
+                }
             }
         }
+        if let Some(id) = requests {
+            self.count(id, 1);
+        }
+    }
+
+    /// The cached series of (route, provider, model), created on first use
+    /// (`None` past [`MAX_SERIES`]).
+    fn series_for(&mut self, route: &str, provider: &str, model: &str) -> Option<Series> {
+        if let Some(s) = self
+            .series
+            .get(route)
+            .and_then(|p| p.get(provider))
+            .and_then(|m| m.get(model))
+        {
+            return Some(*s);
+        }
+        if self.series_len >= MAX_SERIES {
+            return None;
+        }
+        let label = self.models.label(model);
+        let s = Series {
+            input: self.id(labels::token_usage(
+                TokenType::Input,
+                &label,
+                route,
+                provider,
+            )),
+            output: self.id(labels::token_usage(
+                TokenType::Output,
+                &label,
+                route,
+                provider,
+            )),
+            requests: [None; 2],
+        };
+        self.series
+            .entry(route.to_string())
+            .or_default()
+            .entry(provider.to_string())
+            .or_default()
+            .insert(model.to_string(), s);
+        self.series_len += 1;
+        Some(s)
     }
 
     fn id(&mut self, name: String) -> Option<u32> {
@@ -167,26 +295,21 @@ impl Metrics {
         }
     }
 
+    /// Add `by` to the counter called `name` now (rare counters: PII findings).
     fn add(&mut self, name: String, by: u64) {
         if by == 0 {
             return;
         }
-        let id = match self.ids.get(&name) {
-            Some(id) => *id,
-            None => match ffi::define_metric(MetricType::Counter, &name) {
-                Ok(id) => {
-                    self.ids.insert(name, id);
-                    id
-                }
-                Err(s) => {
-                    warn!("tollgate: cannot define metric {name}: {s:?}");
-                    return;
-                }
-            },
-        };
-        if let Err(s) = ffi::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX)) {
-            warn!("tollgate: cannot increment metric: {s:?}");
+        if let Some(id) = self.id(name) {
+            increment(id, by);
         }
+    }
+}
+
+/// One `proxy_increment_metric`, logged and survived on failure.
+fn increment(id: u32, by: u64) {
+    if let Err(s) = ffi::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX)) {
+        warn!("tollgate: cannot increment metric: {s:?}");
     }
 }
 
@@ -226,7 +349,9 @@ impl Default for Root {
                 ids: HashMap::new(),
                 models: ModelLabels::new(32),
                 rate_limit_ids: HashMap::new(),
-                pending_allowed: None,
+                series: HashMap::new(),
+                series_len: 0,
+                pending: None,
             })),
             store: SharedData::default(),
             host: Rc::new(Cell::new(HostKind::Unknown)),
@@ -236,16 +361,19 @@ impl Default for Root {
     }
 }
 
-impl Context for Root {}
-
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let started = ffi::now_nanos();
         let raw = ffi::buffer(BufferType::PluginConfiguration, 0, usize::MAX).unwrap_or_default();
         match Config::parse(&raw) {
             Ok(config) => {
-                self.metrics.borrow_mut().models =
-                    ModelLabels::new(config.metrics.max_model_labels as usize);
+                {
+                    let mut m = self.metrics.borrow_mut();
+                    // Write what is held under the old labels before they change.
+                    m.flush();
+                    m.models = ModelLabels::new(config.metrics.max_model_labels as usize);
+                    m.reset_series();
+                }
                 let routes: Vec<&str> = config.route_names().collect();
                 let took_ms = match (started, ffi::now_nanos()) {
                     (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6,
@@ -268,19 +396,23 @@ impl RootContext for Root {
                     any_route(&|r| r.limits.global.mode == limits::global::GlobalMode::Http);
                 // Write what is held before a new config could change the rules.
                 limits::flush_deferred(&mut self.store.clone());
-                self.metrics.borrow_mut().flush();
                 self.store.defers = false;
-                if (any_limits || global_http) && !self.ticking {
-                    match ffi::set_tick_period_ms(DEFERRED_FLUSH_MS) {
+                // The timer batches metric counts (every config), holds limit
+                // refunds, and sends Kong's `http` true-ups.
+                if !self.ticking {
+                    match ffi::set_tick_period_ms(METRICS_FLUSH_MS) {
                         Ok(()) => self.ticking = true,
                         Err(s) => warn!(
-                            "tollgate: no timer ({s:?}); refunds are written at each true-up, and on Kong shared-limit (http) true-ups are not sent"
+                            "tollgate: no timer ({s:?}); metrics and refunds are written per request, and on Kong shared-limit (http) true-ups are not sent"
                         ),
                     }
                 }
-                if self.ticking && any_limits {
-                    self.store.defers = true;
-                    self.metrics.borrow_mut().pending_allowed = Some(HashMap::new());
+                if self.ticking {
+                    self.store.defers = any_limits;
+                    let mut m = self.metrics.borrow_mut();
+                    if m.pending.is_none() {
+                        m.pending = Some(HashMap::new());
+                    }
                 }
                 if let Ok(mut q) = self.true_ups.try_borrow_mut() {
                     q.set_enabled(self.ticking && global_http);
@@ -308,7 +440,6 @@ impl RootContext for Root {
             exchange: None,
             response: ResponseMode::PassThrough,
             waiting_for_body: false,
-            held_response_headers: Vec::new(),
             response_body_replaced: false,
             pii_emitted: false,
             translate_in_filter: None,
@@ -328,6 +459,17 @@ impl RootContext for Root {
     }
 }
 
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        // The VM is going away: write what is still batched.
+        limits::flush_deferred(&mut self.store.clone());
+        if let Ok(mut m) = self.metrics.try_borrow_mut() {
+            m.flush();
+        }
+        true
+    }
+}
+
 /// One HTTP request as seen by tollgate.
 struct Http {
     config: Rc<Config>,
@@ -341,8 +483,6 @@ struct Http {
     exchange: Option<Exchange>,
     response: ResponseMode,
     waiting_for_body: bool,
-    /// Response headers read when they were held, written back with `x-llm-*` added.
-    held_response_headers: Vec<u8>,
     /// Calls to the shared rate-limit service (`limits.global`).
     calls: global::Calls,
     /// The held response body was rewritten (PII restore): drop `content-length`.
@@ -458,8 +598,7 @@ impl Http {
         self.global_settle(report);
         let host = self.host;
         if add_headers {
-            // Headers were held: write them back with ours added, in one call.
-            let held = std::mem::take(&mut self.held_response_headers);
+            // Headers were held: add ours before they go.
             let mut ours = report.headers();
             if let Some(ex) = self.exchange.as_ref() {
                 ours.extend(ex.rate_limit_headers());
@@ -469,8 +608,7 @@ impl Http {
             } else {
                 &[]
             };
-            let map = merge_header_map(&parse_header_map(&held), &ours, stale);
-            if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
+            if let Err(s) = set_response_headers(&ours, stale) {
                 debug!("cannot set x-llm headers: {s:?}");
             }
         }
@@ -485,25 +623,12 @@ impl Http {
                 }
             }
         }
-        let mut m = self.metrics.borrow_mut();
-        let model = m.models.label(report.model());
-        let u = &report.usage;
-        m.add(
-            labels::token_usage(TokenType::Input, &model, &report.route, &report.provider),
-            u.prompt_tokens,
-        );
-        m.add(
-            labels::token_usage(TokenType::Output, &model, &report.route, &report.provider),
-            u.completion_tokens,
-        );
-        m.add(
-            labels::requests(&report.route, &report.provider, report.estimated),
-            1,
-        );
+        self.metrics.borrow_mut().exchange(report);
+        // Asked per request (one cheap hostcall) so turning debug on shows the
+        // very next exchange.
         if host.has_log_level() && ffi::debug_enabled() {
             debug!("{}", report.log_line());
         }
-        drop(m);
         self.emit_pii();
     }
 
@@ -536,6 +661,21 @@ impl Http {
             }
         }
     }
+}
+
+/// Set `ours` on the response headers (each replacing any header of its name) and
+/// remove `stale`, one hostcall per header. Cheaper in Envoy than writing the whole
+/// map back (`proxy_set_header_map_pairs` removes and re-adds every header: about
+/// 7 µs for a typical answer's read and write, against about 0.5 µs per header
+/// set; the bench's `probe-*` variants, benches/README.md). Stops at the first failure.
+fn set_response_headers(ours: &[(&str, String)], stale: &[&str]) -> Result<(), Status> {
+    for (k, v) in ours {
+        ffi::set_header(MapType::HttpResponseHeaders, k, v)?;
+    }
+    for k in stale {
+        ffi::remove_header(MapType::HttpResponseHeaders, k)?;
+    }
+    Ok(())
 }
 
 /// Kong, where responses cannot be held: add this chunk to `gathered` and send the
@@ -770,8 +910,7 @@ impl HttpContext for Http {
             // body is gathered in the filter and replaced at the end.
             let mut ours = vec![("content-type", "application/json".to_string())];
             ours.extend(ex.rate_limit_headers());
-            let map = merge_header_map(&headers, &ours, &["content-length"]);
-            if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
+            if let Err(s) = set_response_headers(&ours, &["content-length"]) {
                 warn!("tollgate: cannot set translated response headers: {s:?}");
             }
             self.translate_in_filter = Some(Vec::new());
@@ -780,19 +919,12 @@ impl HttpContext for Http {
         if gather {
             self.translate_in_filter = Some(Vec::new());
         }
-        let stream = (self.response == ResponseMode::Stream && !end_of_stream) || gather;
-        let mut length_removed = false;
         if self.response != ResponseMode::Buffer || end_of_stream {
-            // Rate-limit headers, in one write of the whole map (held headers get
-            // them in `emit` instead, with the x-llm ones).
+            // Rate-limit headers now (held headers get them in `emit` instead,
+            // with the x-llm ones).
             let rl = ex.rate_limit_headers();
-            if !rl.is_empty() {
-                let stale: &[&str] = if stream { &["content-length"] } else { &[] };
-                let map = merge_header_map(&headers, &rl, stale);
-                match ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
-                    Ok(()) => length_removed = stream,
-                    Err(s) => debug!("tollgate: cannot set rate-limit headers: {s:?}"),
-                }
+            if let Err(s) = set_response_headers(&rl, &[]) {
+                debug!("tollgate: cannot set rate-limit headers: {s:?}");
             }
         }
         if end_of_stream {
@@ -803,15 +935,10 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         match self.response {
-            ResponseMode::Buffer | ResponseMode::Translate => {
-                self.held_response_headers = raw;
-                Action::Pause
-            }
+            ResponseMode::Buffer | ResponseMode::Translate => Action::Pause,
             ResponseMode::Stream => {
                 // Stripping the injected usage chunk changes the length.
-                if !length_removed {
-                    let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
-                }
+                let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
                 if ex.translates_response() {
                     let _ = ffi::set_header(
                         MapType::HttpResponseHeaders,
@@ -822,7 +949,7 @@ impl HttpContext for Http {
                 Action::Continue
             }
             ResponseMode::Copy => {
-                if gather && !length_removed {
+                if gather {
                     // The gathered answer is rewritten: its length changes.
                     let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
                 }
@@ -883,7 +1010,6 @@ impl HttpContext for Http {
                 if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
                     warn!("tollgate: cannot write the translated response: {s:?}");
                 }
-                let held = std::mem::take(&mut self.held_response_headers);
                 let mut ours: Vec<(&'static str, String)> = vec![
                     ("content-type", "application/json".to_string()),
                     ("content-length", out.len().to_string()),
@@ -892,8 +1018,7 @@ impl HttpContext for Http {
                     ours.extend(r.headers());
                 }
                 ours.extend(ex.rate_limit_headers());
-                let map = merge_header_map(&parse_header_map(&held), &ours, &[]);
-                if let Err(s) = ffi::set_header_map(MapType::HttpResponseHeaders, &map) {
+                if let Err(s) = set_response_headers(&ours, &[]) {
                     debug!("tollgate: cannot set translated response headers: {s:?}");
                 }
                 if let Some(r) = report {

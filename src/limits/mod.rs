@@ -588,6 +588,12 @@ struct Planned<'r> {
     /// This worker's deferred refund for the counter, taken out of the store's
     /// deferral map: written with this request's charge, or put back.
     deferred: i64,
+    /// Usage before this request and whether its charge would go over the limit
+    /// (`None`: store error).
+    before: Option<(u64, bool)>,
+    /// Usage after this request's charge and whether it is over the limit
+    /// (`None`: not charged).
+    after: Option<(u64, bool)>,
 }
 
 impl Planned<'_> {
@@ -643,16 +649,23 @@ impl Planned<'_> {
     }
 }
 
-/// Per unit, the budget that matters most to a client, from `(plan index, usage,
-/// over the limit)`: an over-limit one (latest reset first), else the least
-/// remaining. Only the chosen ones are turned into [`RateState`]s.
-fn pick_states(plan: &[Planned], seen: &[(usize, u64, bool)], now_ms: u64) -> Vec<RateState> {
-    let mut out = Vec::with_capacity(3);
+/// Per unit, the budget that matters most to a client, from each budget's
+/// `(usage, over the limit)` as `seen` picks it: an over-limit one (latest reset
+/// first), else the least remaining. Only the chosen ones become [`RateState`]s.
+fn pick_states(
+    plan: &[Planned],
+    seen: impl Fn(&Planned) -> Option<(u64, bool)>,
+    now_ms: u64,
+) -> Vec<RateState> {
+    let mut out = Vec::with_capacity(1);
     for unit in [Unit::Tokens, Unit::Requests, Unit::MicroUsd] {
-        let best = seen
+        let best = plan
             .iter()
-            .filter_map(|&(i, used, over)| Some((plan.get(i)?, used, over)))
-            .filter(|(p, _, _)| p.unit == unit)
+            .filter(|p| p.unit == unit)
+            .filter_map(|p| {
+                let (used, over) = seen(p)?;
+                Some((p, used, over))
+            })
             .max_by_key(|(p, used, over)| {
                 let reset = p.end.saturating_sub(now_ms);
                 (
@@ -715,6 +728,8 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
                 end,
                 seen,
                 deferred,
+                before: None,
+                after: None,
             });
         }
     }
@@ -739,20 +754,18 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
         }
     }
     let want_of = |p: &Planned| charge_of(p.unit, p.rule.count, price, prompt, 0, reserve);
-    // (plan index, usage before, would go over)
-    let before: Vec<(usize, u64, bool)> = plan
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| {
-            let used = p.used()?;
+    for p in plan.iter_mut() {
+        p.before = p.used().map(|used| {
             let over = want_of(p).is_none_or(|w| used.saturating_add(w) > p.limit);
-            Some((i, used, over))
-        })
-        .collect();
-    let refusing = before
+            (used, over)
+        });
+    }
+    let refusing = plan
         .iter()
-        .filter(|(_, _, over)| *over)
-        .filter_map(|&(i, used, _)| Some((plan.get(i)?, used)))
+        .filter_map(|p| match p.before {
+            Some((used, true)) => Some((p, used)),
+            _ => None,
+        })
         .max_by_key(|(p, _)| p.end)
         .map(|(p, used)| p.state(used, now_ms));
     if let (true, Some(st)) = (enforce, &refusing) {
@@ -761,7 +774,7 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
             allowed: false,
             over_limit: true,
             refused_by: Some(st.clone()),
-            states: pick_states(&plan, &before, now_ms),
+            states: pick_states(&plan, |p| p.before, now_ms),
             store_errors,
             price,
             ..Admission::default()
@@ -770,9 +783,7 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
     // Phase 2: charge each budget with check-and-set; undo on a late refusal.
     let mut charges: Vec<Charge> = Vec::with_capacity(plan.len());
     let mut late_refusal = None;
-    let mut after: Vec<(usize, u64, bool)> = Vec::with_capacity(plan.len());
-    for i in 0..plan.len() {
-        let Some(p) = plan.get_mut(i) else { break };
+    for p in plan.iter_mut() {
         let Some(seen) = p.seen.take() else { continue };
         let want = want_of(p).unwrap_or(0);
         let limit = enforce.then_some(p.limit);
@@ -781,7 +792,7 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
             Ok(true) => {
                 let used = p.used_after(seen, want);
                 p.deferred = 0;
-                after.push((i, used, used > p.limit));
+                p.after = Some((used, used > p.limit));
                 charges.push(Charge {
                     // Nothing deferred is left to restore under this key.
                     key: std::mem::take(&mut p.key),
@@ -828,7 +839,7 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
         over_limit: refusing.is_some(),
         // Report-only: it went through, and took what it would have been refused.
         refused_by: refusing.map(|st| RateState { remaining: 0, ..st }),
-        states: pick_states(&plan, &after, now_ms),
+        states: pick_states(&plan, |p| p.after, now_ms),
         charges,
         store_errors,
         clamped_to,
@@ -914,25 +925,35 @@ impl Deferred {
         }
     }
 
-    /// Take what is held for `key` in window `ws` (a refund for an older window is dropped).
+    /// Take what is held for `key` in window `ws` (a refund for an older window is
+    /// dropped). The emptied entry stays until the next [`Deferred::drain`], so the
+    /// refund this request leaves is added in place: no allocation per request.
     pub fn take(&mut self, key: &str, ws: u64) -> i64 {
         if self.map.is_empty() {
             return 0;
         }
-        match self.map.remove(key) {
-            Some((w, d)) if w == ws => d,
-            _ => 0,
+        match self.map.get_mut(key) {
+            Some(e) => {
+                let held = if e.0 == ws { e.1 } else { 0 };
+                e.1 = 0;
+                held
+            }
+            None => 0,
         }
     }
 
     /// Everything held, emptying the map.
     pub fn drain(&mut self) -> Vec<(String, u64, i64)> {
-        self.map.drain().map(|(k, (w, d))| (k, w, d)).collect()
+        self.map
+            .drain()
+            .filter(|(_, (_, d))| *d != 0)
+            .map(|(k, (w, d))| (k, w, d))
+            .collect()
     }
 
     /// Nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.values().all(|(_, d)| *d == 0)
     }
 }
 

@@ -357,7 +357,13 @@ class Envoy:
         self.stop()
 
     # Observations ----------------------------------------------------------------
-    def stats(self) -> Metrics:
+    # tollgate batches its counters in each VM and writes them on a 1 s timer
+    # (README, "Metrics"); a reading this long after the last request includes them.
+    METRICS_FLUSH_WAIT = 1.5
+
+    def stats(self, wait: float | None = None) -> Metrics:
+        """/stats/prometheus once tollgate's batched counts are written (`wait` s)."""
+        time.sleep(self.METRICS_FLUSH_WAIT if wait is None else wait)
         status, body = http_get(self.admin_url + "/stats/prometheus")
         if status != 200:
             raise HarnessError(f"/stats/prometheus: {status}")

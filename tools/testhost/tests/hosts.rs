@@ -84,14 +84,18 @@ fn clean(mode: Mode, o: &Outcome) {
     assert!(o.violations.is_empty(), "{mode:?}: {:#?}", o.violations);
 }
 
-fn input_tokens(gw: &Gateway, model: &str, route: &str) -> i64 {
+/// The input-token counter, after the workers' tick wrote the batched counts.
+fn input_tokens(gw: &mut Gateway, model: &str, route: &str) -> i64 {
+    gw.tick();
     gw.metric(&format!(
         "tollgate.gen_ai_client_token_usage.gen_ai_token_type.input.gen_ai_request_model.{model}.route.{route}.gen_ai_provider_name.openai"
     ))
     .unwrap_or(0)
 }
 
-fn output_tokens(gw: &Gateway, model: &str, route: &str) -> i64 {
+/// The output-token counter, after the workers' tick wrote the batched counts.
+fn output_tokens(gw: &mut Gateway, model: &str, route: &str) -> i64 {
+    gw.tick();
     gw.metric(&format!(
         "tollgate.gen_ai_client_token_usage.gen_ai_token_type.output.gen_ai_request_model.{model}.route.{route}.gen_ai_provider_name.openai"
     ))
@@ -99,6 +103,52 @@ fn output_tokens(gw: &Gateway, model: &str, route: &str) -> i64 {
 }
 
 const METERING: &str = r#"{"defaults": {"provider": "openai"}}"#;
+
+on_both_hosts!(
+    batched_counters_add_up_across_workers_ticks_and_the_label_cap,
+    |mode| {
+        // Counts are added up per worker and written on each worker's tick; the
+        // series cache must give the same labels as building the names per request.
+        let config = r#"{"defaults": {"provider": "openai"}, "metrics": {"max_model_labels": 2}}"#;
+        let mut gw = Gateway::tollgate(mode, config, 2);
+        let mut sent = std::collections::HashMap::<&str, i64>::new();
+        // Each model goes to both workers in turn (the label cap is per VM).
+        let models = ["gpt-4o", "gpt-4.1", "o3", "gpt-4o", "o3", "gpt-4.1"];
+        for (i, model) in models.iter().flat_map(|m| [*m, *m]).enumerate() {
+            let body = chat_body(model, json!({}));
+            let prompt = 10 + i as u64;
+            let o = gw.send(
+                i,
+                "chat",
+                &Request::post_json(CHAT, &body),
+                &completion(model, prompt, 1),
+            );
+            clean(mode, &o);
+            // The first two distinct models keep their (sanitised) name; later ones are `other`.
+            let label = match model {
+                "gpt-4o" => "gpt-4o",
+                "gpt-4.1" => "gpt-4_1",
+                _ => "other",
+            };
+            *sent.entry(label).or_default() += prompt as i64;
+            if i == 5 {
+                gw.tick();
+            }
+        }
+        for (label, tokens) in sent {
+            assert_eq!(
+                input_tokens(&mut gw, label, "chat"),
+                tokens,
+                "{mode:?}: {label}"
+            );
+        }
+        assert_eq!(
+            gw.metric("tollgate.requests.route.chat.gen_ai_provider_name.openai.estimated.false"),
+            Some(12),
+            "{mode:?}"
+        );
+    }
+);
 
 on_both_hosts!(configures_and_passes_non_llm_traffic, |mode| {
     let mut gw = Gateway::tollgate(mode, METERING, 1);
@@ -155,8 +205,16 @@ on_both_hosts!(metering_non_streaming_matches_the_bill, |mode| {
         None,
         "usage must come back uncompressed"
     );
-    assert_eq!(input_tokens(&gw, "gpt-4o", "chat"), billed as i64);
-    assert_eq!(output_tokens(&gw, "gpt-4o", "chat"), 4);
+    // Counts are batched in the VM and written on the timer's tick (≤ 1 s late).
+    let name = "tollgate.gen_ai_client_token_usage.gen_ai_token_type.input.gen_ai_request_model.gpt-4o.route.chat.gen_ai_provider_name.openai";
+    assert_eq!(
+        gw.metric(name).unwrap_or(0),
+        0,
+        "{mode:?}: written on the tick"
+    );
+    assert_eq!(gw.vms[0].tick_period_ms(), 1000, "{mode:?}");
+    assert_eq!(input_tokens(&mut gw, "gpt-4o", "chat"), billed as i64);
+    assert_eq!(output_tokens(&mut gw, "gpt-4o", "chat"), 4);
     match mode {
         // Envoy holds small JSON answers and adds the token headers.
         Mode::Envoy => {
@@ -213,8 +271,8 @@ on_both_hosts!(metering_stream_injects_and_strips_usage, |mode| {
         text.contains("\"Ab\"") && text.ends_with("data: [DONE]\n\n"),
         "{text}"
     );
-    assert_eq!(input_tokens(&gw, "gpt-4o", "chat"), billed as i64);
-    assert_eq!(output_tokens(&gw, "gpt-4o", "chat"), 3);
+    assert_eq!(input_tokens(&mut gw, "gpt-4o", "chat"), billed as i64);
+    assert_eq!(output_tokens(&mut gw, "gpt-4o", "chat"), 3);
 });
 
 const LIMITS: &str = r#"{
@@ -433,7 +491,7 @@ on_both_hosts!(route_identity_selects_route_settings, |mode| {
     // Metering off on this route: nothing counted under its name.
     let o = gw.send(0, "internal-batch", &req, &completion("gpt-4o", 30, 2));
     clean(mode, &o);
-    assert_eq!(input_tokens(&gw, "gpt-4o", "internal-batch"), 0);
+    assert_eq!(input_tokens(&mut gw, "gpt-4o", "internal-batch"), 0);
     assert_eq!(
         o.upstream_header("accept-encoding"),
         Some("gzip"),
@@ -442,7 +500,7 @@ on_both_hosts!(route_identity_selects_route_settings, |mode| {
     // Any other route is metered under its own name.
     let o = gw.send(0, "public", &req, &completion("gpt-4o", 30, 2));
     clean(mode, &o);
-    assert_eq!(input_tokens(&gw, "gpt-4o", "public"), 30);
+    assert_eq!(input_tokens(&mut gw, "gpt-4o", "public"), 30);
     if mode == Mode::Kong {
         // A Kong route without a name: the service name identifies it.
         let anon = testhost::RouteInfo {
@@ -452,7 +510,7 @@ on_both_hosts!(route_identity_selects_route_settings, |mode| {
         let o = gw.send_as(0, anon, &req, &completion("gpt-4o", 30, 2));
         clean(mode, &o);
         assert_eq!(
-            input_tokens(&gw, "gpt-4o", "internal-batch"),
+            input_tokens(&mut gw, "gpt-4o", "internal-batch"),
             0,
             "service-level settings applied"
         );
@@ -482,7 +540,7 @@ fn kong_body_spilled_to_disk_passes_unmetered_instead_of_failing() {
         "body forwarded unchanged"
     );
     assert_eq!(
-        input_tokens(&gw, "gpt-4o", "chat"),
+        input_tokens(&mut gw, "gpt-4o", "chat"),
         0,
         "not metered: the body was unreadable"
     );
@@ -562,7 +620,7 @@ fn kong_partial_request_body_never_pauses() {
         Some(body.into_bytes()),
         "forwarded whole"
     );
-    assert_eq!(input_tokens(&gw, "gpt-4o", "chat"), 0);
+    assert_eq!(input_tokens(&mut gw, "gpt-4o", "chat"), 0);
 }
 
 const ANTHROPIC: &str = r#"{

@@ -1,0 +1,106 @@
+//! Hostcalls per request for the bench's metering and limits configs
+//! (`benches/configs/`), on the Envoy host. In Envoy's V8 a plain hostcall costs
+//! about 0.2 µs, one that hands data back about 1 µs (the host allocates in the
+//! VM), a header set about 0.5 µs and a whole header-map write about 6 µs (the
+//! bench's `probe-*` variants, benches/README.md), so which calls an exchange makes
+//! is most of what tollgate adds beyond its own logic. The assertions below catch
+//! a change that adds calls to the hot path.
+//! `cargo test -p testhost --test hostcalls -- --nocapture` prints the list.
+
+use serde_json::json;
+use testhost::{Gateway, Mode, Outcome, Request, Response};
+
+const CHAT: &str = "/v1/chat/completions";
+
+fn config(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../benches/configs/");
+    std::fs::read_to_string(format!("{path}{name}")).unwrap()
+}
+
+/// About 1 KB of chat, like the bench's 1 KB body.
+fn body(turn: u32) -> String {
+    json!({
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant for a hardware store. Answer briefly and name the aisle."},
+            {"role": "user", "content": "I need to hang a heavy mirror on a plaster wall. What anchors should I use?"},
+            {"role": "assistant", "content": "Use toggle bolts rated for the mirror's weight; two are usually enough. They are in aisle 7, next to the picture hooks."},
+            {"role": "user", "content": "And if the wall turns out to be brick behind the plaster, what then? Do I need a special drill bit?"},
+            {"role": "assistant", "content": "Yes: a masonry bit and sleeve anchors. Both are in aisle 9. Drill slowly and clear the dust often."},
+            {"role": "user", "content": format!("Thanks. Last question {turn}: how high should the mirror hang above a dresser?")}
+        ]
+    })
+    .to_string()
+}
+
+fn answer() -> Response {
+    Response::json(
+        200,
+        &json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "About 8 to 10 inches above it."}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 180, "completion_tokens": 12, "total_tokens": 192}
+        })
+        .to_string(),
+    )
+}
+
+/// The hostcalls of one steady-state request (a first one warms the caches),
+/// with the metrics timer's tick in between as in Envoy.
+fn steady(config: &str) -> Outcome {
+    let mut gw = Gateway::tollgate(Mode::Envoy, config, 1);
+    for turn in 0..2 {
+        let o = gw.send(0, "r", &Request::post_json(CHAT, &body(turn)), &answer());
+        assert_eq!(o.status, 200, "{:?}", o.violations);
+        assert!(o.violations.is_empty(), "{:?}", o.violations);
+        gw.vms[0].advance_ms(1000);
+        gw.vms[0].tick().unwrap();
+    }
+    gw.send(0, "r", &Request::post_json(CHAT, &body(9)), &answer())
+}
+
+fn show(name: &str, o: &Outcome) {
+    eprintln!("{name}: {} hostcalls", o.hostcalls.len());
+    for c in &o.hostcalls {
+        eprintln!("  {c}");
+    }
+}
+
+fn count(o: &Outcome, f: &str) -> usize {
+    o.hostcalls.iter().filter(|c| c.ends_with(f)).count()
+}
+
+#[test]
+fn metering_hostcalls_per_request() {
+    let o = steady(&config("tollgate-metering.json"));
+    show("metering", &o);
+    assert!(o.header("x-llm-total-tokens").is_some());
+    // Request and response header maps each read once; the four x-llm-* headers
+    // set one call each on the held response (cheaper in Envoy than writing the
+    // whole map back, which removes and re-adds every header).
+    assert_eq!(count(&o, ":proxy_get_header_map_pairs"), 2);
+    assert_eq!(count(&o, ":proxy_set_header_map_pairs"), 0);
+    assert_eq!(count(&o, ":proxy_replace_header_map_value"), 4);
+    // Metric counts are batched for the timer's tick: no hostcall per request.
+    assert_eq!(count(&o, ":proxy_increment_metric"), 0);
+    assert!(o.hostcalls.len() <= 16, "{} hostcalls", o.hostcalls.len());
+}
+
+#[test]
+fn limits_hostcalls_per_request() {
+    let metering = steady(&config("tollgate-metering.json"));
+    let o = steady(&config("tollgate-limits.json"));
+    show("limits", &o);
+    assert!(o.header("x-ratelimit-remaining-tokens").is_some());
+    // One clock read; the counter is read once and written once (CAS); the
+    // refund of the unused reservation is held for the tick, the `allowed`
+    // decision counted there too; three x-ratelimit-* headers.
+    assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 1);
+    assert_eq!(count(&o, ":proxy_get_shared_data"), 1);
+    assert_eq!(count(&o, ":proxy_set_shared_data"), 1);
+    assert_eq!(count(&o, ":proxy_replace_header_map_value"), 4 + 3);
+    assert_eq!(count(&o, ":proxy_increment_metric"), 0);
+    let extra = o.hostcalls.len() as i64 - metering.hostcalls.len() as i64;
+    eprintln!("limits adds {extra} hostcalls over metering");
+    assert_eq!(extra, 6, "limits adds {extra} hostcalls");
+}
