@@ -160,6 +160,8 @@ pub struct AnthropicOptions {
     pub max_tokens_default: u64,
     /// `anthropic-version` header.
     pub version: String,
+    /// `thinking.budget_tokens` sent for each OpenAI `reasoning_effort`.
+    pub thinking_budgets: ThinkingBudgets,
 }
 
 impl Default for AnthropicOptions {
@@ -167,7 +169,54 @@ impl Default for AnthropicOptions {
         AnthropicOptions {
             max_tokens_default: 4096,
             version: "2023-06-01".to_string(),
+            thinking_budgets: ThinkingBudgets::default(),
         }
+    }
+}
+
+/// Anthropic extended-thinking budgets (tokens) per OpenAI `reasoning_effort`.
+/// Defaults are LiteLLM's (low 1024, medium 2048, high 4096), with `minimal` at
+/// Anthropic's floor of 1024 and `xhigh` at twice `high`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThinkingBudgets {
+    /// `reasoning_effort: "minimal"`.
+    pub minimal: u64,
+    /// `reasoning_effort: "low"`.
+    pub low: u64,
+    /// `reasoning_effort: "medium"`.
+    pub medium: u64,
+    /// `reasoning_effort: "high"`.
+    pub high: u64,
+    /// `reasoning_effort: "xhigh"`.
+    pub xhigh: u64,
+}
+
+impl Default for ThinkingBudgets {
+    fn default() -> Self {
+        ThinkingBudgets {
+            minimal: 1024,
+            low: 1024,
+            medium: 2048,
+            high: 4096,
+            xhigh: 8192,
+        }
+    }
+}
+
+impl ThinkingBudgets {
+    /// The budget for a `reasoning_effort` value: `Some(None)` for `"none"` (thinking
+    /// off), `None` for a value OpenAI does not define.
+    pub fn for_effort(&self, effort: &str) -> Option<Option<u64>> {
+        Some(Some(match effort {
+            "none" => return Some(None),
+            "minimal" => self.minimal,
+            "low" => self.low,
+            "medium" => self.medium,
+            "high" => self.high,
+            "xhigh" => self.xhigh,
+            _ => return None,
+        }))
     }
 }
 
@@ -354,6 +403,21 @@ impl ProviderConfig {
                 at("anthropic.max_tokens_default"),
                 "must be at least 1",
             ));
+        }
+        let b = self.anthropic.thinking_budgets;
+        for (name, v) in [
+            ("minimal", b.minimal),
+            ("low", b.low),
+            ("medium", b.medium),
+            ("high", b.high),
+            ("xhigh", b.xhigh),
+        ] {
+            if v < 1024 {
+                return Err(ConfigError::at(
+                    at(&format!("anthropic.thinking_budgets.{name}")),
+                    "must be at least 1024 (Anthropic's minimum thinking budget)",
+                ));
+            }
         }
         if let Some(s) = self.api_key.as_mut() {
             s.resolve(&at("api_key"), env)?;
