@@ -27,6 +27,9 @@ pub struct Ctl {
     /// `x-mock-echo: 1`: chat replies repeat the last user message's text
     /// (streamed 4 characters per chunk), so tests can see what the provider got.
     pub echo: bool,
+    /// `x-mock-redacted-thinking: 1`: with thinking enabled, a `redacted_thinking`
+    /// block follows the `thinking` block (Anthropic).
+    pub redacted_thinking: bool,
 }
 
 fn num_header(req: &Request, name: &str) -> Result<Option<u64>, String> {
@@ -67,6 +70,9 @@ impl Ctl {
             cache_creation: num_header(req, "x-mock-cache-creation-tokens")?.unwrap_or(0),
             reasoning: num_header(req, "x-mock-reasoning-tokens")?.unwrap_or(0),
             echo: req.header("x-mock-echo").is_some_and(|v| v.trim() == "1"),
+            redacted_thinking: req
+                .header("x-mock-redacted-thinking")
+                .is_some_and(|v| v.trim() == "1"),
         })
     }
 }

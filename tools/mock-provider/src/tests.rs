@@ -410,6 +410,64 @@ fn anthropic_messages() {
 }
 
 #[test]
+fn anthropic_extended_thinking() {
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":3000,"thinking":{"type":"enabled","budget_tokens":2048},"messages":[{"role":"user","content":"27 * 453?"}]}"#;
+    let (s, v) = full(dispatch(&req(
+        "POST",
+        "/v1/messages",
+        &[("x-mock-redacted-thinking", "1")],
+        body,
+    )));
+    assert_eq!(s, 200);
+    let c = v["content"].as_array().unwrap();
+    assert_eq!(c[0]["type"], "thinking");
+    assert!(c[0]["signature"].as_str().unwrap().starts_with("EqQB"));
+    assert_eq!(c[1]["type"], "redacted_thinking");
+    assert_eq!(c[2]["type"], "text");
+    let billed = text::count("claude-sonnet-4-5", c[0]["thinking"].as_str().unwrap())
+        + text::count("claude-sonnet-4-5", c[2]["text"].as_str().unwrap());
+    assert_eq!(v["usage"]["output_tokens"], billed);
+
+    let sb = body.replacen('{', "{\"stream\":true,", 1);
+    let d = datas(&stream(dispatch(&req("POST", "/v1/messages", &[], &sb))));
+    assert_eq!(d[1]["content_block"]["type"], "thinking");
+    let thought: String = d
+        .iter()
+        .filter_map(|e| e["delta"]["thinking"].as_str())
+        .collect();
+    assert_eq!(thought, c[0]["thinking"].as_str().unwrap());
+    assert!(d
+        .iter()
+        .any(|e| e["delta"]["type"] == "signature_delta" && e["index"] == 0));
+    assert!(d
+        .iter()
+        .any(|e| e["delta"]["type"] == "text_delta" && e["index"] == 1));
+
+    // The API's checks: budget floor, budget below max_tokens, no forced tools.
+    for (b, needle) in [
+        (
+            r#"{"model":"m","max_tokens":3000,"thinking":{"type":"enabled","budget_tokens":512},"messages":[{"role":"user","content":"x"}]}"#,
+            "greater than or equal to 1024",
+        ),
+        (
+            r#"{"model":"m","max_tokens":2048,"thinking":{"type":"enabled","budget_tokens":2048},"messages":[{"role":"user","content":"x"}]}"#,
+            "`max_tokens` must be greater than `thinking.budget_tokens`",
+        ),
+        (
+            r#"{"model":"m","max_tokens":3000,"thinking":{"type":"enabled","budget_tokens":1024},"tool_choice":{"type":"any"},"tools":[{"name":"t","input_schema":{"type":"object"}}],"messages":[{"role":"user","content":"x"}]}"#,
+            "forces tool use",
+        ),
+    ] {
+        let (s, v) = full(dispatch(&req("POST", "/v1/messages", &[], b)));
+        assert_eq!(s, 400);
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+}
+
+#[test]
 fn last_request_is_recorded() {
     let _ = dispatch(&req(
         "POST",
