@@ -4,6 +4,7 @@
 //! sans-IO [`crate::metering::Exchange`], and applies its decisions. Every hostcall
 //! failure is logged and survived; nothing here may panic.
 
+mod fallback;
 mod ffi;
 mod global;
 
@@ -312,6 +313,7 @@ impl RootContext for Root {
             response_body_replaced: false,
             pii_emitted: false,
             translate_in_filter: None,
+            provider_calls: fallback::ProviderCalls::default(),
         }))
     }
 
@@ -353,6 +355,8 @@ struct Http {
     /// collect here (the client gets empty chunks) until the last one, which is
     /// replaced by the whole translated body.
     translate_in_filter: Option<Vec<u8>>,
+    /// Kong fallback: provider calls tollgate makes itself.
+    provider_calls: fallback::ProviderCalls,
 }
 
 impl Context for Http {
@@ -364,9 +368,12 @@ impl Context for Http {
         &mut self,
         token_id: u32,
         _headers: usize,
-        _body: usize,
+        body: usize,
         _trailers: usize,
     ) {
+        if self.fallback_answer(token_id, body) {
+            return;
+        }
         self.global_http_answer(token_id);
     }
 }
@@ -616,6 +623,10 @@ impl HttpContext for Http {
             ex.set_consumer(consumer);
         }
         let end_of_stream = self.host.request_end_of_stream(end_of_stream, len);
+        if self.host == HostKind::Kong {
+            // No retry mechanism to steer on Kong: fallbacks are tollgate's calls.
+            ex.enable_provider_calls();
+        }
         match ex.on_request_headers(method, path, len, end_of_stream) {
             HeadersDecision::PassThrough => Action::Continue,
             HeadersDecision::Respond(r) => {
@@ -698,6 +709,7 @@ impl HttpContext for Http {
             .exchange
             .as_mut()
             .and_then(Exchange::take_upstream_headers);
+        self.fallback_prepare(&decision, &body, upstream.as_ref());
         let action = match decision {
             BodyDecision::Forward => {
                 if let Some(u) = upstream {
@@ -731,11 +743,17 @@ impl HttpContext for Http {
             }
         };
         // Shared limits last: the request is held (body already edited) until the
-        // rate-limit service answers.
-        self.global_admit().unwrap_or(action)
+        // rate-limit service answers. Then a Kong fallback route's provider call.
+        match self.global_admit() {
+            Some(a) => a,
+            None => self.fallback_start().unwrap_or(action),
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.fallback_relayed() {
+            return Action::Continue;
+        }
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
@@ -833,6 +851,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.provider_calls_relayed() {
+            return Action::Continue;
+        }
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };

@@ -150,6 +150,43 @@ pub struct Endpoint {
     /// `x-tollgate-cluster` request header; a route with
     /// `cluster_header: x-tollgate-cluster` sends it there (see docs/providers.md).
     pub cluster: Option<String>,
+    /// `host:port` tollgate dials itself with `dispatch_http_call` (Kong fallback,
+    /// where ngx_wasm_module takes an address, not a cluster). Unset: `authority`
+    /// with port 443 (`tls`) or 80.
+    pub address: Option<String>,
+    /// Calls tollgate makes itself use TLS (`:scheme: https`). Default true.
+    pub tls: Option<bool>,
+    /// Timeout of a call tollgate makes itself, in ms (default 300000: a whole
+    /// non-streaming answer).
+    pub timeout_ms: Option<u32>,
+}
+
+impl Endpoint {
+    /// The `host:port` to dial for a call tollgate makes itself, if known.
+    pub fn dial_address(&self) -> Option<String> {
+        if let Some(a) = &self.address {
+            return Some(a.clone());
+        }
+        let host = self.authority.as_deref()?;
+        if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            return Some(host.to_string());
+        }
+        let port = if self.uses_tls() { 443 } else { 80 };
+        Some(format!("{host}:{port}"))
+    }
+
+    /// TLS for calls tollgate makes itself.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.unwrap_or(true)
+    }
+
+    /// Timeout for calls tollgate makes itself.
+    pub fn call_timeout_ms(&self) -> u32 {
+        self.timeout_ms.unwrap_or(300_000)
+    }
 }
 
 /// Anthropic options.
@@ -285,6 +322,11 @@ pub struct ProviderConfig {
     /// names or `prefix*` patterns, matched before the model map.
     #[serde(default)]
     pub models: Vec<String>,
+    /// A second provider for a request the first answers with 429 or 5xx
+    /// (non-streaming, on Kong; Envoy uses the route's retry policy, see
+    /// docs/providers.md "Fallback").
+    #[serde(default)]
+    pub fallback: Option<Box<ProviderConfig>>,
 }
 
 impl ProviderConfig {
@@ -300,6 +342,7 @@ impl ProviderConfig {
             azure: AzureOptions::default(),
             aws: AwsOptions::default(),
             models: Vec::new(),
+            fallback: None,
         }
     }
 
@@ -365,6 +408,50 @@ impl ProviderConfig {
                     at("endpoint.cluster"),
                     "expected an Envoy cluster name",
                 ));
+            }
+        }
+        if let Some(a) = &self.endpoint.address {
+            let port_ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok || a.bytes().any(|b| b <= b' ' || b == b'/' || b >= 0x7f) {
+                return Err(ConfigError::at(
+                    at("endpoint.address"),
+                    "expected host:port (e.g. \"api.openai.com:443\" or \"10.0.0.7:8080\")",
+                ));
+            }
+        }
+        if self.endpoint.timeout_ms == Some(0) {
+            return Err(ConfigError::at(
+                at("endpoint.timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        if let Some(f) = self.fallback.as_mut() {
+            let fat = at("fallback");
+            if f.fallback.is_some() {
+                return Err(ConfigError::at(
+                    format!("{fat}.fallback"),
+                    "one fallback per provider: a request is retried once",
+                ));
+            }
+            if !f.models.is_empty() {
+                return Err(ConfigError::at(
+                    format!("{fat}.models"),
+                    "not used on a fallback (it serves whatever its provider did)",
+                ));
+            }
+            f.resolve(&fat, env)?;
+            for (who, e, path) in [
+                ("this provider", &self.endpoint, at("endpoint")),
+                ("the fallback", &f.endpoint, format!("{fat}.endpoint")),
+            ] {
+                if e.dial_address().is_none() {
+                    return Err(ConfigError::at(
+                        format!("{path}.address"),
+                        format!("{who} needs `address` (host:port) or `authority`: on Kong tollgate calls it itself to fall back"),
+                    ));
+                }
             }
         }
         for (i, m) in self.models.iter().enumerate() {

@@ -82,6 +82,7 @@ macro_rules! pass_through_responses {
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+pub mod fallback;
 pub mod gemini;
 pub mod openai_compat;
 pub(crate) mod request;

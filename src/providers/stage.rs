@@ -126,6 +126,11 @@ impl Stage {
         self.headers.take()
     }
 
+    /// The client's `:path` (query included), as seen at request headers.
+    pub fn client_path(&self) -> &str {
+        &self.client_path
+    }
+
     /// The upstream model id (after the model map).
     pub fn model(&self) -> &str {
         &self.model
