@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use tollgate::config::Config;
-use tollgate::metering::{Exchange, HeadersDecision};
+use tollgate::metering::{BodyDecision, Exchange, HeadersDecision};
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
@@ -91,5 +91,48 @@ fn main() {
              on_request_body {stage:7.3} ms (with a zero tokenize budget {estimated:7.3} ms)",
             body.len()
         );
+    }
+
+    // The whole exchange of a 1 KB chat on each bench route, core only (no host):
+    // what tollgate's own code costs per request before any hostcall.
+    let answer = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog. Mail me at jane@example.com."},"finish_reason":"stop"}],"usage":{"prompt_tokens":230,"completion_tokens":18,"total_tokens":248}}"#;
+    let anthropic = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-haiku-4-5","content":[{"type":"text","text":"The quick brown fox jumps over the lazy dog."}],"stop_reason":"end_turn","usage":{"input_tokens":230,"output_tokens":12}}"#;
+    for (route, cfg) in [
+        ("metering", r#"{}"#),
+        ("pii", r#"{"defaults":{"pii":{"enabled":true}}}"#),
+        (
+            "translate",
+            r#"{"defaults":{"provider":{"kind":"anthropic","api_key":{"inline":"k"}}}}"#,
+        ),
+    ] {
+        let settings = Config::parse(cfg.as_bytes())
+            .unwrap_or_else(|e| panic!("config: {e}"))
+            .route(Some("bench"));
+        let body = one_k.as_bytes();
+        let us = time(5001, || {
+            let mut ex = Exchange::new(settings.clone(), Rc::from("bench"));
+            ex.on_request_headers(
+                "POST",
+                "/v1/chat/completions",
+                Some(body.len() as u64),
+                false,
+            );
+            ex.set_clock(1_700_000_000_000);
+            let d = ex.on_request_body(body);
+            let d = ex.clamp_request(d, body);
+            let d = ex.provider_stage(d, body);
+            assert!(!matches!(d, BodyDecision::Respond(_)));
+            std::hint::black_box((d, ex.take_upstream_headers()));
+            ex.on_response_headers(200, Some("application/json"), None);
+            if ex.translates_response() {
+                std::hint::black_box(ex.on_translated_response(anthropic));
+            } else {
+                let restored = ex.pii_response(answer);
+                std::hint::black_box(
+                    ex.on_response_complete(Some(restored.as_deref().unwrap_or(answer))),
+                );
+            }
+        }) * 1000.0;
+        println!("{route:>18}: whole exchange of a 1 KB chat {us:7.2} µs");
     }
 }
