@@ -906,6 +906,8 @@ impl HttpContext for Http {
                 }
                 let held = std::mem::take(&mut self.held_response_headers);
                 let mut ours: Vec<(&'static str, String)> = vec![
+                    // 502 when a 2xx answer was not the provider's documented shape.
+                    (":status", ex.response_status().to_string()),
                     ("content-type", "application/json".to_string()),
                     ("content-length", out.len().to_string()),
                 ];

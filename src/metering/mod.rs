@@ -626,11 +626,11 @@ impl Exchange {
             }
             (status, body.to_vec())
         } else {
-            self.response_status = status;
-            let out = match self.provider.as_ref() {
+            let (status, out) = match self.provider.as_ref() {
                 Some(p) if p.translates_response() => p.translate_body(status, body),
-                _ => body.to_vec(),
+                _ => (status, body.to_vec()),
             };
+            self.response_status = status;
             (status, self.pii_response(&out).unwrap_or(out))
         };
         let report = if self.encoded_response {
@@ -758,13 +758,24 @@ impl Exchange {
     /// the client (OpenAI JSON) and the report.
     pub fn on_translated_response(&mut self, body: &[u8]) -> (Vec<u8>, Option<Report>) {
         let out = match self.provider.as_ref() {
-            Some(p) => p.translate_body(self.response_status, body),
+            Some(p) => {
+                let (status, out) = p.translate_body(self.response_status, body);
+                // See [`Exchange::response_status`]: the adapter sends this status.
+                self.response_status = status;
+                out
+            }
             None => body.to_vec(),
         };
         // PII restore/scan on the client-dialect answer.
         let out = self.pii_response(&out).unwrap_or(out);
         let report = self.on_response_complete(Some(&out));
         (out, report)
+    }
+
+    /// The status the client gets: the provider's, or 502 once a 2xx answer could
+    /// not be translated (see [`Exchange::on_translated_response`]).
+    pub fn response_status(&self) -> u32 {
+        self.response_status
     }
 
     /// A counter for this exchange's model with the route's full byte budget: one

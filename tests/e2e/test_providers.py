@@ -317,6 +317,17 @@ def test_anthropic_errors_are_openai_shaped_with_the_providers_message(env, stat
     assert e.value.status_code == status
 
 
+def test_a_2xx_answer_that_is_not_a_messages_object_is_a_502_not_a_200(env):
+    """The provider said 200 but sent half a JSON document: the client must not get a
+    200 carrying an error (the SDK would parse it as a completion)."""
+    c = client(env, "claude")
+    with pytest.raises(openai.InternalServerError) as e:
+        c.chat.completions.create(model="fast", messages=MESSAGES,
+                                  extra_headers={"x-mock-fault": "truncate-json"})
+    assert e.value.status_code == 502
+    assert "not a Messages object" in e.value.response.json()["error"]["message"]
+
+
 def test_untranslatable_request_is_refused_locally(env):
     c = client(env, "claude")
     env.mock.reset()  # the mock keeps only its last 256 requests
