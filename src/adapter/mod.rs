@@ -798,7 +798,9 @@ impl HttpContext for Http {
         if gather {
             self.translate_in_filter = Some(Vec::new());
         }
-        let stream = (self.response == ResponseMode::Stream && !end_of_stream) || gather;
+        // PII rewriting a copied answer as it passes changes its length too.
+        let rewritten = gather || ex.rewrites_copied_response();
+        let stream = (self.response == ResponseMode::Stream && !end_of_stream) || rewritten;
         let mut length_removed = false;
         if self.response != ResponseMode::Buffer || end_of_stream {
             // Rate-limit headers, in one write of the whole map (held headers get
@@ -840,8 +842,8 @@ impl HttpContext for Http {
                 Action::Continue
             }
             ResponseMode::Copy => {
-                if gather && !length_removed {
-                    // The gathered answer is rewritten: its length changes.
+                if rewritten && !length_removed {
+                    // The answer is rewritten (gathered, or as it passes): its length changes.
                     let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
                 }
                 Action::Continue
@@ -942,6 +944,18 @@ impl HttpContext for Http {
             }
             ResponseMode::Copy => {
                 if let Ok(chunk) = ffi::buffer(BufferType::HttpResponseBody, 0, body_size) {
+                    // PII: a big answer is restored/scanned as it passes.
+                    let chunk = match ex.pii_response_chunk(&chunk, end_of_stream) {
+                        Rewrite::Replace(out) => {
+                            if let Err(s) =
+                                ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out)
+                            {
+                                warn!("tollgate: cannot rewrite response chunk: {s:?}");
+                            }
+                            out
+                        }
+                        Rewrite::Unchanged => chunk,
+                    };
                     ex.on_copied_chunk(&chunk);
                 }
                 if end_of_stream {

@@ -1072,11 +1072,17 @@ impl Exchange {
         self.stream = None;
         if starts_with_ignore_case(ct, "application/json") || ct.is_empty() {
             let small = content_length.is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
-            // PII restore/scan rewrites the answer: it must be held whole.
-            let pii_fits = pii_reads && content_length.is_none_or(|n| n <= MAX_BUFFERED_RESPONSE);
-            if (self.settings.metering.response_headers && small) || pii_fits {
+            // PII restore/scan: an answer declared small is held and rewritten
+            // whole; a bigger one, or one of unknown length, is rewritten chunk by
+            // chunk as it passes (never held, so never over the host's buffer limit).
+            if (self.settings.metering.response_headers || pii_reads) && small {
                 ResponseMode::Buffer
             } else {
+                if pii_reads {
+                    if let Some(p) = self.pii.as_mut() {
+                        p.start_json_scan();
+                    }
+                }
                 ResponseMode::Copy
             }
         } else {
@@ -1094,6 +1100,21 @@ impl Exchange {
         self.stream = None;
         self.encoded_response = self.api.is_some() && (200..300).contains(&status);
         ResponseMode::PassThrough
+    }
+
+    /// PII restore/scan of a chunk of a non-streaming answer in
+    /// [`ResponseMode::Copy`] (one too big to hold, or of unknown length): what
+    /// the client gets instead, released as soon as it is safe.
+    pub fn pii_response_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Rewrite {
+        match self.pii.as_mut() {
+            Some(p) => p.on_response_json_chunk(chunk, end_of_stream),
+            None => Rewrite::Unchanged,
+        }
+    }
+
+    /// True when a copied answer is rewritten as it passes: its length changes.
+    pub fn rewrites_copied_response(&self) -> bool {
+        self.pii.as_ref().is_some_and(|p| p.scans_json_chunks())
     }
 
     /// A chunk of a non-streaming response in [`ResponseMode::Copy`].

@@ -618,6 +618,63 @@ fn clamp_with_n_choices_caps_each_choice_at_its_share_of_the_room() {
     assert_eq!(remaining, Some(room % 3));
 }
 
+#[test]
+fn pii_answers_are_held_when_declared_small_and_scanned_as_they_pass_otherwise() {
+    let config = r#"{"defaults":{"pii":{"enabled":true,"detectors":{"email":"restore"}}}}"#;
+    let request =
+        br#"{"model":"gpt-4o","messages":[{"role":"user","content":"I am jane@example.com"}]}"#;
+    let answer = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi <EMAIL_1>, ann@example.net"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}"#;
+    let big = MAX_BUFFERED_RESPONSE + 1;
+    for (declared, mode) in [
+        (Some(answer.len() as u64), ResponseMode::Buffer),
+        (Some(big), ResponseMode::Copy),
+        (None, ResponseMode::Copy),
+    ] {
+        let mut ex = exchange(config, "r");
+        assert!(matches!(
+            start(&mut ex, "/v1/chat/completions", request),
+            BodyDecision::Replace(_)
+        ));
+        assert_eq!(
+            ex.on_response_headers(200, Some("application/json"), declared),
+            mode,
+            "{declared:?}"
+        );
+        let out = if mode == ResponseMode::Buffer {
+            assert!(!ex.rewrites_copied_response());
+            ex.pii_response(answer).expect("rewritten")
+        } else {
+            assert!(ex.rewrites_copied_response(), "{declared:?}");
+            let mut out = Vec::new();
+            let chunks: Vec<&[u8]> = answer.chunks(5).collect();
+            for (i, c) in chunks.iter().enumerate() {
+                let piece = match ex.pii_response_chunk(c, i + 1 == chunks.len()) {
+                    Rewrite::Replace(b) => b,
+                    Rewrite::Unchanged => c.to_vec(),
+                };
+                ex.on_copied_chunk(&piece);
+                out.extend_from_slice(&piece);
+            }
+            out
+        };
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["content"], "Hi jane@example.com, <EMAIL_2>",
+            "{declared:?}"
+        );
+        if mode == ResponseMode::Copy {
+            let rep = ex.on_response_complete(None).unwrap();
+            assert_eq!(rep.usage.completion_tokens, 4, "usage still read");
+        }
+    }
+    // Without PII, nothing is rewritten.
+    let mut ex = exchange("{}", "r");
+    start(&mut ex, "/v1/chat/completions", request);
+    ex.on_response_headers(200, Some("application/json"), None);
+    assert!(!ex.rewrites_copied_response());
+    assert_eq!(ex.pii_response_chunk(answer, true), Rewrite::Unchanged);
+}
+
 // ---------------------------------------------------------------------------
 // Fallback through tollgate's own provider calls (Kong)
 // ---------------------------------------------------------------------------

@@ -76,6 +76,30 @@ pub fn response_text(api: Api, keys: &[&[u8]]) -> bool {
     }
 }
 
+/// A string at `keys` in one SSE event of an `api` stream is completion text:
+/// the deltas, and (Responses) the whole texts repeated by closing events.
+pub fn stream_event_text(api: Api, keys: &[&[u8]]) -> bool {
+    match api {
+        Api::ChatCompletions | Api::Completions => matches!(
+            keys,
+            [b"choices", b"delta", b"content"]
+                | [b"choices", b"text"]
+                | [
+                    b"choices",
+                    b"delta",
+                    b"tool_calls",
+                    b"function",
+                    b"arguments"
+                ]
+        ),
+        Api::AnthropicMessages => {
+            matches!(keys, [b"delta", b"text"] | [b"delta", b"partial_json"])
+        }
+        Api::Responses => keys == [b"delta"] || response_text(api, keys),
+        Api::Embeddings => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -484,3 +484,43 @@ fn last_request_is_recorded() {
     });
     assert!(found);
 }
+
+#[test]
+fn echo_and_scripted_replies_for_chat_and_responses() {
+    // Chat: scripted text, repeated one per line.
+    let (_, v) = full(dispatch(&req(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("x-mock-reply-text", "mail a@b.example"),
+            ("x-mock-reply-repeat", "3"),
+        ],
+        CHAT,
+    )));
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "mail a@b.example\nmail a@b.example\nmail a@b.example"
+    );
+    // Responses: echo of the last user input, streamed 4 characters per delta.
+    let body = r#"{"model":"gpt-4o","stream":true,"input":[{"role":"user","content":"first"},{"role":"assistant","content":"x"},{"role":"user","content":[{"type":"input_text","text":"Hi <EMAIL_1>!"}]}]}"#;
+    let events = stream(dispatch(&req(
+        "POST",
+        "/v1/responses",
+        &[("x-mock-echo", "1")],
+        body,
+    )));
+    let deltas: Vec<String> = datas(&events)
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas, ["Hi <", "EMAI", "L_1>", "!"]);
+    let (_, v) = full(dispatch(&req(
+        "POST",
+        "/v1/responses",
+        &[("x-mock-echo", "1"), ("x-mock-reply-repeat", "2")],
+        r#"{"model":"gpt-4o","input":"echo me"}"#,
+    )));
+    assert_eq!(v["output"][0]["content"][0]["text"], "echo me\necho me");
+    assert!(v["usage"]["output_tokens"].as_u64().unwrap() >= 4);
+}
