@@ -45,6 +45,7 @@ pub fn response_text(api: Api, keys: &[&[u8]]) -> bool {
             keys,
             [b"choices", b"message", b"content"]
                 | [b"choices", b"message", b"refusal"]
+                | [b"choices", b"message", b"reasoning_content"]
                 | [
                     b"choices",
                     b"message",

@@ -34,11 +34,23 @@ use crate::dialect::sse::{SseEvent, SseFramer};
 use crate::dialect::Api;
 use crate::usage::stream::Rewrite;
 
+/// Which text of an OpenAI choice a delta extends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// `content` (or completions `text`).
+    Content,
+    /// `reasoning_content` (DeepSeek-style reasoning, and tollgate's own
+    /// translation of Anthropic thinking).
+    Reasoning,
+    /// A tool call's `arguments`, by tool-call index.
+    Tool(u64),
+}
+
 /// Which text stream a delta belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Key {
-    /// OpenAI chat/completions: choice index, and tool-call index for arguments.
-    Choice(u64, Option<u64>),
+    /// OpenAI chat/completions: choice index and which of its texts.
+    Choice(u64, Part),
     /// Anthropic content block index; true for `partial_json` (tool input).
     Block(u64, bool),
     /// Responses: item id and content index.
@@ -232,7 +244,10 @@ impl PiiStream {
             let choice = pos.first().map_or(0, |&p| index_of(p));
             match keys {
                 [b"choices", b"delta", b"content"] | [b"choices", b"text"] => {
-                    found.push((Key::Choice(choice, None), r))
+                    found.push((Key::Choice(choice, Part::Content), r))
+                }
+                [b"choices", b"delta", b"reasoning_content"] => {
+                    found.push((Key::Choice(choice, Part::Reasoning), r))
                 }
                 [b"choices", b"delta", b"tool_calls", b"function", b"arguments"] => {
                     let p = pos.first().copied().unwrap_or(0);
@@ -242,7 +257,7 @@ impl PiiStream {
                         .and_then(|c| c.pointer(&format!("/delta/tool_calls/{t}/index")))
                         .and_then(Value::as_u64)
                         .unwrap_or(t as u64);
-                    found.push((Key::Choice(choice, Some(tool)), r));
+                    found.push((Key::Choice(choice, Part::Tool(tool)), r));
                 }
                 _ => {}
             }
@@ -434,8 +449,9 @@ impl PiiStream {
                     json!({"index": c, "text": text, "logprobs": null, "finish_reason": null})
                 } else {
                     let delta = match tool {
-                        None => json!({"content": text}),
-                        Some(t) => {
+                        Part::Content => json!({"content": text}),
+                        Part::Reasoning => json!({"reasoning_content": text}),
+                        Part::Tool(t) => {
                             json!({"tool_calls": [{"index": t, "function": {"arguments": text}}]})
                         }
                     };

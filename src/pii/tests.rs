@@ -898,3 +898,66 @@ fn responses_streams_restore_placeholders_split_across_events() {
         assert_eq!(*seqs.last().unwrap(), 6, "cut {cut}");
     }
 }
+
+/// A chat stream whose deltas carry `reasoning_content` (DeepSeek, and tollgate's
+/// translation of Anthropic thinking) before the answer's `content`.
+fn reasoning_stream(reasoning: &[&str], content: &str) -> Vec<u8> {
+    let mut s = Vec::new();
+    for p in reasoning {
+        let ev = serde_json::json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{"index":0,"delta":{"reasoning_content":p},"finish_reason":null}]});
+        s.extend_from_slice(format!("data: {ev}\n\n").as_bytes());
+    }
+    s.extend_from_slice(&chat_stream(&[content]));
+    s
+}
+
+#[test]
+fn reasoning_text_is_restored_and_scanned_like_content() {
+    let e = engine(all("restore"));
+    let text = "The user <EMAIL_1> asked; card <CREDIT_CARD_1>. Also bob@evil.example";
+    for cut in 0..=text.len() {
+        let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        let RequestOutcome::Replace(_) =
+            ex.on_request(&chat("jane@example.com 4111 1111 1111 1111"))
+        else {
+            panic!()
+        };
+        let (a, b) = text.split_at(cut);
+        let out = run_stream(&mut ex, &[&reasoning_stream(&[a, b], "Done, <EMAIL_1>.")]);
+        let mut reasoning = String::new();
+        for block in String::from_utf8(out.clone()).unwrap().split("\n\n") {
+            let Some(d) = block.strip_prefix("data: ").filter(|d| *d != "[DONE]") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(d).expect("event JSON");
+            if let Some(r) = v["choices"][0]["delta"]["reasoning_content"].as_str() {
+                reasoning.push_str(r);
+            }
+        }
+        // Placeholders restored; the new address in the answer redacted.
+        assert!(
+            reasoning.starts_with(
+                "The user ops@corp.example asked; card 4111 1111 1111 1111. Also <EMAIL_"
+            ) && reasoning.ends_with('>')
+                && !reasoning.contains("evil"),
+            "cut {cut}: {reasoning}"
+        );
+        assert_eq!(chat_text(&out), "Done, ops@corp.example.", "cut {cut}");
+    }
+    // Non-streaming: the message's reasoning_content too.
+    let mut ex = PiiExchange::new(e, Api::ChatCompletions);
+    let RequestOutcome::Replace(_) = ex.on_request(&chat("jane@example.com")) else {
+        panic!()
+    };
+    let answer = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"ok","reasoning_content":"Mail <EMAIL_2> or eve@evil.example"}}]}"#;
+    let v: serde_json::Value =
+        serde_json::from_slice(&ex.on_response_json(answer).unwrap()).unwrap();
+    let r = v["choices"][0]["message"]["reasoning_content"]
+        .as_str()
+        .unwrap();
+    assert!(
+        r.starts_with("Mail jane@example.com or <EMAIL_") && !r.contains("evil"),
+        "{r}"
+    );
+}
