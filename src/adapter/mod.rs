@@ -769,6 +769,18 @@ impl HttpContext for Http {
         self.response = if crate::metering::identity_encoding(text("content-encoding")) {
             ex.on_response_headers(status, ct, len)
         } else {
+            let encoding = text("content-encoding").unwrap_or("");
+            if self.host.can_hold_responses() {
+                if let Some(r) = ex.encoded_answer_refusal(status, encoding) {
+                    warn!("tollgate: compressed answer ({encoding}) on a PII route refused");
+                    // Still metered (the provider billed it): the prompt count, labelled.
+                    self.response = ex.on_encoded_response_headers(status);
+                    return self.reply(&r);
+                }
+            } else if (200..300).contains(&status) && ex.pii().is_some_and(|p| p.wants_response()) {
+                // Kong sent the headers already: nothing left but to say so.
+                warn!("tollgate: compressed answer ({encoding}) on a PII route passes unscanned (Kong)");
+            }
             ex.on_encoded_response_headers(status)
         };
         let mut gather = false;

@@ -1090,6 +1090,27 @@ impl Exchange {
         }
     }
 
+    /// The reply instead of a 2xx answer with `content-encoding` on a route whose PII
+    /// settings must read answers (restore or scan): passing it unread could let
+    /// model-written personal data through, so it fails closed with a 502 in the
+    /// client's dialect. `None` where the answer may pass.
+    pub fn encoded_answer_refusal(&mut self, status: u32, encoding: &str) -> Option<LocalReply> {
+        let api = self.api?;
+        if !(200..300).contains(&status) || !self.pii.as_ref().is_some_and(|p| p.wants_response()) {
+            return None;
+        }
+        let message = format!(
+            "tollgate: the provider's answer is compressed (content-encoding: {encoding}), so PII in \
+             it cannot be checked; refused. The provider should honour the request's missing \
+             accept-encoding."
+        );
+        Some(LocalReply {
+            status: ErrorKind::UpstreamUnreadable.status(),
+            body: error_body(api.family(), ErrorKind::UpstreamUnreadable, &message),
+            headers: Vec::new(),
+        })
+    }
+
     /// Instead of [`Exchange::on_response_headers`] when the response carries a
     /// `content-encoding` other than `identity` (an upstream may compress even
     /// though tollgate drops `accept-encoding`): the body can be neither read nor

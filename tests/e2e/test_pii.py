@@ -454,3 +454,23 @@ def test_faker_corpus_recall_and_precision(envoy_with, mock, capsys):
     for c, cnt, r, p in rows:
         if c in STRUCTURED:
             assert r >= 0.99 and p >= 0.99, (c, r, p)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_compressed_answer_on_a_pii_route_fails_closed(env, client, stream):
+    """A provider that compresses although tollgate dropped accept-encoding: the
+    answer cannot be restored or scanned, so the client gets a 502 in its dialect,
+    never the unchecked bytes; the request is still metered."""
+    mark = env.mark()
+    with pytest.raises(openai.APIStatusError) as e:
+        r = client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": f"Mail {EMAIL}"}], stream=stream,
+            extra_headers={**ECHO, "x-mock-fault": "gzip"})
+        if stream:
+            list(r)
+    assert e.value.status_code == 502
+    err = e.value.response.json()["error"]
+    assert err["code"] == "upstream_unreadable" and "content-encoding: gzip" in err["message"]
+    (entry,) = env.new_entries(mark, 1)
+    assert str(entry["status"]) == "502"
+    assert int(entry["prompt_tokens"]) > 0, entry  # metered all the same
