@@ -10,9 +10,11 @@ on keep-alive connections): OpenAI chat (plain, streamed with and without
 `include_usage`, long prompt), legacy completions, embeddings, Responses,
 Anthropic messages (plain and streamed), an unmetered route, headers-only GETs,
 a route whose per-consumer token limit is kept at its edge (so a steady
-share is refused with 429s), and a route with PII redaction whose requests carry
+share is refused with 429s), a route with PII redaction whose requests carry
 an e-mail address (the mock echoes what it received, so the client's answer shows
-the placeholder the provider got).
+the placeholder the provider got), and a route that translates OpenAI chat to
+Anthropic Messages and back (plain and streamed; the reference is the first answer,
+checked for shape and usage, and every later one must equal it).
 
 Checks and figures (printed, and written as JSON with --json):
 - requests, throughput, p50/p99 latency;
@@ -59,6 +61,9 @@ def config(limit_tokens: int) -> dict:
                 "rules": [{"name": "edge", "key": ["consumer"], "window": "1m", "tokens": limit_tokens}],
             }},
             "pii": {"pii": {"enabled": True, "detectors": {"email": "redact"}}},
+            # OpenAI clients, Anthropic behind: tollgate translates both ways.
+            "translate": {"provider": {"kind": "anthropic", "api_key": {"inline": "sk-ant-soak"},
+                                       "model_map": {"gpt-4o": "claude-sonnet-4-5"}}},
         },
     }
 
@@ -67,7 +72,7 @@ def add_limited_route(doc):
     """/limited/v1/... and /pii/v1/... -> /v1/... on routes called `limited` (its
     own limits) and `pii` (PII redaction)."""
     vh = harness.hcm(doc)["route_config"]["virtual_hosts"][0]
-    for name in ("limited", "pii"):
+    for name in ("limited", "pii", "translate"):
         vh["routes"].insert(0, {"name": name, "match": {"prefix": f"/{name}/"},
                                 "route": {"cluster": "mock_llm", "prefix_rewrite": "/", "timeout": "60s"}})
 
@@ -103,7 +108,13 @@ TEMPLATES = [
     ("limited", "POST", "/limited/v1/chat/completions", chat("Near the edge.", max_tokens=32),
      {"x-mock-reply-words": "30"}),
     ("pii", "POST", "/pii/v1/chat/completions", chat(f"Please mail {PII_EMAIL} the report."), {"x-mock-echo": "1"}),
+    ("translate", "POST", "/translate/v1/chat/completions", chat("Translate me, Claude."), {}),
+    ("translate-stream", "POST", "/translate/v1/chat/completions",
+     chat("Stream me, Claude.", stream=True, stream_options={"include_usage": True}), {}),
 ]
+# Answers tollgate rewrites (another provider's wire format): the reference is the
+# first answer through Envoy, checked for shape and usage before the run.
+TRANSLATED = ("translate", "translate-stream")
 CONSUMERS = 4
 
 _VOLATILE = re.compile(rb'"(id|created|created_at|obfuscation|system_fingerprint)":("[^"]*"|\d+)')
@@ -114,7 +125,7 @@ def stable(body: bytes) -> bytes:
 
 
 def direct_path(path: str) -> str:
-    for prefix in ("/unmetered", "/limited", "/pii"):
+    for prefix in ("/unmetered", "/limited", "/pii", "/translate"):
         if path.startswith(prefix + "/"):
             return path[len(prefix):]
     return path
@@ -134,11 +145,40 @@ def encode(t):
     return name, method, path, raw, headers
 
 
-def expected_bodies(mock_port: int) -> dict[str, bytes]:
+def translated_reference(port: int, name: str) -> bytes:
+    """The first translated answer through Envoy, after checking it is a well-formed
+    OpenAI answer whose usage adds up; later answers must equal it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    _, method, path, raw, headers = encode(next(t for t in TEMPLATES if t[0] == name))
+    status, _, data = fetch(conn, method, path, raw, headers)
+    conn.close()
+    if status != 200:
+        raise SystemExit(f"translated template {name}: {status} {data[:200]!r}")
+    if name == "translate":
+        doc = json.loads(data)
+        usage = doc["usage"]
+        ok = (doc["object"] == "chat.completion" and doc["choices"][0]["message"]["content"]
+              and usage["prompt_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"])
+    else:
+        events = [line[6:] for line in data.decode().split("\n") if line.startswith("data: ")]
+        chunks = [json.loads(e) for e in events[:-1]]
+        usage = chunks[-1].get("usage") or {}
+        ok = (events[-1] == "[DONE]" and all(c["object"] == "chat.completion.chunk" for c in chunks)
+              and usage.get("prompt_tokens", 0) > 0
+              and usage.get("total_tokens") == usage["prompt_tokens"] + usage["completion_tokens"])
+    if not ok:
+        raise SystemExit(f"translated template {name}: malformed answer {data[:300]!r}")
+    return stable(data)
+
+
+def expected_bodies(mock_port: int, envoy_port: int) -> dict[str, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", mock_port, timeout=30)
     out = {}
     for t in TEMPLATES:
         name, method, path, raw, headers = encode(t)
+        if name in TRANSLATED:
+            out[name] = translated_reference(envoy_port, name)
+            continue
         if name == "pii":
             # The reference: what the mock echoes when it gets the placeholder.
             raw = raw.replace(PII_EMAIL.encode(), PII_PLACEHOLDER.encode())
@@ -242,7 +282,7 @@ def run(args) -> dict:
     try:
         env = harness.Envoy.start(upstream_port=mock.port, config=config(args.limit_tokens), concurrency=args.concurrency,
                                   name="soak", mock=mock, mutate=add_limited_route)
-        expected = expected_bodies(mock.port)
+        expected = expected_bodies(mock.port, env.port)
         base_vm = {k: v for k, v in env.admin_stats().items() if k.startswith("wasm.envoy.wasm.runtime.")}
         total = args.requests
         progress = mp.Value("q", 0)

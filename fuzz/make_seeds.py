@@ -127,6 +127,9 @@ def main():
         "anthropic-body": (4 | 3, '{"model":"claude-x","max_tokens":8,"system":"ops@corp.example","messages":[{"role":"user","content":[{"type":"text","text":"4111111111111111"}]}]}'),
         "chat-stream": (0, 'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"Hi <EMAIL_1> jo"}}]}\n\ndata: {"id":"c1","choices":[{"index":0,"delta":{"content":"e@x.io"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'),
         "anthropic-stream": (4 | 1, 'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"mail a@b.co"}}\n\nevent: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'),
+        "chat-answer": (1, '{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi <EMAIL_1>, mail ann\\u0040example.net or 4111 1111 1111 1111 \\ud83d\\ude00","tool_calls":[{"function":{"name":"f","arguments":"{\\"ip\\":\\"10.1.2.3\\"}"}}]},"finish_reason":"stop"}],"usage":{"total_tokens":3}}'),
+        "responses-answer": (8 | 1, '{"id":"r1","output":[{"type":"message","content":[{"type":"output_text","text":"key AKIAIOSFODNN7EXAMPLE, a@b.co"}]}],"text":{"format":{"type":"text"}}}'),
+        "anthropic-answer": (4 | 1, '{"type":"message","content":[{"type":"text","text":"call +1 415-555-2671"},{"type":"tool_use","input":{"to":["a@b.co",{"x":"10.0.0.1"}]}}]}'),
         "responses-stream": (8, 'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":"m1","content_index":0,"delta":"call 030 12345678"}\n\nevent: response.output_text.done\ndata: {"type":"response.output_text.done","item_id":"m1","content_index":0,"text":"x"}\n\n'),
     }.items():
         put("pii", name, bytes([sel, len(text) % 251]) + text.encode())

@@ -596,7 +596,9 @@ fn pii_request(
 ///   message: no panic, a redacted valid body stays valid JSON;
 /// - with every detector restoring, redact-then-restore gives the text back, in a
 ///   whole JSON answer and in a stream cut anywhere;
-/// - the input as an SSE answer: the output does not depend on the chunking.
+/// - the input as an SSE answer: the output does not depend on the chunking;
+/// - the input as a non-streaming answer rewritten as it passes: neither, and a
+///   JSON document comes out as the whole-answer rewrite.
 pub fn pii(data: &[u8]) {
     let [sel, seed, input @ ..] = data else {
         return;
@@ -667,6 +669,37 @@ pub fn pii(data: &[u8]) {
         run(&[input]),
         "PII stream output depends on the chunking"
     );
+
+    // The input as a non-streaming answer too big to hold, rewritten as it
+    // passes: the output does not depend on the chunking and, for a JSON
+    // document, is the whole-answer rewrite byte for byte.
+    let scan = |chunks: &[&[u8]]| {
+        let (mut ex, _) = pii_request(&engine, api, &body);
+        ex.start_json_scan();
+        let mut out = Vec::new();
+        let last = chunks.len().saturating_sub(1);
+        for (i, c) in chunks.iter().enumerate() {
+            match ex.on_response_json_chunk(c, i == last) {
+                Rewrite::Unchanged => out.extend_from_slice(c),
+                Rewrite::Replace(b) => out.extend_from_slice(&b),
+            }
+        }
+        out
+    };
+    let whole_scan = scan(&[input]);
+    assert_eq!(
+        scan(&chunks),
+        whole_scan,
+        "PII answer output depends on the chunking"
+    );
+    if serde_json::from_slice::<Value>(input).is_ok() {
+        let (mut ex, _) = pii_request(&engine, api, &body);
+        let whole = ex.on_response_json(input).unwrap_or_else(|| input.to_vec());
+        assert_eq!(
+            whole_scan, whole,
+            "an answer rewritten as it passes differs from the whole rewrite"
+        );
+    }
 }
 
 /// Bedrock event types the `eventstream` target frames payloads as.

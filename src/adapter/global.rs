@@ -246,6 +246,10 @@ impl Http {
             None => return,
         };
         if self.global_conclude(v(&domain), hits).is_none() {
+            // Admitted: a Kong fallback route now makes its provider call.
+            if self.fallback_start().is_some() {
+                return;
+            }
             // SAFETY: plain value; resumes the request this context paused.
             let s = unsafe { proxy_continue_stream(StreamType::HttpRequest) };
             if s != Status::Ok {

@@ -4,6 +4,7 @@
 //! sans-IO [`crate::metering::Exchange`], and applies its decisions. Every hostcall
 //! failure is logged and survived; nothing here may panic.
 
+mod fallback;
 mod ffi;
 mod global;
 
@@ -443,6 +444,7 @@ impl RootContext for Root {
             response_body_replaced: false,
             pii_emitted: false,
             translate_in_filter: None,
+            provider_calls: fallback::ProviderCalls::default(),
         }))
     }
 
@@ -493,6 +495,8 @@ struct Http {
     /// collect here (the client gets empty chunks) until the last one, which is
     /// replaced by the whole translated body.
     translate_in_filter: Option<Vec<u8>>,
+    /// Kong fallback: provider calls tollgate makes itself.
+    provider_calls: fallback::ProviderCalls,
 }
 
 impl Context for Http {
@@ -504,9 +508,12 @@ impl Context for Http {
         &mut self,
         token_id: u32,
         _headers: usize,
-        _body: usize,
+        body: usize,
         _trailers: usize,
     ) {
+        if self.fallback_answer(token_id, body) {
+            return;
+        }
         self.global_http_answer(token_id);
     }
 }
@@ -756,6 +763,10 @@ impl HttpContext for Http {
             ex.set_consumer(consumer);
         }
         let end_of_stream = self.host.request_end_of_stream(end_of_stream, len);
+        if self.host == HostKind::Kong {
+            // No retry mechanism to steer on Kong: fallbacks are tollgate's calls.
+            ex.enable_provider_calls();
+        }
         match ex.on_request_headers(method, path, len, end_of_stream) {
             HeadersDecision::PassThrough => Action::Continue,
             HeadersDecision::Respond(r) => {
@@ -838,6 +849,7 @@ impl HttpContext for Http {
             .exchange
             .as_mut()
             .and_then(Exchange::take_upstream_headers);
+        self.fallback_prepare(&decision, &body, upstream.as_ref());
         let action = match decision {
             BodyDecision::Forward => {
                 if let Some(u) = upstream {
@@ -871,11 +883,17 @@ impl HttpContext for Http {
             }
         };
         // Shared limits last: the request is held (body already edited) until the
-        // rate-limit service answers.
-        self.global_admit().unwrap_or(action)
+        // rate-limit service answers. Then a Kong fallback route's provider call.
+        match self.global_admit() {
+            Some(a) => a,
+            None => self.fallback_start().unwrap_or(action),
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.fallback_relayed() {
+            return Action::Continue;
+        }
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
@@ -891,6 +909,18 @@ impl HttpContext for Http {
         self.response = if crate::metering::identity_encoding(text("content-encoding")) {
             ex.on_response_headers(status, ct, len)
         } else {
+            let encoding = text("content-encoding").unwrap_or("");
+            if self.host.can_hold_responses() {
+                if let Some(r) = ex.encoded_answer_refusal(status, encoding) {
+                    warn!("tollgate: compressed answer ({encoding}) on a PII route refused");
+                    // Still metered (the provider billed it): the prompt count, labelled.
+                    self.response = ex.on_encoded_response_headers(status);
+                    return self.reply(&r);
+                }
+            } else if (200..300).contains(&status) && ex.pii().is_some_and(|p| p.wants_response()) {
+                // Kong sent the headers already: nothing left but to say so.
+                warn!("tollgate: compressed answer ({encoding}) on a PII route passes unscanned (Kong)");
+            }
             ex.on_encoded_response_headers(status)
         };
         let mut gather = false;
@@ -919,6 +949,8 @@ impl HttpContext for Http {
         if gather {
             self.translate_in_filter = Some(Vec::new());
         }
+        // PII rewriting a copied answer as it passes changes its length too.
+        let rewritten = gather || ex.rewrites_copied_response();
         if self.response != ResponseMode::Buffer || end_of_stream {
             // Rate-limit headers now (held headers get them in `emit` instead,
             // with the x-llm ones).
@@ -949,8 +981,8 @@ impl HttpContext for Http {
                 Action::Continue
             }
             ResponseMode::Copy => {
-                if gather {
-                    // The gathered answer is rewritten: its length changes.
+                if rewritten {
+                    // The answer is rewritten (gathered, or as it passes): its length changes.
                     let _ = ffi::remove_header(MapType::HttpResponseHeaders, "content-length");
                 }
                 Action::Continue
@@ -960,6 +992,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.provider_calls_relayed() {
+            return Action::Continue;
+        }
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
@@ -1011,6 +1046,8 @@ impl HttpContext for Http {
                     warn!("tollgate: cannot write the translated response: {s:?}");
                 }
                 let mut ours: Vec<(&'static str, String)> = vec![
+                    // 502 when a 2xx answer was not the provider's documented shape.
+                    (":status", ex.response_status().to_string()),
                     ("content-type", "application/json".to_string()),
                     ("content-length", out.len().to_string()),
                 ];
@@ -1044,6 +1081,18 @@ impl HttpContext for Http {
             }
             ResponseMode::Copy => {
                 if let Ok(chunk) = ffi::buffer(BufferType::HttpResponseBody, 0, body_size) {
+                    // PII: a big answer is restored/scanned as it passes.
+                    let chunk = match ex.pii_response_chunk(&chunk, end_of_stream) {
+                        Rewrite::Replace(out) => {
+                            if let Err(s) =
+                                ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out)
+                            {
+                                warn!("tollgate: cannot rewrite response chunk: {s:?}");
+                            }
+                            out
+                        }
+                        Rewrite::Unchanged => chunk,
+                    };
                     ex.on_copied_chunk(&chunk);
                 }
                 if end_of_stream {

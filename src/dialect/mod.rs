@@ -81,6 +81,9 @@ pub enum ErrorKind {
     RequestTooLarge,
     /// 429: a token limit refused the request.
     RateLimited,
+    /// 502: the provider's answer cannot be checked as the route requires (e.g. a
+    /// compressed answer on a PII route).
+    UpstreamUnreadable,
 }
 
 impl ErrorKind {
@@ -90,6 +93,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::RequestTooLarge => 413,
             ErrorKind::RateLimited => 429,
+            ErrorKind::UpstreamUnreadable => 502,
         }
     }
 }
@@ -103,6 +107,7 @@ pub fn error_body(family: Family, kind: ErrorKind, message: &str) -> Vec<u8> {
                 ErrorKind::InvalidRequest => ("invalid_request_error", "invalid_request"),
                 ErrorKind::RequestTooLarge => ("invalid_request_error", "request_too_large"),
                 ErrorKind::RateLimited => ("requests", "rate_limit_exceeded"),
+                ErrorKind::UpstreamUnreadable => ("api_error", "upstream_unreadable"),
             };
             serde_json::json!({"error": {"message": message, "type": ty, "param": null, "code": code}})
         }
@@ -111,6 +116,7 @@ pub fn error_body(family: Family, kind: ErrorKind, message: &str) -> Vec<u8> {
                 ErrorKind::InvalidRequest => "invalid_request_error",
                 ErrorKind::RequestTooLarge => "request_too_large",
                 ErrorKind::RateLimited => "rate_limit_error",
+                ErrorKind::UpstreamUnreadable => "api_error",
             };
             serde_json::json!({"type": "error", "error": {"type": ty, "message": message}})
         }

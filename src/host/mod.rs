@@ -213,13 +213,36 @@ pub fn merge_header_map(
     ours: &[(&str, String)],
     drop: &[&str],
 ) -> Vec<u8> {
-    let replaced = |k: &[u8]| {
+    // Ours take the place of the first header of the same name (so `:status` stays
+    // first, where hosts expect pseudo-headers), later ones are dropped, and the
+    // rest of ours go at the end.
+    let ours_index = |k: &[u8]| {
         ours.iter()
-            .any(|(o, _)| k.eq_ignore_ascii_case(o.as_bytes()))
-            || drop.iter().any(|d| k.eq_ignore_ascii_case(d.as_bytes()))
+            .position(|(o, _)| k.eq_ignore_ascii_case(o.as_bytes()))
     };
-    let mut map: Vec<(&[u8], &[u8])> = base.iter().filter(|(k, _)| !replaced(k)).copied().collect();
-    map.extend(ours.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+    let mut placed = vec![false; ours.len()];
+    let mut map: Vec<(&[u8], &[u8])> = Vec::with_capacity(base.len() + ours.len());
+    for &(k, v) in base {
+        if drop.iter().any(|d| k.eq_ignore_ascii_case(d.as_bytes())) {
+            continue;
+        }
+        match ours_index(k) {
+            None => map.push((k, v)),
+            Some(i) => {
+                if let (Some(p), Some((ok, ov))) = (placed.get_mut(i), ours.get(i)) {
+                    if !*p {
+                        *p = true;
+                        map.push((ok.as_bytes(), ov.as_bytes()));
+                    }
+                }
+            }
+        }
+    }
+    for ((k, v), p) in ours.iter().zip(&placed) {
+        if !p {
+            map.push((k.as_bytes(), v.as_bytes()));
+        }
+    }
     serialize_header_map_bytes(&map)
 }
 
@@ -266,5 +289,28 @@ mod map_tests {
         );
         let kept = merge_header_map(&parse_header_map(&base), &[], &[]);
         assert_eq!(kept, base);
+        // A new status takes the old one's place (first), and a repeated header
+        // replaced by ours appears once.
+        let base = serialize_header_map(&[
+            (":status", "200"),
+            ("set-cookie", "a"),
+            ("server", "x"),
+            ("Set-Cookie", "b"),
+        ]);
+        let ours = [
+            ("content-type", "application/json".to_string()),
+            (":status", "502".to_string()),
+            ("set-cookie", "c".to_string()),
+        ];
+        let merged = merge_header_map(&parse_header_map(&base), &ours, &[]);
+        assert_eq!(
+            merged,
+            serialize_header_map(&[
+                (":status", "502"),
+                ("set-cookie", "c"),
+                ("server", "x"),
+                ("content-type", "application/json")
+            ])
+        );
     }
 }

@@ -122,6 +122,43 @@ pub struct Exchange {
     /// Completions the provider generates (and bills) per request: OpenAI's `n`,
     /// or `best_of` for legacy completions; 1 otherwise.
     choices: u64,
+    /// The host lets tollgate call providers itself for a fallback (Kong).
+    provider_calls: bool,
+    /// A non-streaming request on a route whose provider has a fallback, sent by
+    /// tollgate's own calls (see [`crate::providers::fallback`]).
+    fallback: Option<FallbackState>,
+}
+
+/// What a fallback needs after the first provider answered.
+struct FallbackState {
+    /// The client-dialect body as it went to the provider stage (after PII and
+    /// the clamp), to translate again for the fallback.
+    client_body: Vec<u8>,
+    /// The first provider's label and status, once the fallback was called.
+    used: Option<(String, u32)>,
+}
+
+/// What the adapter does with a provider call's answer.
+#[derive(Debug)]
+pub enum CallStep {
+    /// Send this call (the fallback) and wait for its answer.
+    Retry(crate::providers::fallback::Call),
+    /// Answer the client with this (a local response) and emit the report.
+    Relay(Relay),
+}
+
+/// A provider answer for the client, already in its dialect.
+#[derive(Debug)]
+pub struct Relay {
+    /// HTTP status.
+    pub status: u32,
+    /// Headers (`content-type`, `x-llm-*`, rate-limit headers, relayed provider
+    /// headers, the fallback header).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// The exchange's report (usage), to emit once the answer is sent.
+    pub report: Option<Report>,
 }
 
 impl Exchange {
@@ -155,6 +192,8 @@ impl Exchange {
             clock_ms: 0,
             encoded_response: false,
             choices: 1,
+            provider_calls: false,
+            fallback: None,
         }
     }
 
@@ -418,6 +457,19 @@ impl Exchange {
             return Ok(());
         };
         let current = new_body.as_deref().unwrap_or(original);
+        if stage.config().fallback.is_some() && !self.provider_calls {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                log::warn!("tollgate: route {}: a provider `fallback` is carried out on Kong only; on Envoy give the route a retry_policy (docs/providers.md \"Fallback\"); ignored here", self.route);
+            }
+        }
+        if self.provider_calls && !streaming && stage.config().fallback.is_some() {
+            self.fallback = Some(FallbackState {
+                client_body: current.to_vec(),
+                used: None,
+            });
+        }
         let result = stage.on_request_body(current, parsed, new_body.is_some(), streaming);
         if result.is_ok()
             && !stage.model().is_empty()
@@ -435,6 +487,7 @@ impl Exchange {
             Err(e) => {
                 // Refused before forwarding: nothing was used, nothing to report.
                 self.reported = true;
+                self.fallback = None;
                 Err(LocalReply {
                     status: e.status,
                     body: e.body(),
@@ -442,6 +495,185 @@ impl Exchange {
                 })
             }
         }
+    }
+
+    /// Let tollgate call providers itself where the host offers no retry mechanism
+    /// it can steer (Kong): non-streaming requests on routes whose provider has a
+    /// `fallback` then go through [`Exchange::provider_call`]. Call before the body.
+    pub fn enable_provider_calls(&mut self) {
+        self.provider_calls = true;
+    }
+
+    /// True when this request goes to its provider through tollgate's own calls
+    /// (set once the provider stage ran).
+    pub fn calls_provider(&self) -> bool {
+        self.fallback.is_some()
+    }
+
+    /// The first provider call: the rewrite the provider stage made (`upstream`,
+    /// from [`Exchange::take_upstream_headers`]) with the body it produced, and the
+    /// client's own request headers. `None` when this request is not sent that way.
+    pub fn provider_call(
+        &self,
+        upstream: &crate::providers::UpstreamRequest,
+        body: Vec<u8>,
+        client_headers: &[(&str, &str)],
+    ) -> Option<crate::providers::fallback::Call> {
+        self.fallback.as_ref()?;
+        let stage = self.provider.as_ref()?;
+        let cfg = stage.config();
+        crate::providers::fallback::call(&cfg.endpoint, cfg.label(), upstream, body, client_headers)
+    }
+
+    /// A provider call's answer (`status` 0: none came). A 429 or 5xx from the first
+    /// provider turns into the fallback's call, translated from the client's body;
+    /// anything else (or the fallback's own answer) is translated for the client,
+    /// read for usage, and relayed.
+    pub fn on_call_answer(
+        &mut self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        client_headers: &[(&str, &str)],
+    ) -> CallStep {
+        let first = self.fallback.as_ref().is_some_and(|f| f.used.is_none());
+        if first && crate::providers::fallback::retryable(status) {
+            if let Some(call) = self.fallback_call(status, client_headers) {
+                return CallStep::Retry(call);
+            }
+        }
+        CallStep::Relay(self.relay(status, headers, body))
+    }
+
+    /// Switch to the fallback provider and build its call; `None` (the first
+    /// answer is relayed) when the request cannot be translated for it.
+    fn fallback_call(
+        &mut self,
+        status: u32,
+        client_headers: &[(&str, &str)],
+    ) -> Option<crate::providers::fallback::Call> {
+        let api = self.api?;
+        let stage = self.provider.as_ref()?;
+        let first_label = stage.config().label().to_string();
+        let cfg = Rc::new((**stage.config().fallback.as_ref()?).clone());
+        let path = stage.client_path().to_string();
+        let state = self.fallback.as_mut()?;
+        let parsed: Value = serde_json::from_slice(&state.client_body).ok()?;
+        let mut next = Stage::new(cfg);
+        next.set_clock(self.clock_ms);
+        let translated = match next.on_request_headers(api, &path) {
+            Ok(true) => next.on_request_body(&state.client_body, &parsed, false, false),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let body = match translated {
+            Ok(b) => b.unwrap_or_else(|| state.client_body.clone()),
+            Err(e) => {
+                log::warn!(
+                    "tollgate: {first_label} answered {status}; the fallback {} cannot take this request ({}), so that answer goes to the client",
+                    next.config().label(),
+                    e.message
+                );
+                return None;
+            }
+        };
+        let upstream = next.take_headers()?;
+        let cfg = next.config();
+        let call = crate::providers::fallback::call(
+            &cfg.endpoint,
+            cfg.label(),
+            &upstream,
+            body,
+            client_headers,
+        )?;
+        state.used = Some((first_label, status));
+        if !next.model().is_empty() {
+            self.model = Some(next.model().to_string());
+        }
+        self.provider = Some(next);
+        Some(call)
+    }
+
+    /// The final answer for the client: translated, PII-restored, metered.
+    fn relay(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> Relay {
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
+        let mut out_headers: Vec<(String, String)> = Vec::new();
+        let (status, out) = if status == 0 {
+            let who = self
+                .provider
+                .as_ref()
+                .map_or("the provider", |p| p.config().label());
+            let e = crate::providers::TranslateError {
+                status: 502,
+                message: format!("tollgate: {who} did not answer (connection failure or timeout)"),
+            };
+            self.response_status = 502;
+            (502, e.body())
+        } else if !identity_encoding(find("content-encoding")) {
+            // Unreadable: passed on as it came, counted as an estimate.
+            self.response_status = status;
+            self.encoded_response = (200..300).contains(&status);
+            if let Some(ce) = find("content-encoding") {
+                out_headers.push(("content-encoding".into(), ce.to_string()));
+            }
+            if let Some(ct) = find("content-type") {
+                out_headers.push(("content-type".into(), ct.to_string()));
+            }
+            (status, body.to_vec())
+        } else {
+            let (status, out) = match self.provider.as_ref() {
+                Some(p) if p.translates_response() => p.translate_body(status, body),
+                _ => (status, body.to_vec()),
+            };
+            self.response_status = status;
+            (status, self.pii_response(&out).unwrap_or(out))
+        };
+        let report = if self.encoded_response {
+            self.finish()
+        } else {
+            self.on_response_complete(Some(&out))
+        };
+        if !out_headers.iter().any(|(k, _)| k == "content-type") {
+            out_headers.push(("content-type".into(), "application/json".into()));
+        }
+        for name in crate::providers::fallback::RELAYED_HEADERS {
+            if let Some(v) = find(name) {
+                out_headers.push(((*name).to_string(), v.to_string()));
+            }
+        }
+        if let Some((label, first)) = self.fallback.as_ref().and_then(|f| f.used.as_ref()) {
+            out_headers.push((
+                crate::providers::fallback::FALLBACK_HEADER.to_string(),
+                format!("{label} {first}"),
+            ));
+        }
+        if let Some(r) = report.as_ref() {
+            out_headers.extend(r.headers().into_iter().map(|(k, v)| (k.to_string(), v)));
+        }
+        out_headers.extend(
+            self.rate_limit_headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+        self.fallback = None;
+        Relay {
+            status,
+            headers: out_headers,
+            body: out,
+            report,
+        }
+    }
+
+    /// The host sent the request on by itself while a provider call was out (Kong
+    /// resumes a request whose call failed without an answer): its response is
+    /// read the usual way, for the provider the host sent it to.
+    pub fn forget_provider_call(&mut self) {
+        self.fallback = None;
     }
 
     /// The route's provider for `model`: the first `providers` entry serving it, else
@@ -526,13 +758,24 @@ impl Exchange {
     /// the client (OpenAI JSON) and the report.
     pub fn on_translated_response(&mut self, body: &[u8]) -> (Vec<u8>, Option<Report>) {
         let out = match self.provider.as_ref() {
-            Some(p) => p.translate_body(self.response_status, body),
+            Some(p) => {
+                let (status, out) = p.translate_body(self.response_status, body);
+                // See [`Exchange::response_status`]: the adapter sends this status.
+                self.response_status = status;
+                out
+            }
             None => body.to_vec(),
         };
         // PII restore/scan on the client-dialect answer.
         let out = self.pii_response(&out).unwrap_or(out);
         let report = self.on_response_complete(Some(&out));
         (out, report)
+    }
+
+    /// The status the client gets: the provider's, or 502 once a 2xx answer could
+    /// not be translated (see [`Exchange::on_translated_response`]).
+    pub fn response_status(&self) -> u32 {
+        self.response_status
     }
 
     /// A counter for this exchange's model with the route's full byte budget: one
@@ -829,16 +1072,43 @@ impl Exchange {
         self.stream = None;
         if starts_with_ignore_case(ct, "application/json") || ct.is_empty() {
             let small = content_length.is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
-            // PII restore/scan rewrites the answer: it must be held whole.
-            let pii_fits = pii_reads && content_length.is_none_or(|n| n <= MAX_BUFFERED_RESPONSE);
-            if (self.settings.metering.response_headers && small) || pii_fits {
+            // PII restore/scan: an answer declared small is held and rewritten
+            // whole; a bigger one, or one of unknown length, is rewritten chunk by
+            // chunk as it passes (never held, so never over the host's buffer limit).
+            if (self.settings.metering.response_headers || pii_reads) && small {
                 ResponseMode::Buffer
             } else {
+                if pii_reads {
+                    if let Some(p) = self.pii.as_mut() {
+                        p.start_json_scan();
+                    }
+                }
                 ResponseMode::Copy
             }
         } else {
             ResponseMode::PassThrough
         }
+    }
+
+    /// The reply instead of a 2xx answer with `content-encoding` on a route whose PII
+    /// settings must read answers (restore or scan): passing it unread could let
+    /// model-written personal data through, so it fails closed with a 502 in the
+    /// client's dialect. `None` where the answer may pass.
+    pub fn encoded_answer_refusal(&mut self, status: u32, encoding: &str) -> Option<LocalReply> {
+        let api = self.api?;
+        if !(200..300).contains(&status) || !self.pii.as_ref().is_some_and(|p| p.wants_response()) {
+            return None;
+        }
+        let message = format!(
+            "tollgate: the provider's answer is compressed (content-encoding: {encoding}), so PII in \
+             it cannot be checked; refused. The provider should honour the request's missing \
+             accept-encoding."
+        );
+        Some(LocalReply {
+            status: ErrorKind::UpstreamUnreadable.status(),
+            body: error_body(api.family(), ErrorKind::UpstreamUnreadable, &message),
+            headers: Vec::new(),
+        })
     }
 
     /// Instead of [`Exchange::on_response_headers`] when the response carries a
@@ -851,6 +1121,21 @@ impl Exchange {
         self.stream = None;
         self.encoded_response = self.api.is_some() && (200..300).contains(&status);
         ResponseMode::PassThrough
+    }
+
+    /// PII restore/scan of a chunk of a non-streaming answer in
+    /// [`ResponseMode::Copy`] (one too big to hold, or of unknown length): what
+    /// the client gets instead, released as soon as it is safe.
+    pub fn pii_response_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Rewrite {
+        match self.pii.as_mut() {
+            Some(p) => p.on_response_json_chunk(chunk, end_of_stream),
+            None => Rewrite::Unchanged,
+        }
+    }
+
+    /// True when a copied answer is rewritten as it passes: its length changes.
+    pub fn rewrites_copied_response(&self) -> bool {
+        self.pii.as_ref().is_some_and(|p| p.scans_json_chunks())
     }
 
     /// A chunk of a non-streaming response in [`ResponseMode::Copy`].

@@ -617,3 +617,233 @@ fn clamp_with_n_choices_caps_each_choice_at_its_share_of_the_room() {
     assert_eq!(clamped, Some(room / 3));
     assert_eq!(remaining, Some(room % 3));
 }
+
+#[test]
+fn pii_answers_are_held_when_declared_small_and_scanned_as_they_pass_otherwise() {
+    let config = r#"{"defaults":{"pii":{"enabled":true,"detectors":{"email":"restore"}}}}"#;
+    let request =
+        br#"{"model":"gpt-4o","messages":[{"role":"user","content":"I am jane@example.com"}]}"#;
+    let answer = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi <EMAIL_1>, ann@example.net"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}"#;
+    let big = MAX_BUFFERED_RESPONSE + 1;
+    for (declared, mode) in [
+        (Some(answer.len() as u64), ResponseMode::Buffer),
+        (Some(big), ResponseMode::Copy),
+        (None, ResponseMode::Copy),
+    ] {
+        let mut ex = exchange(config, "r");
+        assert!(matches!(
+            start(&mut ex, "/v1/chat/completions", request),
+            BodyDecision::Replace(_)
+        ));
+        assert_eq!(
+            ex.on_response_headers(200, Some("application/json"), declared),
+            mode,
+            "{declared:?}"
+        );
+        let out = if mode == ResponseMode::Buffer {
+            assert!(!ex.rewrites_copied_response());
+            ex.pii_response(answer).expect("rewritten")
+        } else {
+            assert!(ex.rewrites_copied_response(), "{declared:?}");
+            let mut out = Vec::new();
+            let chunks: Vec<&[u8]> = answer.chunks(5).collect();
+            for (i, c) in chunks.iter().enumerate() {
+                let piece = match ex.pii_response_chunk(c, i + 1 == chunks.len()) {
+                    Rewrite::Replace(b) => b,
+                    Rewrite::Unchanged => c.to_vec(),
+                };
+                ex.on_copied_chunk(&piece);
+                out.extend_from_slice(&piece);
+            }
+            out
+        };
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["content"], "Hi jane@example.com, <EMAIL_2>",
+            "{declared:?}"
+        );
+        if mode == ResponseMode::Copy {
+            let rep = ex.on_response_complete(None).unwrap();
+            assert_eq!(rep.usage.completion_tokens, 4, "usage still read");
+        }
+    }
+    // Without PII, nothing is rewritten.
+    let mut ex = exchange("{}", "r");
+    start(&mut ex, "/v1/chat/completions", request);
+    ex.on_response_headers(200, Some("application/json"), None);
+    assert!(!ex.rewrites_copied_response());
+    assert_eq!(ex.pii_response_chunk(answer, true), Rewrite::Unchanged);
+}
+
+// ---------------------------------------------------------------------------
+// Fallback through tollgate's own provider calls (Kong)
+// ---------------------------------------------------------------------------
+
+const FALLBACK: &str = r#"{"routes": {"claude": {
+  "pii": {"enabled": true, "hash_key": "k-0123456789abcdef0123456789abcdef", "detectors": {"email": "restore"}},
+  "provider": {"kind": "anthropic", "api_key": {"inline": "sk-ant"},
+    "endpoint": {"authority": "api.anthropic.com"},
+    "model_map": {"smart": "claude-sonnet-4-5"},
+    "fallback": {"kind": "openai", "name": "openai-backup", "api_key": {"inline": "sk-oai"},
+      "endpoint": {"authority": "api.openai.com"}, "model_map": {"smart": "gpt-4o"}}}}}}"#;
+
+const ASK: &str = r#"{"model":"smart","messages":[{"role":"user","content":"Mail jane.doe@example.com a summary."}]}"#;
+
+/// The first call of a Kong fallback exchange, after the request stages.
+fn fallback_exchange(body: &str) -> (Exchange, crate::providers::fallback::Call) {
+    let mut ex = exchange(FALLBACK, "claude");
+    ex.enable_provider_calls();
+    let d = start(&mut ex, "/v1/chat/completions", body.as_bytes());
+    let d = ex.provider_stage(d, body.as_bytes());
+    let BodyDecision::Replace(sent) = d else {
+        panic!("translated body expected: {d:?}")
+    };
+    assert!(ex.calls_provider());
+    let up = ex.take_upstream_headers().unwrap();
+    let call = ex
+        .provider_call(&up, sent, &[("authorization", "Bearer client")])
+        .unwrap();
+    (ex, call)
+}
+
+#[test]
+fn fallback_retries_a_429_translated_for_the_second_provider_from_the_redacted_body() {
+    let (mut ex, first) = fallback_exchange(ASK);
+    assert_eq!(first.address, "api.anthropic.com:443");
+    let sent: Value = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    let text = sent["messages"][0]["content"].as_str().unwrap();
+    assert!(!text.contains("jane.doe@example.com"), "PII left: {text}");
+    let step = ex.on_call_answer(
+        429,
+        &[("retry-after", "9")],
+        br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#,
+        &[("authorization", "Bearer client")],
+    );
+    let CallStep::Retry(second) = step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(second.address, "api.openai.com:443");
+    assert_eq!(second.provider, "openai-backup");
+    let h = |k: &str| {
+        second
+            .headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(h(":path"), Some("/v1/chat/completions"));
+    assert_eq!(h("authorization"), Some("Bearer sk-oai"));
+    assert_eq!(h("x-api-key"), None);
+    let sent: Value = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(sent["model"], "gpt-4o");
+    let text = sent["messages"][0]["content"].as_str().unwrap();
+    assert_eq!(
+        text,
+        serde_json::from_slice::<Value>(&first.body).unwrap()["messages"][0]["content"]
+            .as_str()
+            .unwrap(),
+        "the same redacted text"
+    );
+    // The fallback answers, echoing the placeholder: restored for the client.
+    let answer = serde_json::json!({"id": "chatcmpl-9", "object": "chat.completion", "created": 1,
+        "model": "gpt-4o-2024-08-06", "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": format!("Sent to {text}")}}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 7, "total_tokens": 37}});
+    let step = ex.on_call_answer(
+        200,
+        &[("content-type", "application/json"), ("x-request-id", "r1")],
+        answer.to_string().as_bytes(),
+        &[],
+    );
+    let CallStep::Relay(r) = step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(r.status, 200);
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("jane.doe@example.com"));
+    let hv = |k: &str| {
+        r.headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(hv("x-tollgate-fallback"), Some("anthropic 429"));
+    assert_eq!(hv("x-request-id"), Some("r1"));
+    assert_eq!(hv("x-llm-total-tokens"), Some("37"));
+    let rep = r.report.unwrap();
+    assert_eq!(rep.provider, "openai-backup");
+    assert_eq!(rep.request_model.as_deref(), Some("gpt-4o"));
+    assert_eq!(
+        (rep.usage.prompt_tokens, rep.usage.completion_tokens),
+        (30, 7)
+    );
+    assert!(ex.finish().is_none(), "reported once");
+    assert!(!ex.calls_provider());
+}
+
+#[test]
+fn fallback_relays_success_client_errors_and_the_second_failure_as_they_are() {
+    // 2xx from the first provider: translated, no retry.
+    let (mut ex, _) = fallback_exchange(ASK);
+    let msg = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Done."}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}"#;
+    let CallStep::Relay(r) = ex.on_call_answer(200, &[], msg, &[]) else {
+        panic!()
+    };
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Done.");
+    assert!(!r.headers.iter().any(|(k, _)| k == "x-tollgate-fallback"));
+    assert_eq!(r.report.unwrap().provider, "anthropic");
+
+    // A 400 is not retried: the client's mistake would fail anywhere.
+    let (mut ex, _) = fallback_exchange(ASK);
+    let CallStep::Relay(r) = ex.on_call_answer(
+        400,
+        &[],
+        br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
+        &[],
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.status, 400);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"]["message"], "bad");
+
+    // No answer at all, twice: one retry, then a 502 naming the fallback.
+    let (mut ex, _) = fallback_exchange(ASK);
+    assert!(matches!(
+        ex.on_call_answer(0, &[], &[], &[]),
+        CallStep::Retry(_)
+    ));
+    let CallStep::Relay(r) = ex.on_call_answer(0, &[], &[], &[]) else {
+        panic!()
+    };
+    assert_eq!(r.status, 502);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("openai-backup did not answer"));
+    let rep = r.report.unwrap();
+    assert_eq!(rep.status, 502);
+    assert_eq!(rep.usage.prompt_tokens, 0, "nothing billed");
+}
+
+#[test]
+fn fallback_is_not_used_for_streams_or_without_provider_calls() {
+    let stream = ASK.replacen('{', r#"{"stream":true,"#, 1);
+    let mut ex = exchange(FALLBACK, "claude");
+    ex.enable_provider_calls();
+    let d = start(&mut ex, "/v1/chat/completions", stream.as_bytes());
+    let _ = ex.provider_stage(d, stream.as_bytes());
+    assert!(!ex.calls_provider(), "streams go the normal way");
+
+    // Envoy: the host's retry policy, not tollgate's calls.
+    let mut ex = exchange(FALLBACK, "claude");
+    let d = start(&mut ex, "/v1/chat/completions", ASK.as_bytes());
+    let _ = ex.provider_stage(d, ASK.as_bytes());
+    assert!(!ex.calls_provider());
+}

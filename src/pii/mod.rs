@@ -13,6 +13,7 @@ pub mod config;
 pub mod detectors;
 pub mod engine;
 pub mod json;
+pub mod json_stream;
 pub mod paths;
 pub mod stream;
 
@@ -76,6 +77,7 @@ pub struct PiiExchange {
     blocked: Vec<usize>,
     hits: Vec<Hit>,
     stream: Option<stream::PiiStream>,
+    scan: Option<json_stream::JsonScan>,
 }
 
 impl PiiExchange {
@@ -91,6 +93,7 @@ impl PiiExchange {
             blocked: Vec::new(),
             hits: Vec::new(),
             stream: None,
+            scan: None,
         }
     }
 
@@ -232,6 +235,38 @@ impl PiiExchange {
             return None;
         }
         self.rewrite_json(body, Direction::Response)
+    }
+
+    /// The JSON answer will come in chunks it cannot be held whole across (too
+    /// big, or of unknown length): scan it as it passes
+    /// ([`Self::on_response_json_chunk`]). Nothing when answers are not read.
+    pub fn start_json_scan(&mut self) {
+        if self.wants_response() {
+            self.scan = Some(json_stream::JsonScan::new(self.api));
+        }
+    }
+
+    /// True when the answer is rewritten chunk by chunk (its length may change).
+    pub fn scans_json_chunks(&self) -> bool {
+        self.scan.is_some()
+    }
+
+    /// One chunk of a non-streaming JSON answer too big to hold whole (or of
+    /// unknown length): completion text is restored and scanned as it passes,
+    /// with the same bounded hold-back as streams; every other byte is copied as
+    /// it is. `end_of_stream` releases what is held.
+    /// Only after [`Self::start_json_scan`].
+    pub fn on_response_json_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Rewrite {
+        let Some(mut s) = self.scan.take() else {
+            return Rewrite::Unchanged;
+        };
+        let out = s.on_chunk(self, chunk, end_of_stream);
+        self.scan = Some(s);
+        if out == chunk {
+            Rewrite::Unchanged
+        } else {
+            Rewrite::Replace(out)
+        }
     }
 
     /// One chunk of an SSE answer. Complete events come out rewritten; text near

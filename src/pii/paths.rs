@@ -45,6 +45,7 @@ pub fn response_text(api: Api, keys: &[&[u8]]) -> bool {
             keys,
             [b"choices", b"message", b"content"]
                 | [b"choices", b"message", b"refusal"]
+                | [b"choices", b"message", b"reasoning_content"]
                 | [
                     b"choices",
                     b"message",
@@ -73,6 +74,30 @@ pub fn response_text(api: Api, keys: &[&[u8]]) -> bool {
         Api::AnthropicMessages => {
             matches!(keys, [b"content", b"text"] | [b"content", b"input", ..])
         }
+    }
+}
+
+/// A string at `keys` in one SSE event of an `api` stream is completion text:
+/// the deltas, and (Responses) the whole texts repeated by closing events.
+pub fn stream_event_text(api: Api, keys: &[&[u8]]) -> bool {
+    match api {
+        Api::ChatCompletions | Api::Completions => matches!(
+            keys,
+            [b"choices", b"delta", b"content"]
+                | [b"choices", b"text"]
+                | [
+                    b"choices",
+                    b"delta",
+                    b"tool_calls",
+                    b"function",
+                    b"arguments"
+                ]
+        ),
+        Api::AnthropicMessages => {
+            matches!(keys, [b"delta", b"text"] | [b"delta", b"partial_json"])
+        }
+        Api::Responses => keys == [b"delta"] || response_text(api, keys),
+        Api::Embeddings => false,
     }
 }
 

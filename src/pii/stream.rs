@@ -17,23 +17,40 @@
 //! When the text stream ends (finish reason, block stop, `[DONE]`, end of body)
 //! the rest is flushed, in an event of the same kind synthesised for it if the
 //! closing event carries no text of its own. Work per event is proportional to
-//! the event plus the bounded pending text.
+//! the event plus the bounded pending text. An event too big to frame (over
+//! 1 MiB) is not held: its JSON is scanned as it passes ([`BigEvent`]).
+
+use std::borrow::Cow;
+use std::ops::Range;
 
 use serde_json::{json, Value};
 
 use super::detectors::is_token_byte;
 use super::engine::Hit;
 use super::json;
+use super::json_stream::JsonScan;
 use super::{paths, Direction, PiiExchange};
 use crate::dialect::sse::{SseEvent, SseFramer};
 use crate::dialect::Api;
 use crate::usage::stream::Rewrite;
 
+/// Which text of an OpenAI choice a delta extends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// `content` (or completions `text`).
+    Content,
+    /// `reasoning_content` (DeepSeek-style reasoning, and tollgate's own
+    /// translation of Anthropic thinking).
+    Reasoning,
+    /// A tool call's `arguments`, by tool-call index.
+    Tool(u64),
+}
+
 /// Which text stream a delta belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Key {
-    /// OpenAI chat/completions: choice index, and tool-call index for arguments.
-    Choice(u64, Option<u64>),
+    /// OpenAI chat/completions: choice index and which of its texts.
+    Choice(u64, Part),
     /// Anthropic content block index; true for `partial_json` (tool input).
     Block(u64, bool),
     /// Responses: item id and content index.
@@ -58,6 +75,11 @@ pub struct PiiStream {
     pending: Vec<Pending>,
     /// Chat: `id`, `created`, `model` … of the stream, for flush chunks.
     header: Option<Value>,
+    /// Responses: `sequence_number` of the last event passed on; an event
+    /// synthesised after it repeats it, so every provider event keeps its number.
+    last_seq: Option<Value>,
+    /// An event too big to frame, being read as it passes.
+    big: Option<BigEvent>,
 }
 
 const MAX_EVENT_BYTES: usize = 1 << 20;
@@ -70,44 +92,69 @@ impl PiiStream {
             framer: SseFramer::new(MAX_EVENT_BYTES),
             pending: Vec::new(),
             header: None,
+            last_seq: None,
+            big: None,
         }
     }
 
     /// Rewrite one chunk; see the module docs.
     pub fn on_chunk(&mut self, ex: &mut PiiExchange, chunk: &[u8], end_of_stream: bool) -> Rewrite {
-        if self.framer.gave_up() {
-            // Passing through unread; text held from earlier deltas still goes out.
-            if end_of_stream && !self.pending.is_empty() {
-                let mut out = chunk.to_vec();
-                self.flush_all(ex, &mut out);
-                return Rewrite::Replace(out);
-            }
-            return Rewrite::Unchanged;
-        }
-        let mut framer = std::mem::take(&mut self.framer);
         let mut out = Vec::with_capacity(chunk.len() + 64);
-        framer.push(chunk, |ev| self.on_event(ex, &ev, &mut out));
-        if end_of_stream {
-            framer.finish(|ev| self.on_event(ex, &ev, &mut out));
-        }
-        if framer.gave_up() {
+        let mut cur: Cow<'_, [u8]> = Cow::Borrowed(chunk);
+        let mut at = 0usize;
+        // Each pass consumes the rest of `cur`, or ends a big event inside it (at
+        // least one byte further): bounded by the chunk's length.
+        loop {
+            let rest = cur.get(at..).unwrap_or(b"");
+            if let Some(mut big) = self.big.take() {
+                match big.feed(ex, rest, &mut out) {
+                    // The event ended (k >= 1: at least its blank line).
+                    Some(k) => {
+                        at += k;
+                        self.framer = SseFramer::new(MAX_EVENT_BYTES);
+                        continue;
+                    }
+                    None => {
+                        self.big = Some(big);
+                        break;
+                    }
+                }
+            }
+            let mut framer = std::mem::take(&mut self.framer);
+            framer.push(rest, |ev| self.on_event(ex, &ev, &mut out));
+            if !framer.gave_up() {
+                self.framer = framer;
+                break;
+            }
             // An event too large to frame: what earlier deltas held goes first, then
-            // the event unread, and the rest of the stream after it.
+            // the event is read as it passes (its text scanned like a JSON answer's),
+            // and framing resumes after it.
             self.flush_all(ex, &mut out);
-            let pending = usize::try_from(
+            let start = usize::try_from(
                 framer
                     .pending_start()
-                    .saturating_sub(framer.position().saturating_sub(chunk.len() as u64)),
+                    .saturating_sub(framer.position().saturating_sub(rest.len() as u64)),
             )
             .unwrap_or(0)
-            .min(chunk.len());
-            out.extend_from_slice(&framer.take_held());
-            out.extend_from_slice(chunk.get(pending..).unwrap_or(b""));
+            .min(rest.len());
+            let mut bytes = framer.take_held();
+            bytes.extend_from_slice(rest.get(start..).unwrap_or(b""));
+            self.big = Some(BigEvent::new(self.api));
+            self.framer = SseFramer::new(MAX_EVENT_BYTES);
+            cur = Cow::Owned(bytes);
+            at = 0;
         }
         if end_of_stream {
+            match self.big.take() {
+                Some(mut big) => big.finish(ex, &mut out),
+                None => {
+                    let mut framer = std::mem::take(&mut self.framer);
+                    framer.finish(|ev| self.on_event(ex, &ev, &mut out));
+                    self.framer = framer;
+                }
+            }
             self.flush_all(ex, &mut out);
         }
-        self.framer = framer;
         Rewrite::Replace(out)
     }
 
@@ -130,7 +177,13 @@ impl PiiStream {
         let new_data = match self.api {
             Api::ChatCompletions | Api::Completions => self.chat_event(ex, data, &v, out),
             Api::AnthropicMessages => self.anthropic_event(ex, data, &v, out),
-            Api::Responses => self.responses_event(ex, data, &v, name, out),
+            Api::Responses => {
+                let nd = self.responses_event(ex, data, &v, name, out);
+                if let Some(n) = v.get("sequence_number") {
+                    self.last_seq = Some(n.clone());
+                }
+                nd
+            }
             Api::Embeddings => None,
         };
         match new_data {
@@ -186,12 +239,15 @@ impl PiiStream {
             .filter(|(_, c)| c.get("finish_reason").is_some_and(|f| !f.is_null()))
             .map(|(p, _)| index_of(p))
             .collect();
-        let mut found: Vec<(Key, std::ops::Range<usize>)> = Vec::new();
+        let mut found: Vec<(Key, Range<usize>)> = Vec::new();
         json::for_each_string(data, |keys, pos, r| {
             let choice = pos.first().map_or(0, |&p| index_of(p));
             match keys {
                 [b"choices", b"delta", b"content"] | [b"choices", b"text"] => {
-                    found.push((Key::Choice(choice, None), r))
+                    found.push((Key::Choice(choice, Part::Content), r))
+                }
+                [b"choices", b"delta", b"reasoning_content"] => {
+                    found.push((Key::Choice(choice, Part::Reasoning), r))
                 }
                 [b"choices", b"delta", b"tool_calls", b"function", b"arguments"] => {
                     let p = pos.first().copied().unwrap_or(0);
@@ -201,7 +257,7 @@ impl PiiStream {
                         .and_then(|c| c.pointer(&format!("/delta/tool_calls/{t}/index")))
                         .and_then(Value::as_u64)
                         .unwrap_or(t as u64);
-                    found.push((Key::Choice(choice, Some(tool)), r));
+                    found.push((Key::Choice(choice, Part::Tool(tool)), r));
                 }
                 _ => {}
             }
@@ -287,7 +343,12 @@ impl PiiStream {
         out: &mut Vec<u8>,
     ) -> Option<Vec<u8>> {
         let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
-        if ty.ends_with(".delta") && v.get("delta").is_some_and(Value::is_string) {
+        // Text deltas (output text, arguments, transcripts, reasoning summaries);
+        // `response.audio.delta` is base64 audio, never scanned.
+        if ty.ends_with(".delta")
+            && ty != "response.audio.delta"
+            && v.get("delta").is_some_and(Value::is_string)
+        {
             let item = v
                 .get("item_id")
                 .and_then(Value::as_str)
@@ -327,7 +388,7 @@ impl PiiStream {
         &mut self,
         ex: &mut PiiExchange,
         data: &[u8],
-        found: Vec<(Key, std::ops::Range<usize>)>,
+        found: Vec<(Key, Range<usize>)>,
         is_final: impl Fn(&Key) -> bool,
     ) -> Option<Vec<u8>> {
         let mut edits = Vec::new();
@@ -388,8 +449,9 @@ impl PiiStream {
                     json!({"index": c, "text": text, "logprobs": null, "finish_reason": null})
                 } else {
                     let delta = match tool {
-                        None => json!({"content": text}),
-                        Some(t) => {
+                        Part::Content => json!({"content": text}),
+                        Part::Reasoning => json!({"reasoning_content": text}),
+                        Part::Tool(t) => {
                             json!({"tool_calls": [{"index": t, "function": {"arguments": text}}]})
                         }
                     };
@@ -415,6 +477,9 @@ impl PiiStream {
                 Some((name, mut v)) => {
                     if let Some(o) = v.as_object_mut() {
                         o.insert("delta".into(), Value::String(text));
+                        if let Some(n) = &self.last_seq {
+                            o.insert("sequence_number".into(), n.clone());
+                        }
                     }
                     (name, v)
                 }
@@ -439,45 +504,80 @@ impl PiiStream {
     }
 }
 
-/// Release what of `p` is safe (all of it when `fin`), rewritten.
-fn release(ex: &mut PiiExchange, p: &mut Pending, fin: bool) -> Vec<u8> {
+/// One piece of released text: `buf` bytes kept as they are, or replaced.
+pub(super) enum Seg {
+    /// `buf[range]` goes out unchanged.
+    Keep(Range<usize>),
+    /// A finding goes out as these bytes instead.
+    Put(Vec<u8>),
+}
+
+/// What of `buf[ctx..]` can be released now (all of it when `fin`), as segments
+/// in order; returns where the held rest starts. Findings in the released part
+/// are counted and replaced; a match that ends in the held tail is held whole.
+pub(super) fn plan(
+    ex: &mut PiiExchange,
+    buf: &[u8],
+    ctx: usize,
+    fin: bool,
+    segs: &mut Vec<Seg>,
+) -> usize {
     let engine = ex.engine.clone();
     let mut hits: Vec<Hit> = std::mem::take(&mut ex.hits);
     hits.clear();
-    engine.scan(&p.buf, p.ctx, true, &mut hits);
-    let len = p.buf.len();
+    engine.scan(buf, ctx, true, &mut hits);
+    let len = buf.len();
     let mut cut = if fin {
         len
     } else {
-        safe_cut(&p.buf, p.ctx, engine.holdback, engine.max_hold)
+        safe_cut(buf, ctx, engine.holdback, engine.max_hold)
     };
     if !fin {
         if let Some(h) = hits.iter().find(|h| h.end > cut) {
             cut = cut.min(h.from);
         }
     }
-    let mut out = Vec::with_capacity(cut.saturating_sub(p.ctx));
-    let mut at = p.ctx;
+    let mut at = ctx;
     for &h in hits.iter().filter(|h| h.end <= cut) {
-        out.extend_from_slice(p.buf.get(at..h.start).unwrap_or(b""));
-        let orig = p.buf.get(h.start..h.end).unwrap_or(b"");
-        match ex.replacement(h, &p.buf, Direction::Response) {
-            Some(rep) => out.extend_from_slice(&rep),
-            None => out.extend_from_slice(orig),
+        if let Some(rep) = ex.replacement(h, buf, Direction::Response) {
+            if h.start > at {
+                segs.push(Seg::Keep(at..h.start));
+            }
+            segs.push(Seg::Put(rep));
+            at = h.end;
         }
-        at = h.end;
     }
-    out.extend_from_slice(p.buf.get(at..cut).unwrap_or(b""));
+    if cut > at {
+        segs.push(Seg::Keep(at..cut));
+    }
     ex.hits = hits;
-    // Keep a few released bytes as context (word boundaries, validators look one
-    // or two bytes back), then the held rest.
-    let keep_from = if cut > p.ctx {
+    cut
+}
+
+/// Where to start the kept context after releasing up to `cut`: a few released
+/// bytes stay (word boundaries; validators look one or two bytes back).
+pub(super) fn keep_from(ctx: usize, cut: usize) -> usize {
+    if cut > ctx {
         cut.saturating_sub(8)
     } else {
         0
-    };
-    p.buf.drain(..keep_from);
-    p.ctx = cut - keep_from;
+    }
+}
+
+/// Release what of `p` is safe (all of it when `fin`), rewritten.
+fn release(ex: &mut PiiExchange, p: &mut Pending, fin: bool) -> Vec<u8> {
+    let mut segs = Vec::new();
+    let cut = plan(ex, &p.buf, p.ctx, fin, &mut segs);
+    let mut out = Vec::with_capacity(cut.saturating_sub(p.ctx));
+    for s in &segs {
+        match s {
+            Seg::Keep(r) => out.extend_from_slice(p.buf.get(r.clone()).unwrap_or(b"")),
+            Seg::Put(rep) => out.extend_from_slice(rep),
+        }
+    }
+    let k = keep_from(p.ctx, cut);
+    p.buf.drain(..k);
+    p.ctx = cut - k;
     out
 }
 
@@ -523,4 +623,165 @@ fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
     (0..=hay.len() - needle.len())
         .rev()
         .find(|&i| hay.get(i..i + needle.len()) == Some(needle))
+}
+
+/// Longest `event:` name or field name looked at in a big event.
+const MAX_FIELD: usize = 64;
+
+/// Where a [`BigEvent`] is within its current line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BigLine {
+    /// At a line's start, reading the field name.
+    Head,
+    /// After `data:`, before the optional space.
+    DataSpace,
+    /// In a `data:` value: JSON, scanned as it passes.
+    Data,
+    /// In an `event:` value (kept, bounded).
+    Name,
+    /// In any other line.
+    Other,
+}
+
+/// An SSE event over `MAX_EVENT_BYTES` (e.g. a `response.completed` repeating a
+/// long answer): its lines pass as they come, and the JSON of its `data:` lines is
+/// scanned like a non-streaming answer ([`JsonScan`], the stream's text paths).
+/// Its text is scanned on its own: pending text of other events was flushed first.
+struct BigEvent {
+    api: Api,
+    line: BigLine,
+    head: Vec<u8>,
+    name: Vec<u8>,
+    scan: Option<JsonScan>,
+    /// The previous byte was a `\r`: a `\n` right after it ends the same line.
+    cr: bool,
+}
+
+impl BigEvent {
+    fn new(api: Api) -> Self {
+        BigEvent {
+            api,
+            line: BigLine::Head,
+            head: Vec::new(),
+            name: Vec::new(),
+            scan: None,
+            cr: false,
+        }
+    }
+
+    /// Pass `bytes` on into `out`, rewritten; `Some(k)` when the event ended at
+    /// `bytes[..k]` (the rest is framed again).
+    fn feed(&mut self, ex: &mut PiiExchange, bytes: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        let mut i = 0;
+        while let Some(&c) = bytes.get(i) {
+            if std::mem::take(&mut self.cr) && c == b'\n' {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            let newline = c == b'\n' || c == b'\r';
+            match self.line {
+                BigLine::Head => {
+                    i += 1;
+                    if newline {
+                        out.extend_from_slice(&self.head);
+                        out.push(c);
+                        self.cr = c == b'\r';
+                        if self.head.is_empty() {
+                            // A blank line: the event ends here.
+                            if self.cr && bytes.get(i) == Some(&b'\n') {
+                                out.push(b'\n');
+                                i += 1;
+                            }
+                            self.scan = None;
+                            return Some(i);
+                        }
+                        self.head.clear();
+                    } else if c == b':' {
+                        out.extend_from_slice(&self.head);
+                        out.push(c);
+                        self.line = match self.head.as_slice() {
+                            b"data" => BigLine::DataSpace,
+                            b"event" => {
+                                self.name.clear();
+                                BigLine::Name
+                            }
+                            _ => BigLine::Other,
+                        };
+                        self.head.clear();
+                    } else if self.head.len() >= MAX_FIELD {
+                        out.extend_from_slice(&self.head);
+                        out.push(c);
+                        self.head.clear();
+                        self.line = BigLine::Other;
+                    } else {
+                        self.head.push(c);
+                    }
+                }
+                BigLine::DataSpace => {
+                    if c == b' ' {
+                        out.push(c);
+                        i += 1;
+                    }
+                    self.line = BigLine::Data;
+                }
+                BigLine::Data => {
+                    let rest = bytes.get(i..).unwrap_or(b"");
+                    let n = rest
+                        .iter()
+                        .position(|&b| b == b'\n' || b == b'\r')
+                        .unwrap_or(rest.len());
+                    let api = self.api;
+                    // Base64 audio is never read.
+                    let audio = self.name.trim_ascii() == b"response.audio.delta";
+                    let scan = self
+                        .scan
+                        .get_or_insert_with(|| JsonScan::for_events(api, !audio));
+                    out.extend_from_slice(&scan.on_chunk(ex, rest.get(..n).unwrap_or(b""), false));
+                    i += n;
+                    if let Some(&nl) = bytes.get(i) {
+                        // The line ends: a string cannot go on past it.
+                        if scan.in_text() {
+                            out.extend_from_slice(&scan.on_chunk(ex, b"", true));
+                        }
+                        self.end_line(nl, out);
+                        i += 1;
+                    }
+                }
+                BigLine::Name | BigLine::Other => {
+                    let rest = bytes.get(i..).unwrap_or(b"");
+                    let n = rest
+                        .iter()
+                        .position(|&b| b == b'\n' || b == b'\r')
+                        .unwrap_or(rest.len());
+                    let part = rest.get(..n).unwrap_or(b"");
+                    if self.line == BigLine::Name && self.name.len() + part.len() <= MAX_FIELD {
+                        self.name.extend_from_slice(part);
+                    }
+                    out.extend_from_slice(part);
+                    i += n;
+                    if let Some(&nl) = bytes.get(i) {
+                        self.end_line(nl, out);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// A non-blank line ends with `nl`.
+    fn end_line(&mut self, nl: u8, out: &mut Vec<u8>) {
+        out.push(nl);
+        self.cr = nl == b'\r';
+        self.line = BigLine::Head;
+    }
+
+    /// End of stream inside the event: what its scan holds goes out.
+    fn finish(&mut self, ex: &mut PiiExchange, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        if let Some(scan) = self.scan.as_mut() {
+            out.extend_from_slice(&scan.on_chunk(ex, b"", true));
+        }
+    }
 }

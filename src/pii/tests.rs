@@ -434,31 +434,113 @@ fn streamed_assignments_and_tool_arguments_never_leak() {
 }
 
 #[test]
-fn an_oversized_event_passes_unread_after_held_text_is_released() {
-    let mut ex = exchange(all("redact"), Api::ChatCompletions);
-    let ev = serde_json::json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
-        "choices":[{"index":0,"delta":{"content":"mail jane@example.com now"},"finish_reason":null}]});
-    let head = format!("data: {ev}\n\n").into_bytes();
-    let huge = format!("data: {{\"x\":\"{}\"}}\n\n", "a".repeat(1 << 20));
-    let mut out = Vec::new();
-    for (c, eos) in [
-        (&head[..], false),
-        (huge.as_bytes(), false),
-        (b"data: [DONE]\n\n", true),
-    ] {
-        match ex.on_stream_chunk(c, eos) {
-            Rewrite::Replace(b) => out.extend_from_slice(&b),
-            Rewrite::Unchanged => out.extend_from_slice(c),
+fn an_oversized_event_is_scanned_as_it_passes_and_framing_resumes_after_it() {
+    let e = engine(all("restore"));
+    let head = |content: &str| {
+        let ev = serde_json::json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]});
+        format!("data: {ev}\n\n")
+    };
+    // A 1.2 MB delta (over the 1 MiB an event is framed up to), between normal ones.
+    let filler = "lorem ipsum ".repeat(100_000);
+    let big = head(&format!(
+        "{filler} mail ann@example.net or <EMAIL_2>. {filler}"
+    ));
+    for eol in ["\n", "\r\n"] {
+        let wire = format!(
+            "{}{}{}data: [DONE]\n\n",
+            head("mail bob@corp.example no"),
+            big,
+            head("w <EMAIL_2> then ann@example.net!")
+        )
+        .replace("\n", eol);
+        for size in [1000, 64 * 1024, 1 << 20, wire.len()] {
+            let mut ex = restoring_exchange(&e, Api::ChatCompletions);
+            let chunks: Vec<&[u8]> = wire.as_bytes().chunks(size).collect();
+            let out = String::from_utf8(run_stream(&mut ex, &chunks)).unwrap();
+            assert!(
+                !out.contains("ann@example.net") && !out.contains("bob@corp"),
+                "{eol:?} {size}"
+            );
+            let text = chat_text(out.replace("\r\n", "\n").as_bytes());
+            assert_eq!(
+                text,
+                format!(
+                    "mail <EMAIL_4> no{filler} mail <EMAIL_5> or jane@example.com. {filler}w jane@example.com then <EMAIL_5>!"
+                ),
+                "{eol:?} {size}"
+            );
+            assert!(out.ends_with(&format!("data: [DONE]{eol}{eol}")));
         }
     }
-    let text = String::from_utf8_lossy(&out);
-    assert!(
-        text.contains("<EMAIL_1>") && !text.contains("jane@"),
-        "{}",
-        &text[..300.min(text.len())]
+}
+
+#[test]
+fn an_oversized_responses_completed_event_is_restored_and_scanned() {
+    let e = engine(all("restore"));
+    let long = format!(
+        "{} write to <EMAIL_2> or ann@example.net.",
+        "word ".repeat(250_000)
     );
-    assert!(text.ends_with("data: [DONE]\n\n"));
-    assert_eq!(text.matches(&"a".repeat(1 << 20)).count(), 1);
+    let want = format!(
+        "{} write to jane@example.com or <EMAIL_4>.",
+        "word ".repeat(250_000)
+    );
+    let audio = format!(
+        "event: response.audio.delta\ndata: {}\n\n",
+        serde_json::json!({"type": "response.audio.delta", "delta": format!("{}/AKIAIOSFODNN7EXAMPLE", "QUFB".repeat(300_000))})
+    );
+    let wire = String::from_utf8(responses_stream(&["Hi ", "<EMAIL_2>"])).unwrap();
+    // Make the closing events carry the long text, and add a big audio delta.
+    let wire = wire.replace("Hi <EMAIL_2>", &long);
+    let wire = wire.replacen(
+        "event: response.output_text.done",
+        &format!("{audio}event: response.output_text.done"),
+        1,
+    );
+    // Were audio read as text, the key in it would be caught.
+    assert_eq!(
+        found(
+            &mut restoring_exchange(&e, Api::Responses),
+            "QUFB/AKIAIOSFODNN7EXAMPLE"
+        )
+        .len(),
+        1
+    );
+    for size in [4096, 1 << 20] {
+        let mut ex = restoring_exchange(&e, Api::Responses);
+        let chunks: Vec<&[u8]> = wire.as_bytes().chunks(size).collect();
+        let out = String::from_utf8(run_stream(&mut ex, &chunks)).unwrap();
+        let mut done = 0;
+        for block in out.split("\n\n").filter(|b| !b.is_empty()) {
+            let d = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(d).expect("event JSON");
+            match v["type"].as_str().unwrap() {
+                "response.output_text.done" => {
+                    assert!(v["text"] == want.as_str());
+                    done += 1;
+                }
+                "response.completed" => {
+                    assert!(v["response"]["output"][0]["content"][0]["text"] == want.as_str());
+                    done += 1;
+                }
+                "response.audio.delta" => {
+                    // The big one (the helper's own small one is checked elsewhere).
+                    let d = v["delta"].as_str().unwrap();
+                    if d.len() > 1000 {
+                        assert!(d.ends_with("QUFB/AKIAIOSFODNN7EXAMPLE"), "audio untouched");
+                        done += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(done, 3, "{size}");
+        assert_eq!(out.matches("ann@example.net").count(), 0);
+    }
 }
 
 #[test]
@@ -511,4 +593,371 @@ fn anthropic_tool_input_stream_is_restored() {
         }
     }
     assert_eq!(args, r#"{"to": "jane@example.com"}"#);
+}
+
+/// A non-streaming answer fed to the incremental scanner in `chunks`.
+fn run_json_chunks(ex: &mut PiiExchange, body: &[u8], cuts: &[usize]) -> Vec<u8> {
+    ex.start_json_scan();
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c <= body.len()).collect();
+    bounds.push(body.len());
+    for (n, &b) in bounds.iter().enumerate() {
+        let b = b.max(at);
+        let chunk = &body[at..b];
+        match ex.on_response_json_chunk(chunk, n + 1 == bounds.len()) {
+            Rewrite::Replace(o) => out.extend_from_slice(&o),
+            Rewrite::Unchanged => out.extend_from_slice(chunk),
+        }
+        at = b;
+    }
+    out
+}
+
+/// An exchange that restored `jane@example.com` as `<EMAIL_2>` ([`chat`] has
+/// `<EMAIL_1>` and `<EMAIL_3>` too: a new address in the answer is `<EMAIL_4>`).
+fn restoring_exchange(e: &Rc<Engine>, api: Api) -> PiiExchange {
+    let mut ex = PiiExchange::new(e.clone(), api);
+    let three = "ops@corp.example jane@example.com bob@example.org";
+    let body = match api {
+        Api::Responses => serde_json::to_vec(&serde_json::json!({"input": three})).unwrap(),
+        Api::AnthropicMessages => serde_json::to_vec(
+            &serde_json::json!({"messages": [{"role": "user", "content": three}]}),
+        )
+        .unwrap(),
+        Api::Completions => serde_json::to_vec(&serde_json::json!({"prompt": three})).unwrap(),
+        _ => chat("I am jane@example.com"),
+    };
+    let RequestOutcome::Replace(_) = ex.on_request(&body) else {
+        panic!()
+    };
+    ex
+}
+
+/// Chat answers with values, placeholders, escapes and non-text fields.
+fn big_answers() -> Vec<Vec<u8>> {
+    let content = "Hi <EMAIL_2>! Card 4111 1111 1111 1111, mail bob\\u0040corp.example,\\n\
+        key AKIAIOSFODNN7EXAMPLE; password = \\\"hunter2!x\\\" caf\\u00e9 \\ud83d\\ude00 ip 10.1.2.3";
+    vec![
+        format!(
+            r#"{{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{{"index":0,"message":{{"role":"assistant","content":"{content}","refusal":null,"tool_calls":[{{"id":"call_1","type":"function","function":{{"name":"send","arguments":"{{\"to\":\"<EMAIL_2>\",\"cc\":\"ann@example.net\"}}"}}}}]}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30}},"system_fingerprint":"jane@example.com"}}"#
+        )
+        .into_bytes(),
+        // Whitespace, nesting, numbers and literals everywhere.
+        format!(
+            "{{ \"choices\" : [ {{ \"index\" : 0 , \"message\" : {{ \"content\" : \"{content}\" , \"x\" : [ 1.5e3 , true , null , {{ }} , [ ] ] }} }} ] , \"n\" : -2 }}\n"
+        )
+        .into_bytes(),
+    ]
+}
+
+#[test]
+fn big_answers_scanned_chunk_by_chunk_equal_the_whole_rewrite() {
+    let e = engine(all("restore"));
+    for body in big_answers() {
+        let mut whole = restoring_exchange(&e, Api::ChatCompletions);
+        let expect = whole.on_response_json(&body).expect("rewritten");
+        let v: serde_json::Value = serde_json::from_slice(&expect).expect("valid JSON");
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(
+            text.starts_with("Hi jane@example.com! Card <CREDIT_CARD_1>, mail <EMAIL_4>,\n"),
+            "{text}"
+        );
+        // Every split into two chunks, and into three around each byte.
+        for cut in 0..=body.len() {
+            let mut ex = restoring_exchange(&e, Api::ChatCompletions);
+            let got = run_json_chunks(&mut ex, &body, &[cut]);
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&expect),
+                "cut {cut}"
+            );
+            assert_eq!(ex.filter_state(), whole.filter_state(), "cut {cut}");
+            let mut ex = restoring_exchange(&e, Api::ChatCompletions);
+            let got = run_json_chunks(&mut ex, &body, &[cut.saturating_sub(1), cut, cut + 1]);
+            assert_eq!(got, expect, "cuts around {cut}");
+        }
+        // One byte at a time.
+        let mut ex = restoring_exchange(&e, Api::ChatCompletions);
+        let cuts: Vec<usize> = (1..body.len()).collect();
+        assert_eq!(run_json_chunks(&mut ex, &body, &cuts), expect);
+    }
+}
+
+#[test]
+fn a_big_answer_never_leaks_and_holds_back_a_bounded_tail() {
+    let e = engine(all("redact"));
+    // ~1.5 MB of content with a value every ~300 bytes, cut in 16 KiB chunks.
+    let mut content = String::new();
+    let mut n = 0;
+    while content.len() < 1_500_000 {
+        content.push_str(&format!(
+            "Line {n}: write to user{n}@example.com or call +1 415-555-{:04}, card 4111 1111 1111 1111, \
+             token ghp_Ab3dEfGh1jKlMnOpQrStUvWxYz01234567{:02}. Lorem ipsum dolor sit amet, consectetur. ",
+            n % 10000,
+            n % 100
+        ));
+        n += 1;
+    }
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": "chatcmpl-big", "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    }))
+    .unwrap();
+    let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+    ex.start_json_scan();
+    let mut out = Vec::new();
+    let mut chunks = body.chunks(16 * 1024).peekable();
+    while let Some(c) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let piece = match ex.on_response_json_chunk(c, last) {
+            Rewrite::Replace(o) => o,
+            Rewrite::Unchanged => c.to_vec(),
+        };
+        // What is held back per chunk stays bounded (hold-back + a token run).
+        if !last {
+            assert!(
+                piece.len() + 8192 + 256 >= c.len(),
+                "held too much: {} of {}",
+                piece.len(),
+                c.len()
+            );
+        }
+        out.extend_from_slice(&piece);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+    let got = v["choices"][0]["message"]["content"].as_str().unwrap();
+    for leak in ["@example.com", "415-555-", "4111 1111", "ghp_"] {
+        assert!(!got.contains(leak), "{leak} leaked");
+    }
+    assert_eq!(got.matches("<CREDIT_CARD_1>").count(), n);
+    assert_eq!(v["usage"]["total_tokens"], 3);
+    let counts: Vec<(String, u64, u64)> =
+        ex.counts().map(|(a, b, c)| (a.to_string(), b, c)).collect();
+    assert!(
+        counts.contains(&("email".to_string(), 0, n as u64)),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn big_answers_of_every_api_and_broken_json() {
+    let e = engine(all("restore"));
+    let cases: Vec<(Api, &str, &str)> = vec![
+        (
+            Api::Responses,
+            r#"{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"to <EMAIL_2> and ann@example.net","annotations":[]}]},{"type":"function_call","arguments":"{\"to\":\"<EMAIL_2>\"}","name":"send"}],"text":{"format":{"type":"text"}},"user":"ann@example.net"}"#,
+            r#"{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"to jane@example.com and <EMAIL_4>","annotations":[]}]},{"type":"function_call","arguments":"{\"to\":\"jane@example.com\"}","name":"send"}],"text":{"format":{"type":"text"}},"user":"ann@example.net"}"#,
+        ),
+        (
+            Api::AnthropicMessages,
+            r#"{"type":"message","content":[{"type":"text","text":"hi <EMAIL_2>"},{"type":"tool_use","id":"t","name":"n","input":{"deep":{"to":["ann@example.net","<EMAIL_2>"]}}}],"stop_reason":"end_turn"}"#,
+            r#"{"type":"message","content":[{"type":"text","text":"hi jane@example.com"},{"type":"tool_use","id":"t","name":"n","input":{"deep":{"to":["<EMAIL_4>","jane@example.com"]}}}],"stop_reason":"end_turn"}"#,
+        ),
+        (
+            Api::Completions,
+            r#"{"choices":[{"text":"mail ann@example.net","index":0}],"model":"ann@example.net"}"#,
+            r#"{"choices":[{"text":"mail <EMAIL_4>","index":0}],"model":"ann@example.net"}"#,
+        ),
+    ];
+    for (api, body, want) in cases {
+        for cut in 0..=body.len() {
+            let mut ex = restoring_exchange(&e, api);
+            let got = run_json_chunks(&mut ex, body.as_bytes(), &[cut]);
+            assert_eq!(String::from_utf8_lossy(&got), want, "{api:?} cut {cut}");
+        }
+    }
+    // Not JSON as expected: text before the break is scanned, the rest passes as is.
+    let broken = r#"{"choices":[{"message":{"content":"a ann@example.net"}}]] "content":"b ann@example.net"}"#;
+    for cut in 0..=broken.len() {
+        let mut ex = restoring_exchange(&e, Api::ChatCompletions);
+        let got = String::from_utf8(run_json_chunks(&mut ex, broken.as_bytes(), &[cut])).unwrap();
+        assert_eq!(
+            got,
+            broken.replacen("ann@example.net", "<EMAIL_4>", 1),
+            "cut {cut}"
+        );
+    }
+    // Truncated inside a text string: what arrived is still scanned.
+    let cut_short = r#"{"choices":[{"message":{"content":"write to ann@example.net"#;
+    let mut ex = restoring_exchange(&e, Api::ChatCompletions);
+    let got = String::from_utf8(run_json_chunks(&mut ex, cut_short.as_bytes(), &[40])).unwrap();
+    assert_eq!(got, cut_short.replace("ann@example.net", "<EMAIL_4>"));
+    // Embeddings answers are never read.
+    let mut ex = PiiExchange::new(e.clone(), Api::Embeddings);
+    ex.start_json_scan();
+    assert!(!ex.scans_json_chunks());
+    assert_eq!(
+        ex.on_response_json_chunk(b"{\"data\":[]}", true),
+        Rewrite::Unchanged
+    );
+}
+
+#[test]
+fn every_value_split_at_every_byte_of_a_big_answer_is_caught() {
+    let e = engine(all("redact"));
+    for (det, value) in POSITIVES {
+        let body = serde_json::to_vec(&serde_json::json!({"choices": [{"index": 0,
+            "message": {"role": "assistant", "content": format!("Here: {value}. Done \u{e9}\"")}}]}))
+        .unwrap();
+        let mut whole = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        let expect = whole.on_response_json(&body).expect("caught whole");
+        for cut in 0..=body.len() {
+            let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+            let got = run_json_chunks(&mut ex, &body, &[cut]);
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&expect),
+                "{det} cut {cut}"
+            );
+        }
+    }
+}
+
+/// A Responses stream of `pieces` as `response.output_text.delta` events, then
+/// the `.done` events and `response.completed` repeating the whole text.
+fn responses_stream(pieces: &[&str]) -> Vec<u8> {
+    let full: String = pieces.concat();
+    let mut seq = 0;
+    let mut s = String::new();
+    let mut ev = |ty: &str, mut v: serde_json::Value| {
+        v["type"] = ty.into();
+        v["sequence_number"] = seq.into();
+        seq += 1;
+        s.push_str(&format!("event: {ty}\ndata: {v}\n\n"));
+    };
+    ev(
+        "response.created",
+        serde_json::json!({"response": {"id": "resp_1", "output": []}}),
+    );
+    for p in pieces {
+        ev(
+            "response.output_text.delta",
+            serde_json::json!({"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": p, "logprobs": []}),
+        );
+    }
+    ev(
+        "response.audio.delta",
+        serde_json::json!({"response_id": "resp_1", "delta": "QUtJQUlPU0ZPRE5ON0VYQU1QTEUgamFuZUBleGFtcGxlLmNvbQ=="}),
+    );
+    ev(
+        "response.output_text.done",
+        serde_json::json!({"item_id": "msg_1", "output_index": 0, "content_index": 0, "text": full}),
+    );
+    ev(
+        "response.content_part.done",
+        serde_json::json!({"item_id": "msg_1", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": full}}),
+    );
+    ev(
+        "response.completed",
+        serde_json::json!({"response": {"id": "resp_1", "output": [{"type": "message", "content": [{"type": "output_text", "text": full}]}]}}),
+    );
+    s.into_bytes()
+}
+
+#[test]
+fn responses_streams_restore_placeholders_split_across_events() {
+    let e = engine(all("restore"));
+    let text = "Dear <EMAIL_2>, write to ann@example.net; <EMAIL_9> stays.";
+    let want = "Dear jane@example.com, write to <EMAIL_4>; <EMAIL_9> stays.";
+    for cut in 0..=text.len() {
+        let mut ex = restoring_exchange(&e, Api::Responses);
+        let (a, b) = text.split_at(cut);
+        let wire = responses_stream(&[a, b]);
+        let out = String::from_utf8(run_stream(&mut ex, &[&wire])).unwrap();
+        let (mut deltas, mut seqs) = (String::new(), Vec::new());
+        for block in out.split("\n\n").filter(|b| !b.is_empty()) {
+            let d = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(d).expect("event JSON");
+            seqs.push(v["sequence_number"].as_u64().unwrap());
+            match v["type"].as_str().unwrap() {
+                "response.output_text.delta" => deltas.push_str(v["delta"].as_str().unwrap()),
+                "response.audio.delta" => assert_eq!(
+                    v["delta"], "QUtJQUlPU0ZPRE5ON0VYQU1QTEUgamFuZUBleGFtcGxlLmNvbQ==",
+                    "audio is never scanned"
+                ),
+                "response.output_text.done" => assert_eq!(v["text"], want),
+                "response.content_part.done" => assert_eq!(v["part"]["text"], want),
+                "response.completed" => {
+                    assert_eq!(v["response"]["output"][0]["content"][0]["text"], want)
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(deltas, want, "cut {cut}");
+        // A synthesised flush event repeats the number of the event before it:
+        // the provider's numbering is kept for every event it sent.
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1),
+            "{seqs:?}"
+        );
+        assert_eq!(*seqs.last().unwrap(), 6, "cut {cut}");
+    }
+}
+
+/// A chat stream whose deltas carry `reasoning_content` (DeepSeek, and tollgate's
+/// translation of Anthropic thinking) before the answer's `content`.
+fn reasoning_stream(reasoning: &[&str], content: &str) -> Vec<u8> {
+    let mut s = Vec::new();
+    for p in reasoning {
+        let ev = serde_json::json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{"index":0,"delta":{"reasoning_content":p},"finish_reason":null}]});
+        s.extend_from_slice(format!("data: {ev}\n\n").as_bytes());
+    }
+    s.extend_from_slice(&chat_stream(&[content]));
+    s
+}
+
+#[test]
+fn reasoning_text_is_restored_and_scanned_like_content() {
+    let e = engine(all("restore"));
+    let text = "The user <EMAIL_1> asked; card <CREDIT_CARD_1>. Also bob@evil.example";
+    for cut in 0..=text.len() {
+        let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        let RequestOutcome::Replace(_) =
+            ex.on_request(&chat("jane@example.com 4111 1111 1111 1111"))
+        else {
+            panic!()
+        };
+        let (a, b) = text.split_at(cut);
+        let out = run_stream(&mut ex, &[&reasoning_stream(&[a, b], "Done, <EMAIL_1>.")]);
+        let mut reasoning = String::new();
+        for block in String::from_utf8(out.clone()).unwrap().split("\n\n") {
+            let Some(d) = block.strip_prefix("data: ").filter(|d| *d != "[DONE]") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(d).expect("event JSON");
+            if let Some(r) = v["choices"][0]["delta"]["reasoning_content"].as_str() {
+                reasoning.push_str(r);
+            }
+        }
+        // Placeholders restored; the new address in the answer redacted.
+        assert!(
+            reasoning.starts_with(
+                "The user ops@corp.example asked; card 4111 1111 1111 1111. Also <EMAIL_"
+            ) && reasoning.ends_with('>')
+                && !reasoning.contains("evil"),
+            "cut {cut}: {reasoning}"
+        );
+        assert_eq!(chat_text(&out), "Done, ops@corp.example.", "cut {cut}");
+    }
+    // Non-streaming: the message's reasoning_content too.
+    let mut ex = PiiExchange::new(e, Api::ChatCompletions);
+    let RequestOutcome::Replace(_) = ex.on_request(&chat("jane@example.com")) else {
+        panic!()
+    };
+    let answer = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"ok","reasoning_content":"Mail <EMAIL_2> or eve@evil.example"}}]}"#;
+    let v: serde_json::Value =
+        serde_json::from_slice(&ex.on_response_json(answer).unwrap()).unwrap();
+    let r = v["choices"][0]["message"]["reasoning_content"]
+        .as_str()
+        .unwrap();
+    assert!(
+        r.starts_with("Mail jane@example.com or <EMAIL_") && !r.contains("evil"),
+        "{r}"
+    );
 }

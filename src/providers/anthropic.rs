@@ -15,7 +15,14 @@
 //!   `finish_reason`, usage with `prompt_tokens = input + cache_read + cache_creation`
 //!   and `cached_tokens = cache_read`;
 //! - SSE: `message_start`, `content_block_*`, `message_delta`, `message_stop`,
-//!   `ping`, `error` → OpenAI chunks ending `data: [DONE]`.
+//!   `ping`, `error` → OpenAI chunks ending `data: [DONE]`;
+//! - extended thinking, as LiteLLM maps it: `reasoning_effort` (or the client's own
+//!   `thinking` object) → `thinking`; `thinking` / `redacted_thinking` blocks →
+//!   `reasoning_content` + `thinking_blocks` (signatures kept, so clients can send
+//!   them back on the next turn, which Anthropic requires with tool use), in
+//!   answers and stream deltas; citations → `provider_specific_fields.citations`
+//!   (web ones also as `annotations`); `logprobs` requests refused (Anthropic has
+//!   none).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -45,8 +52,16 @@ impl Translator for Anthropic {
         body: &RequestBody<'_>,
     ) -> Result<UpstreamRequest, TranslateError> {
         let p = ctx.provider;
+        refuse_logprobs(body.value)?;
+        super::request::refuse_n(body.value, "Anthropic")?;
         let chat = ChatRequest::from_value(body.value)?;
-        let out = request_body(&chat, ctx.model, p.anthropic.max_tokens_default)?;
+        let thinking = thinking_param(body.value, &p.anthropic.thinking_budgets)?;
+        let out = request_body(
+            &chat,
+            ctx.model,
+            p.anthropic.max_tokens_default,
+            thinking.as_ref(),
+        )?;
         let base = p.endpoint.base_path.as_deref().unwrap_or("/v1");
         let mut req = UpstreamRequest {
             path: format!("{base}/messages"),
@@ -75,17 +90,31 @@ impl Translator for Anthropic {
         })?;
         let mut text = String::new();
         let mut calls = Vec::new();
+        let mut extra = AnswerExtras::default();
         for b in m.content {
             match b.ty.as_ref() {
-                "text" => text.push_str(b.text.as_deref().unwrap_or("")),
+                "text" => {
+                    let t = b.text.as_deref().unwrap_or("");
+                    if let Some(cs) = b.citations.as_ref().filter(|c| !c.is_empty()) {
+                        let start = text.chars().count();
+                        extra.cite(cs, start, start + t.chars().count());
+                    }
+                    text.push_str(t);
+                }
                 "tool_use" => calls.push(ToolCall {
                     id: b.id.unwrap_or_default(),
                     name: b.name.unwrap_or_default(),
                     arguments: b.input.map_or_else(|| "{}".to_string(), |v| v.to_string()),
                 }),
+                "thinking" => extra.thinking(
+                    b.thinking.as_deref().unwrap_or(""),
+                    b.signature.as_deref().unwrap_or(""),
+                ),
+                "redacted_thinking" => extra.redacted(b.data.as_deref().unwrap_or("")),
                 _ => {}
             }
         }
+        let (reasoning_content, message_extra) = extra.render();
         let c = Completion {
             id: m.id.unwrap_or_else(|| ctx.id.to_string()),
             model: m.model.unwrap_or_else(|| ctx.model.to_string()),
@@ -94,6 +123,8 @@ impl Translator for Anthropic {
             tool_calls: calls,
             finish_reason: m.stop_reason.as_deref().map(finish_reason),
             usage: m.usage.map(|u| u.to_usage()),
+            reasoning_content,
+            message_extra,
         };
         Ok(c.to_json())
     }
@@ -104,6 +135,88 @@ impl Translator for Anthropic {
 
     fn translate_error(&self, status: u32, body: &[u8]) -> Vec<u8> {
         error_body(status, body)
+    }
+}
+
+/// What an Anthropic answer carries beyond text and tool calls, gathered while its
+/// blocks are read and rendered as `message` members the way OpenAI-compatible
+/// gateways (LiteLLM) do: `reasoning_content`, `thinking_blocks`, citations under
+/// `provider_specific_fields.citations` (one list per cited text block), and web
+/// citations also as OpenAI `annotations` (`url_citation` with character offsets
+/// into `content`).
+#[derive(Default)]
+struct AnswerExtras {
+    reasoning: Option<String>,
+    /// `thinking_blocks` array members, JSON.
+    blocks: Vec<String>,
+    /// Each cited text block's `citations` array, JSON.
+    citations: Vec<String>,
+    /// `annotations` array members, JSON.
+    annotations: Vec<String>,
+}
+
+impl AnswerExtras {
+    fn thinking(&mut self, text: &str, signature: &str) {
+        self.reasoning
+            .get_or_insert_with(String::new)
+            .push_str(text);
+        let mut b = String::with_capacity(text.len() + signature.len() + 64);
+        b.push_str(r#"{"type":"thinking","thinking":"#);
+        push_json_str(&mut b, text);
+        b.push_str(r#","signature":"#);
+        push_json_str(&mut b, signature);
+        b.push('}');
+        self.blocks.push(b);
+    }
+
+    fn redacted(&mut self, data: &str) {
+        let mut b = String::with_capacity(data.len() + 48);
+        b.push_str(r#"{"type":"redacted_thinking","data":"#);
+        push_json_str(&mut b, data);
+        b.push('}');
+        self.blocks.push(b);
+    }
+
+    /// A text block's citations; `start..end` is the block's span in `content`
+    /// (characters).
+    fn cite(&mut self, citations: &[Value], start: usize, end: usize) {
+        self.citations
+            .push(Value::from(citations.to_vec()).to_string());
+        for c in citations {
+            if c.get("type").and_then(Value::as_str) != Some("web_search_result_location") {
+                continue;
+            }
+            let Some(url) = c.get("url").and_then(Value::as_str) else {
+                continue;
+            };
+            let title = c.get("title").and_then(Value::as_str).unwrap_or("");
+            let a = serde_json::json!({"type": "url_citation", "url_citation": {
+                "start_index": start, "end_index": end, "url": url, "title": title}});
+            self.annotations.push(a.to_string());
+        }
+    }
+
+    /// `(reasoning_content, the other members as ",\"key\":value...")`.
+    fn render(self) -> (Option<String>, String) {
+        let mut o = String::new();
+        let list = |o: &mut String, key: &str, items: &[String]| {
+            if items.is_empty() {
+                return;
+            }
+            o.push_str(",\"");
+            o.push_str(key);
+            o.push_str("\":[");
+            o.push_str(&items.join(","));
+            o.push(']');
+        };
+        list(&mut o, "thinking_blocks", &self.blocks);
+        list(&mut o, "annotations", &self.annotations);
+        if !self.citations.is_empty() {
+            o.push_str(",\"provider_specific_fields\":{\"citations\":[");
+            o.push_str(&self.citations.join(","));
+            o.push_str("]}");
+        }
+        (self.reasoning, o)
     }
 }
 
@@ -162,6 +275,140 @@ pub fn error_body(status: u32, body: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // Request
 // ---------------------------------------------------------------------------
+
+/// Anthropic returns no log probabilities. A client that asks for them gets a 400
+/// rather than an answer whose `logprobs` is silently `null` (code reading
+/// `choice.logprobs.content` would fail later, far from the cause).
+/// `logprobs: false` and `top_logprobs: 0` ask for nothing and pass.
+fn refuse_logprobs(body: &Value) -> Result<(), TranslateError> {
+    let asked = body.get("logprobs").and_then(Value::as_bool) == Some(true);
+    let top = body
+        .get("top_logprobs")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0);
+    if asked || top.is_some() {
+        let field = if asked { "logprobs" } else { "top_logprobs" };
+        return Err(TranslateError::bad_request(format!(
+            "{field}: Anthropic does not return log probabilities; remove `logprobs`/`top_logprobs` for this route's model"
+        )));
+    }
+    Ok(())
+}
+
+/// The `thinking` parameter for Anthropic: the client's own `thinking` object
+/// (Anthropic's shape, passed through), else OpenAI's `reasoning_effort` mapped to
+/// `{"type":"enabled","budget_tokens":N}` with the route's budgets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thinking {
+    /// The `thinking` object, JSON text.
+    pub json: String,
+    /// Its `budget_tokens`, when thinking is `enabled` with a budget: `max_tokens`
+    /// must exceed it.
+    pub budget: Option<u64>,
+}
+
+fn thinking_param(
+    body: &Value,
+    budgets: &crate::providers::config::ThinkingBudgets,
+) -> Result<Option<Thinking>, TranslateError> {
+    match body.get("thinking") {
+        None | Some(Value::Null) => {}
+        Some(t) => {
+            let ty = t.get("type").and_then(Value::as_str);
+            let Some(ty) = ty.filter(|_| t.is_object()) else {
+                return Err(TranslateError::bad_request(
+                    "thinking: expected Anthropic's object, e.g. {\"type\": \"enabled\", \"budget_tokens\": 2048}",
+                ));
+            };
+            let budget = t.get("budget_tokens").and_then(Value::as_u64);
+            return Ok(Some(Thinking {
+                json: t.to_string(),
+                budget: budget.filter(|_| ty == "enabled"),
+            }));
+        }
+    }
+    let effort = match body.get("reasoning_effort") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(e)) => e.as_str(),
+        Some(_) => {
+            return Err(TranslateError::bad_request(
+                "reasoning_effort: expected a string",
+            ))
+        }
+    };
+    match budgets.for_effort(effort) {
+        Some(Some(n)) => Ok(Some(Thinking {
+            json: format!(r#"{{"type":"enabled","budget_tokens":{n}}}"#),
+            budget: Some(n),
+        })),
+        Some(None) => Ok(None),
+        None => Err(TranslateError::bad_request(format!(
+            "reasoning_effort: {effort:?} is not one of none, minimal, low, medium, high, xhigh"
+        ))),
+    }
+}
+
+/// `max_tokens` for Anthropic: the client's cap, else the route default. With a
+/// thinking budget the cap covers thinking too (Anthropic requires `max_tokens >
+/// budget_tokens`): a client cap at or under the budget is refused; the default
+/// gets the budget added, so the visible answer keeps the default's room.
+fn max_tokens(
+    chat: &ChatRequest,
+    default: u64,
+    thinking: Option<&Thinking>,
+) -> Result<u64, TranslateError> {
+    match (chat.max_tokens, thinking.and_then(|t| t.budget)) {
+        (Some(m), Some(b)) if m <= b => Err(TranslateError::bad_request(format!(
+            "max_completion_tokens: {m} must be greater than the thinking budget of {b} tokens (Anthropic counts thinking in max_tokens); raise it or lower reasoning_effort"
+        ))),
+        (Some(m), _) => Ok(m),
+        (None, Some(b)) => Ok(default.saturating_add(b)),
+        (None, None) => Ok(default),
+    }
+}
+
+/// The assistant's thinking blocks sent back by the client (`thinking_blocks`),
+/// checked and written as Anthropic blocks (only the fields Anthropic accepts).
+fn push_thinking_blocks(
+    out: &mut String,
+    blocks: &[Value],
+    at: usize,
+    first: &mut bool,
+) -> Result<(), TranslateError> {
+    for (n, b) in blocks.iter().enumerate() {
+        let s = |k: &str| b.get(k).and_then(Value::as_str);
+        let bad = || {
+            TranslateError::bad_request(format!(
+                "messages[{at}].thinking_blocks[{n}]: expected {{\"type\":\"thinking\",\"thinking\",\"signature\"}} or {{\"type\":\"redacted_thinking\",\"data\"}}"
+            ))
+        };
+        if !std::mem::take(first) {
+            out.push(',');
+        }
+        match s("type") {
+            Some("thinking") => {
+                let (Some(t), Some(sig)) = (s("thinking"), s("signature")) else {
+                    return Err(bad());
+                };
+                out.push_str(r#"{"type":"thinking","thinking":"#);
+                push_json_str(out, t);
+                out.push_str(r#","signature":"#);
+                push_json_str(out, sig);
+                out.push('}');
+            }
+            Some("redacted_thinking") => {
+                let Some(d) = s("data") else {
+                    return Err(bad());
+                };
+                out.push_str(r#"{"type":"redacted_thinking","data":"#);
+                push_json_str(out, d);
+                out.push('}');
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(())
+}
 
 /// Append a JSON value (tool schemas: already parsed, written back as is).
 fn push_value(out: &mut String, v: &Value) {
@@ -235,6 +482,7 @@ pub fn request_body(
     chat: &ChatRequest,
     model: &str,
     max_tokens_default: u64,
+    thinking: Option<&Thinking>,
 ) -> Result<Vec<u8>, TranslateError> {
     let mut o = String::with_capacity(256 + chat.messages.len() * 128);
     o.push_str(r#"{"model":"#);
@@ -242,8 +490,12 @@ pub fn request_body(
     let _ = write!(
         o,
         r#","max_tokens":{}"#,
-        chat.max_tokens.unwrap_or(max_tokens_default)
+        max_tokens(chat, max_tokens_default, thinking)?
     );
+    if let Some(t) = thinking {
+        o.push_str(r#","thinking":"#);
+        o.push_str(&t.json);
+    }
     let system: Vec<&String> = chat.system.iter().filter(|s| !s.is_empty()).collect();
     match system.as_slice() {
         [] => {}
@@ -286,7 +538,12 @@ pub fn request_body(
         o.push_str(turn_role(role));
         o.push_str(r#"","content":"#);
         let single = match turn {
-            [m] if m.tool_calls.is_empty() && m.role != Role::Tool => lone_text(&m.content),
+            [m] if m.tool_calls.is_empty()
+                && m.thinking_blocks.is_empty()
+                && m.role != Role::Tool =>
+            {
+                lone_text(&m.content)
+            }
             _ => None,
         };
         if let Some(t) = single {
@@ -299,6 +556,8 @@ pub fn request_body(
                 match m.role {
                     Role::User => push_parts(&mut o, &m.content, &mut first),
                     Role::Assistant => {
+                        // Anthropic wants thinking blocks first in the turn.
+                        push_thinking_blocks(&mut o, &m.thinking_blocks, at, &mut first)?;
                         push_parts(&mut o, &m.content, &mut first);
                         for (n, c) in m.tool_calls.iter().enumerate() {
                             let args = c.arguments.trim();
@@ -451,6 +710,18 @@ struct Block<'a> {
     name: Option<String>,
     #[serde(default)]
     input: Option<Value>,
+    /// `thinking` blocks: the reasoning text.
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    /// `thinking` blocks: the signature to send back.
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
+    /// `redacted_thinking` blocks: the opaque payload.
+    #[serde(default, borrow)]
+    data: Option<Cow<'a, str>>,
+    /// `text` blocks: the citations backing this text.
+    #[serde(default)]
+    citations: Option<Vec<Value>>,
 }
 
 /// Anthropic's `usage` object (all fields optional: `message_delta` carries only some).
@@ -541,6 +812,12 @@ struct EventBlock<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<Cow<'a, str>>,
 }
 
 /// `content_block_delta.delta` and `message_delta.delta` share this shape.
@@ -554,6 +831,12 @@ struct EventDelta<'a> {
     partial_json: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     stop_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(default)]
+    citation: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -625,6 +908,18 @@ impl AnthropicStream {
                             self.w.content(out, t);
                         }
                     }
+                    "thinking" => {
+                        if let Some(t) = b.thinking.as_deref().filter(|t| !t.is_empty()) {
+                            self.w.reasoning(out, t);
+                        }
+                        if let Some(sig) = b.signature.as_deref().filter(|s| !s.is_empty()) {
+                            self.w.thinking_signature(out, sig);
+                        }
+                    }
+                    "redacted_thinking" => {
+                        self.w
+                            .redacted_thinking(out, b.data.as_deref().unwrap_or(""));
+                    }
                     "tool_use" => {
                         let t = self.tools;
                         self.tools += 1;
@@ -654,6 +949,21 @@ impl AnthropicStream {
                         if let Some(&(_, t)) = self.tool_blocks.iter().find(|(i, _)| *i == e.index)
                         {
                             self.w.tool_call_args(out, t, frag);
+                        }
+                    }
+                    Some("thinking_delta") => {
+                        if let Some(t) = d.thinking.as_deref().filter(|t| !t.is_empty()) {
+                            self.w.reasoning(out, t);
+                        }
+                    }
+                    Some("signature_delta") => {
+                        if let Some(sig) = d.signature.as_deref().filter(|s| !s.is_empty()) {
+                            self.w.thinking_signature(out, sig);
+                        }
+                    }
+                    Some("citations_delta") => {
+                        if let Some(c) = d.citation.as_ref() {
+                            self.w.provider_field(out, "citation", &c.to_string());
                         }
                     }
                     _ => {}

@@ -150,6 +150,43 @@ pub struct Endpoint {
     /// `x-tollgate-cluster` request header; a route with
     /// `cluster_header: x-tollgate-cluster` sends it there (see docs/providers.md).
     pub cluster: Option<String>,
+    /// `host:port` tollgate dials itself with `dispatch_http_call` (Kong fallback,
+    /// where ngx_wasm_module takes an address, not a cluster). Unset: `authority`
+    /// with port 443 (`tls`) or 80.
+    pub address: Option<String>,
+    /// Calls tollgate makes itself use TLS (`:scheme: https`). Default true.
+    pub tls: Option<bool>,
+    /// Timeout of a call tollgate makes itself, in ms (default 300000: a whole
+    /// non-streaming answer).
+    pub timeout_ms: Option<u32>,
+}
+
+impl Endpoint {
+    /// The `host:port` to dial for a call tollgate makes itself, if known.
+    pub fn dial_address(&self) -> Option<String> {
+        if let Some(a) = &self.address {
+            return Some(a.clone());
+        }
+        let host = self.authority.as_deref()?;
+        if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            return Some(host.to_string());
+        }
+        let port = if self.uses_tls() { 443 } else { 80 };
+        Some(format!("{host}:{port}"))
+    }
+
+    /// TLS for calls tollgate makes itself.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.unwrap_or(true)
+    }
+
+    /// Timeout for calls tollgate makes itself.
+    pub fn call_timeout_ms(&self) -> u32 {
+        self.timeout_ms.unwrap_or(300_000)
+    }
 }
 
 /// Anthropic options.
@@ -160,6 +197,8 @@ pub struct AnthropicOptions {
     pub max_tokens_default: u64,
     /// `anthropic-version` header.
     pub version: String,
+    /// `thinking.budget_tokens` sent for each OpenAI `reasoning_effort`.
+    pub thinking_budgets: ThinkingBudgets,
 }
 
 impl Default for AnthropicOptions {
@@ -167,7 +206,54 @@ impl Default for AnthropicOptions {
         AnthropicOptions {
             max_tokens_default: 4096,
             version: "2023-06-01".to_string(),
+            thinking_budgets: ThinkingBudgets::default(),
         }
+    }
+}
+
+/// Anthropic extended-thinking budgets (tokens) per OpenAI `reasoning_effort`.
+/// Defaults are LiteLLM's (low 1024, medium 2048, high 4096), with `minimal` at
+/// Anthropic's floor of 1024 and `xhigh` at twice `high`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThinkingBudgets {
+    /// `reasoning_effort: "minimal"`.
+    pub minimal: u64,
+    /// `reasoning_effort: "low"`.
+    pub low: u64,
+    /// `reasoning_effort: "medium"`.
+    pub medium: u64,
+    /// `reasoning_effort: "high"`.
+    pub high: u64,
+    /// `reasoning_effort: "xhigh"`.
+    pub xhigh: u64,
+}
+
+impl Default for ThinkingBudgets {
+    fn default() -> Self {
+        ThinkingBudgets {
+            minimal: 1024,
+            low: 1024,
+            medium: 2048,
+            high: 4096,
+            xhigh: 8192,
+        }
+    }
+}
+
+impl ThinkingBudgets {
+    /// The budget for a `reasoning_effort` value: `Some(None)` for `"none"` (thinking
+    /// off), `None` for a value OpenAI does not define.
+    pub fn for_effort(&self, effort: &str) -> Option<Option<u64>> {
+        Some(Some(match effort {
+            "none" => return Some(None),
+            "minimal" => self.minimal,
+            "low" => self.low,
+            "medium" => self.medium,
+            "high" => self.high,
+            "xhigh" => self.xhigh,
+            _ => return None,
+        }))
     }
 }
 
@@ -236,6 +322,11 @@ pub struct ProviderConfig {
     /// names or `prefix*` patterns, matched before the model map.
     #[serde(default)]
     pub models: Vec<String>,
+    /// A second provider for a request the first answers with 429 or 5xx
+    /// (non-streaming, on Kong; Envoy uses the route's retry policy, see
+    /// docs/providers.md "Fallback").
+    #[serde(default)]
+    pub fallback: Option<Box<ProviderConfig>>,
 }
 
 impl ProviderConfig {
@@ -251,6 +342,7 @@ impl ProviderConfig {
             azure: AzureOptions::default(),
             aws: AwsOptions::default(),
             models: Vec::new(),
+            fallback: None,
         }
     }
 
@@ -318,6 +410,50 @@ impl ProviderConfig {
                 ));
             }
         }
+        if let Some(a) = &self.endpoint.address {
+            let port_ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok || a.bytes().any(|b| b <= b' ' || b == b'/' || b >= 0x7f) {
+                return Err(ConfigError::at(
+                    at("endpoint.address"),
+                    "expected host:port (e.g. \"api.openai.com:443\" or \"10.0.0.7:8080\")",
+                ));
+            }
+        }
+        if self.endpoint.timeout_ms == Some(0) {
+            return Err(ConfigError::at(
+                at("endpoint.timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        if let Some(f) = self.fallback.as_mut() {
+            let fat = at("fallback");
+            if f.fallback.is_some() {
+                return Err(ConfigError::at(
+                    format!("{fat}.fallback"),
+                    "one fallback per provider: a request is retried once",
+                ));
+            }
+            if !f.models.is_empty() {
+                return Err(ConfigError::at(
+                    format!("{fat}.models"),
+                    "not used on a fallback (it serves whatever its provider did)",
+                ));
+            }
+            f.resolve(&fat, env)?;
+            for (who, e, path) in [
+                ("this provider", &self.endpoint, at("endpoint")),
+                ("the fallback", &f.endpoint, format!("{fat}.endpoint")),
+            ] {
+                if e.dial_address().is_none() {
+                    return Err(ConfigError::at(
+                        format!("{path}.address"),
+                        format!("{who} needs `address` (host:port) or `authority`: on Kong tollgate calls it itself to fall back"),
+                    ));
+                }
+            }
+        }
         for (i, m) in self.models.iter().enumerate() {
             if m.is_empty()
                 || m.get(..m.len().saturating_sub(1))
@@ -354,6 +490,21 @@ impl ProviderConfig {
                 at("anthropic.max_tokens_default"),
                 "must be at least 1",
             ));
+        }
+        let b = self.anthropic.thinking_budgets;
+        for (name, v) in [
+            ("minimal", b.minimal),
+            ("low", b.low),
+            ("medium", b.medium),
+            ("high", b.high),
+            ("xhigh", b.xhigh),
+        ] {
+            if v < 1024 {
+                return Err(ConfigError::at(
+                    at(&format!("anthropic.thinking_budgets.{name}")),
+                    "must be at least 1024 (Anthropic's minimum thinking budget)",
+                ));
+            }
         }
         if let Some(s) = self.api_key.as_mut() {
             s.resolve(&at("api_key"), env)?;

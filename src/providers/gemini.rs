@@ -153,6 +153,7 @@ impl Translator for Gemini {
             tool_calls,
             finish_reason: Some(reason),
             usage: v.get("usageMetadata").and_then(usage_of),
+            ..Completion::default()
         };
         Ok(c.to_json())
     }

@@ -82,6 +82,7 @@ macro_rules! pass_through_responses {
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+pub mod fallback;
 pub mod gemini;
 pub mod openai_compat;
 pub(crate) mod request;
@@ -324,6 +325,11 @@ pub struct Message {
     pub tool_calls: Vec<ToolCall>,
     /// For `tool` messages: the call this answers.
     pub tool_call_id: Option<String>,
+    /// For assistant messages: the provider's reasoning blocks the client sent back
+    /// (`thinking_blocks`, LiteLLM's field: Anthropic `thinking` / `redacted_thinking`
+    /// blocks with their signatures), as sent. Anthropic needs them to continue a
+    /// tool-use turn with thinking on; other translators ignore them.
+    pub thinking_blocks: Vec<Value>,
 }
 
 /// A content part.
@@ -460,11 +466,16 @@ impl ChatRequest {
                             "{at}.tool_call_id is required for tool messages"
                         )));
                     }
+                    let thinking_blocks = match m.get("thinking_blocks") {
+                        Some(Value::Array(a)) if role == Role::Assistant => a.clone(),
+                        _ => Vec::new(),
+                    };
                     r.messages.push(Message {
                         role,
                         content,
                         tool_calls,
                         tool_call_id,
+                        thinking_blocks,
                     });
                 }
                 other => {
@@ -677,6 +688,12 @@ pub struct Completion {
     pub finish_reason: Option<FinishReason>,
     /// Usage in OpenAI terms.
     pub usage: Option<Usage>,
+    /// Reasoning text (`message.reasoning_content`, as LiteLLM, vLLM and DeepSeek
+    /// name it), e.g. Anthropic `thinking` blocks joined.
+    pub reasoning_content: Option<String>,
+    /// Further members of `message`, already rendered: each `,"key":<json>`
+    /// (`thinking_blocks`, `annotations`, `provider_specific_fields`).
+    pub message_extra: String,
 }
 
 impl Completion {
@@ -703,6 +720,11 @@ impl Completion {
             Some(c) => push_json_str(&mut o, c),
             None => o.push_str("null"),
         }
+        if let Some(r) = &self.reasoning_content {
+            o.push_str(",\"reasoning_content\":");
+            push_json_str(&mut o, r);
+        }
+        o.push_str(&self.message_extra);
         if !self.tool_calls.is_empty() {
             o.push_str(",\"tool_calls\":[");
             for (i, c) in self.tool_calls.iter().enumerate() {
@@ -821,6 +843,52 @@ impl ChunkWriter {
         d.push_str(",\"type\":\"function\",\"function\":{\"name\":");
         push_json_str(&mut d, name);
         d.push_str(",\"arguments\":\"\"}}]");
+        self.delta(out, &d, None);
+    }
+
+    /// A reasoning delta (Anthropic `thinking_delta`): `reasoning_content`, plus the
+    /// same text as a `thinking_blocks` fragment so a client that concatenates
+    /// fragments (LiteLLM's stream shape) rebuilds the block to send back.
+    pub fn reasoning(&self, out: &mut Vec<u8>, text: &str) {
+        let mut d = String::with_capacity(2 * text.len() + 96);
+        d.push_str("\"reasoning_content\":");
+        push_json_str(&mut d, text);
+        d.push_str(",\"thinking_blocks\":[{\"type\":\"thinking\",\"thinking\":");
+        push_json_str(&mut d, text);
+        d.push_str(",\"signature\":null}]");
+        self.delta(out, &d, None);
+    }
+
+    /// The signature closing a thinking block (Anthropic `signature_delta`), as a
+    /// `thinking_blocks` fragment with empty text.
+    pub fn thinking_signature(&self, out: &mut Vec<u8>, signature: &str) {
+        let mut d = String::with_capacity(signature.len() + 96);
+        d.push_str("\"thinking_blocks\":[{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":");
+        push_json_str(&mut d, signature);
+        d.push_str("}]");
+        self.delta(out, &d, None);
+    }
+
+    /// A redacted thinking block (Anthropic `redacted_thinking`): opaque, passed on
+    /// whole so the client can send it back.
+    pub fn redacted_thinking(&self, out: &mut Vec<u8>, data: &str) {
+        let mut d = String::with_capacity(data.len() + 80);
+        d.push_str("\"thinking_blocks\":[{\"type\":\"redacted_thinking\",\"data\":");
+        push_json_str(&mut d, data);
+        d.push_str("}]");
+        self.delta(out, &d, None);
+    }
+
+    /// A provider-specific delta member with no OpenAI equivalent, under
+    /// `provider_specific_fields` (LiteLLM's place for them), e.g. an Anthropic
+    /// `citation`. `value` is JSON text.
+    pub fn provider_field(&self, out: &mut Vec<u8>, key: &str, value: &str) {
+        let mut d = String::with_capacity(value.len() + key.len() + 40);
+        d.push_str("\"provider_specific_fields\":{");
+        push_json_str(&mut d, key);
+        d.push(':');
+        d.push_str(value);
+        d.push('}');
         self.delta(out, &d, None);
     }
 

@@ -126,6 +126,11 @@ impl Stage {
         self.headers.take()
     }
 
+    /// The client's `:path` (query included), as seen at request headers.
+    pub fn client_path(&self) -> &str {
+        &self.client_path
+    }
+
     /// The upstream model id (after the model map).
     pub fn model(&self) -> &str {
         &self.model
@@ -140,18 +145,21 @@ impl Stage {
         }
     }
 
-    /// A complete non-streaming answer (any status) → the client's OpenAI body.
-    pub fn translate_body(&self, status: u32, body: &[u8]) -> Vec<u8> {
+    /// A complete non-streaming answer (any status) → the status and OpenAI body
+    /// to send the client.
+    pub fn translate_body(&self, status: u32, body: &[u8]) -> (u32, Vec<u8>) {
         if !(200..300).contains(&status) {
-            return self.translator.translate_error(status, body);
+            return (status, self.translator.translate_error(status, body));
         }
         let id = format!("chatcmpl-tg{}", self.now_unix_ms);
         match self
             .translator
             .translate_response(&self.response_ctx(&id), body)
         {
-            Ok(b) => b,
-            Err(e) => e.body(),
+            Ok(b) => (status, b),
+            // A 2xx the translator cannot read is the provider's failure: the client
+            // gets an OpenAI error with that status (502), not a 200 carrying one.
+            Err(e) => (e.status, e.body()),
         }
     }
 

@@ -235,6 +235,73 @@ def test_anthropic_images_reach_the_provider_as_sources(env):
     assert blocks[2] == {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
 
 
+def test_anthropic_extended_thinking_round_trip(env):
+    """`reasoning_effort` becomes Anthropic `thinking`; the answer's thinking comes
+    back as `reasoning_content` + `thinking_blocks` (signatures kept, as LiteLLM
+    returns them), and those blocks sent back on the next turn reach Anthropic
+    first in the assistant turn, as its API requires."""
+    c = client(env, "claude")
+    hdr = {"x-mock-redacted-thinking": "1"}
+    mark = env.mark()
+    r = c.chat.completions.with_raw_response.create(
+        model="fast", messages=MESSAGES, reasoning_effort="low", extra_headers=hdr)
+    resp = r.parse()
+    sent = env.mock.last_body()
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert sent["max_tokens"] == 256 + 1024  # the route default keeps its room for the answer
+    raw = mock_direct(env, "/v1/messages", sent, hdr)
+    msg = resp.choices[0].message
+    extra = msg.model_extra
+    assert msg.content == raw["content"][2]["text"]
+    assert extra["reasoning_content"] == raw["content"][0]["thinking"]
+    blocks = extra["thinking_blocks"]
+    assert [b["type"] for b in blocks] == ["thinking", "redacted_thinking"]
+    assert blocks[0]["thinking"] == raw["content"][0]["thinking"]
+    assert blocks[0]["signature"].startswith("EqQB") and blocks[1]["data"].startswith("EmwK")
+    # Thinking is billed as output; metering and the headers agree with the SDK.
+    assert resp.usage.completion_tokens == raw["usage"]["output_tokens"]
+    assert int(r.headers["x-llm-completion-tokens"]) == resp.usage.completion_tokens
+    assert int(env.new_entries(mark)[0]["completion_tokens"]) == resp.usage.completion_tokens
+    # Next turn: the SDK's own message (extras included) goes back as it came.
+    c.chat.completions.create(model="fast", reasoning_effort="low", messages=[
+        *MESSAGES, msg.model_dump(exclude_none=True), {"role": "user", "content": "And once more?"}])
+    turn = env.mock.last_body()["messages"][1]
+    assert turn["role"] == "assistant"
+    assert turn["content"][0] == {"type": "thinking", "thinking": blocks[0]["thinking"],
+                                  "signature": blocks[0]["signature"]}
+    assert turn["content"][1] == {"type": "redacted_thinking", "data": blocks[1]["data"]}
+    assert turn["content"][2] == {"type": "text", "text": msg.content}
+
+
+def test_anthropic_extended_thinking_streams_as_reasoning_deltas(env):
+    c = client(env, "claude")
+    chunks = list(c.chat.completions.create(
+        model="fast", messages=MESSAGES, reasoning_effort="medium", max_completion_tokens=4000,
+        stream=True, stream_options={"include_usage": True}))
+    sent = env.mock.last_body()
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 2048} and sent["max_tokens"] == 4000
+    raw = mock_direct(env, "/v1/messages", {**sent, "stream": False})
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    assert reasoning == raw["content"][0]["thinking"]
+    assert "".join(d.content or "" for d in deltas) == raw["content"][1]["text"]
+    frags = [b for d in deltas for b in (d.model_extra or {}).get("thinking_blocks") or []]
+    assert "".join(b["thinking"] for b in frags) == reasoning
+    assert [b["signature"] for b in frags if b.get("signature")][0].startswith("EqQB")
+    assert chunks[-1].usage.completion_tokens == raw["usage"]["output_tokens"]
+
+
+def test_anthropic_logprobs_are_refused_not_faked(env):
+    c = client(env, "claude")
+    env.mock.reset()
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="fast", messages=MESSAGES, logprobs=True, top_logprobs=2)
+    assert "Anthropic does not return log probabilities" in e.value.response.json()["error"]["message"]
+    assert len(env.mock.requests()) == 0
+    # `logprobs: false` asks for nothing and goes through.
+    assert c.chat.completions.create(model="fast", messages=MESSAGES, logprobs=False).choices[0].message.content
+
+
 @pytest.mark.parametrize("status,exc,needle", [
     (429, openai.RateLimitError, "per-minute rate limit"),
     (401, openai.AuthenticationError, "invalid x-api-key"),
@@ -248,6 +315,17 @@ def test_anthropic_errors_are_openai_shaped_with_the_providers_message(env, stat
     body = e.value.response.json()
     assert needle in body["error"]["message"]
     assert e.value.status_code == status
+
+
+def test_a_2xx_answer_that_is_not_a_messages_object_is_a_502_not_a_200(env):
+    """The provider said 200 but sent half a JSON document: the client must not get a
+    200 carrying an error (the SDK would parse it as a completion)."""
+    c = client(env, "claude")
+    with pytest.raises(openai.InternalServerError) as e:
+        c.chat.completions.create(model="fast", messages=MESSAGES,
+                                  extra_headers={"x-mock-fault": "truncate-json"})
+    assert e.value.status_code == 502
+    assert "not a Messages object" in e.value.response.json()["error"]["message"]
 
 
 def test_untranslatable_request_is_refused_locally(env):

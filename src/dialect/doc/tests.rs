@@ -247,3 +247,27 @@ fn byte_offsets() {
         .collect();
     assert_eq!(inner, [r#"{"a":1}"#, "[ ]"]);
 }
+
+#[test]
+fn long_strings_with_a_special_byte_at_every_offset() {
+    // The plain-byte skip reads eight bytes at a time: put each kind of byte that
+    // stops it at every offset of long strings.
+    for special in [
+        "\\n", "\\\"", "\\u00e9", "é", "🙂", "\u{1}", "\u{1f}", "\u{7f}", " ", "~",
+    ] {
+        for k in 0..40 {
+            let text = format!(
+                "{{\"k\":\"{}{}{}\"}}",
+                "a".repeat(k),
+                special,
+                "b".repeat(40 - k)
+            );
+            same_as_serde(text.as_bytes());
+        }
+    }
+    // Unterminated long strings, cut at every offset.
+    let long = format!("[\"{}\"]", "x".repeat(70));
+    for cut in 0..long.len() {
+        same_as_serde(&long.as_bytes()[..cut]);
+    }
+}

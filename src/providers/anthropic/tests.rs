@@ -555,3 +555,429 @@ fn hostile_streams_and_bodies_never_panic_and_stay_valid_sse() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Extended thinking, citations, logprobs ("Extended thinking", "Citations",
+// "Web search tool" in Anthropic's reference)
+// ---------------------------------------------------------------------------
+
+fn translate_err(p: &ProviderConfig, body: &Value) -> TranslateError {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let ctx = RequestContext {
+        provider: p,
+        model: "claude-sonnet-4-5",
+        streaming: false,
+        now_unix_ms: 0,
+        client_path: "/v1/chat/completions",
+    };
+    Anthropic
+        .translate_request(
+            &ctx,
+            &RequestBody {
+                bytes: &bytes,
+                value: body,
+            },
+        )
+        .unwrap_err()
+}
+
+#[test]
+fn reasoning_effort_maps_to_a_thinking_budget() {
+    let p = provider();
+    let user = json!([{"role": "user", "content": "Are there infinitely many primes p with p mod 4 == 3?"}]);
+    for (effort, budget) in [
+        ("minimal", 1024),
+        ("low", 1024),
+        ("medium", 2048),
+        ("high", 4096),
+        ("xhigh", 8192),
+    ] {
+        let b = body_of(&translate(
+            &p,
+            &json!({"model": "m", "messages": user, "reasoning_effort": effort, "max_completion_tokens": 16000}),
+            "claude-sonnet-4-5",
+        ));
+        assert_eq!(
+            b["thinking"],
+            json!({"type": "enabled", "budget_tokens": budget}),
+            "{effort}"
+        );
+        assert_eq!(b["max_tokens"], 16000);
+    }
+    // No client cap: the default leaves the visible answer its usual room.
+    let b = body_of(&translate(
+        &p,
+        &json!({"model": "m", "messages": user, "reasoning_effort": "high"}),
+        "m",
+    ));
+    assert_eq!(b["max_tokens"], 4096 + 4096);
+    // "none" turns thinking off: no `thinking` at all.
+    let b = body_of(&translate(
+        &p,
+        &json!({"model": "m", "messages": user, "reasoning_effort": "none"}),
+        "m",
+    ));
+    assert!(b.get("thinking").is_none());
+    assert_eq!(b["max_tokens"], 4096);
+    // The route's budgets apply.
+    let mut p2 = provider();
+    p2.anthropic.thinking_budgets.medium = 10_000;
+    let b = body_of(&translate(
+        &p2,
+        &json!({"model": "m", "messages": user, "reasoning_effort": "medium", "max_tokens": 12000}),
+        "m",
+    ));
+    assert_eq!(b["thinking"]["budget_tokens"], 10_000);
+}
+
+#[test]
+fn explicit_thinking_object_passes_through_and_wins() {
+    let p = provider();
+    let b = body_of(&translate(
+        &p,
+        &json!({"model": "m", "max_tokens": 20000, "reasoning_effort": "low",
+                "thinking": {"type": "enabled", "budget_tokens": 10000},
+                "messages": [{"role": "user", "content": "hi"}]}),
+        "m",
+    ));
+    assert_eq!(
+        b["thinking"],
+        json!({"type": "enabled", "budget_tokens": 10000})
+    );
+    let b = body_of(&translate(
+        &p,
+        &json!({"model": "m", "thinking": {"type": "disabled"},
+                "messages": [{"role": "user", "content": "hi"}]}),
+        "m",
+    ));
+    assert_eq!(b["thinking"], json!({"type": "disabled"}));
+    assert_eq!(b["max_tokens"], 4096);
+}
+
+#[test]
+fn thinking_and_logprobs_mistakes_are_400s_naming_the_field() {
+    let p = provider();
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    for (body, needle) in [
+        (
+            json!({"messages": msgs, "reasoning_effort": "extreme"}),
+            "reasoning_effort: \"extreme\"",
+        ),
+        (
+            json!({"messages": msgs, "reasoning_effort": 3}),
+            "reasoning_effort",
+        ),
+        (json!({"messages": msgs, "thinking": true}), "thinking:"),
+        (
+            json!({"messages": msgs, "reasoning_effort": "high", "max_completion_tokens": 4096}),
+            "max_completion_tokens: 4096 must be greater than the thinking budget of 4096",
+        ),
+        (
+            json!({"messages": msgs, "thinking": {"type": "enabled", "budget_tokens": 2000}, "max_tokens": 1500}),
+            "thinking budget of 2000",
+        ),
+        (json!({"messages": msgs, "logprobs": true}), "logprobs:"),
+        (
+            json!({"messages": msgs, "logprobs": false, "top_logprobs": 5}),
+            "top_logprobs:",
+        ),
+        (json!({"messages": msgs, "n": 2}), "n:"),
+        (
+            json!({"messages": [{"role": "user", "content": "q"},
+              {"role": "assistant", "content": "a", "thinking_blocks": [{"type": "thinking", "thinking": "x"}]}]}),
+            "messages[1].thinking_blocks[0]",
+        ),
+    ] {
+        let e = translate_err(&p, &body);
+        assert_eq!(e.status, 400, "{body}");
+        assert!(e.message.contains(needle), "{} / {needle}", e.message);
+        let eb: Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(eb["error"]["type"], "invalid_request_error");
+    }
+    // Asking for nothing passes.
+    let b = body_of(&translate(
+        &p,
+        &json!({"model": "m", "messages": msgs, "logprobs": false, "top_logprobs": 0, "n": 1}),
+        "m",
+    ));
+    assert!(b.get("logprobs").is_none());
+}
+
+#[test]
+fn thinking_blocks_sent_back_lead_the_assistant_turn() {
+    // The reference's tool-use-with-thinking continuation: the assistant turn that
+    // called the tool carries its thinking block (with signature) back.
+    let p = provider();
+    let b = body_of(&translate(
+        &p,
+        &json!({"model": "m", "max_tokens": 16000, "reasoning_effort": "low",
+          "messages": [
+            {"role": "user", "content": "What's the weather in Paris?"},
+            {"role": "assistant", "content": null,
+             "thinking_blocks": [
+               {"type": "thinking", "thinking": "The user wants to know the current weather in Paris. I have access to a function `get_weather`...", "signature": "BDaL4VrbR2Oj0hO4XpJxT28J5TILnCrrUXoKiiNBZW9P+nr8XSj1zuZzAl4egiCCpQNvfyUuFFJP5CncdYZEQPPmLxYsNrcs...."},
+               {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP..."}],
+             "tool_calls": [{"id": "toolu_01CswdEQBMshySk6Y9DFKrfq", "type": "function",
+               "function": {"name": "get_weather", "arguments": "{\"location\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "toolu_01CswdEQBMshySk6Y9DFKrfq", "content": "Current temperature: 88°F"}],
+          "tools": [{"type": "function", "function": {"name": "get_weather",
+             "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]}),
+        "m",
+    ));
+    assert_eq!(
+        b["messages"][1]["content"],
+        json!([
+          {"type": "thinking", "thinking": "The user wants to know the current weather in Paris. I have access to a function `get_weather`...",
+           "signature": "BDaL4VrbR2Oj0hO4XpJxT28J5TILnCrrUXoKiiNBZW9P+nr8XSj1zuZzAl4egiCCpQNvfyUuFFJP5CncdYZEQPPmLxYsNrcs...."},
+          {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP..."},
+          {"type": "tool_use", "id": "toolu_01CswdEQBMshySk6Y9DFKrfq", "name": "get_weather",
+           "input": {"location": "Paris"}}])
+    );
+    assert_eq!(
+        b["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+}
+
+#[test]
+fn response_thinking_and_redacted_thinking_become_reasoning_fields() {
+    let p = provider();
+    let body = r#"{"id":"msg_01Thk","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929",
+      "content":[
+        {"type":"thinking","thinking":"To approach this, let's think about what we know about prime numbers...","signature":"zbbJhbGciOiJFU8zI1NiIsImtakcjsu38219c0.eyJoYXNoIjoiYWJjMTIzIiwiaWF0IjoxNjE0NTM0NTY3fQ...."},
+        {"type":"redacted_thinking","data":"EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP..."},
+        {"type":"text","text":"Yes, there are infinitely many prime numbers such that p mod 4 = 3."}],
+      "stop_reason":"end_turn","stop_sequence":null,
+      "usage":{"input_tokens":48,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1303}}"#;
+    let out: Value = serde_json::from_slice(
+        &Anthropic
+            .translate_response(&rctx(&p), body.as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    let m = &out["choices"][0]["message"];
+    assert_eq!(
+        m["content"],
+        "Yes, there are infinitely many prime numbers such that p mod 4 = 3."
+    );
+    assert_eq!(
+        m["reasoning_content"],
+        "To approach this, let's think about what we know about prime numbers..."
+    );
+    assert_eq!(
+        m["thinking_blocks"],
+        json!([
+          {"type": "thinking", "thinking": "To approach this, let's think about what we know about prime numbers...",
+           "signature": "zbbJhbGciOiJFU8zI1NiIsImtakcjsu38219c0.eyJoYXNoIjoiYWJjMTIzIiwiaWF0IjoxNjE0NTM0NTY3fQ...."},
+          {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP..."}])
+    );
+    assert!(m.get("annotations").is_none());
+    // Thinking is billed inside output_tokens; Anthropic reports no split.
+    assert_eq!(out["usage"]["completion_tokens"], 1303);
+    assert_eq!(
+        out["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        0
+    );
+    // A thinking block sent back on the next turn round-trips unchanged.
+    let again = body_of(&translate(
+        &p,
+        &json!({"model": "m", "max_tokens": 9000, "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": m["content"], "thinking_blocks": m["thinking_blocks"]},
+            {"role": "user", "content": "and p mod 4 == 1?"}]}),
+        "m",
+    ));
+    assert_eq!(
+        again["messages"][1]["content"].as_array().unwrap()[0..2],
+        m["thinking_blocks"].as_array().unwrap()[..]
+    );
+}
+
+#[test]
+fn response_citations_go_to_provider_fields_and_web_ones_to_annotations() {
+    let p = provider();
+    // "Citations" (document, char_location) and "Web search tool"
+    // (server_tool_use, web_search_tool_result, web_search_result_location).
+    let body = r#"{"id":"msg_01Cit","type":"message","role":"assistant","model":"claude-sonnet-4-5",
+      "content":[
+        {"type":"text","text":"According to the document, "},
+        {"type":"text","text":"the grass is green","citations":[{"type":"char_location","cited_text":"The grass is green.","document_index":0,"document_title":"Example Document","start_char_index":0,"end_char_index":20}]},
+        {"type":"text","text":" and "},
+        {"type":"server_tool_use","id":"srvtoolu_01WYG3ziw53XMcoyKL4XcZmE","name":"web_search","input":{"query":"claude shannon birth date"}},
+        {"type":"web_search_tool_result","tool_use_id":"srvtoolu_01WYG3ziw53XMcoyKL4XcZmE","content":[{"type":"web_search_result","url":"https://en.wikipedia.org/wiki/Claude_Shannon","title":"Claude Shannon - Wikipedia","encrypted_content":"EqgfCioIARgBIiQ3YTAwMjY1Mi1mZjM5LTQ1NGUtODgxNC1kNjNjNTk1ZWI3Y...","page_age":"April 30, 2025"}]},
+        {"type":"text","text":"Shannon, né le 30 avril 1916","citations":[{"type":"web_search_result_location","url":"https://en.wikipedia.org/wiki/Claude_Shannon","title":"Claude Shannon - Wikipedia","encrypted_index":"Eo8BCioIAhgBIiQyYjQ0OWJmZi1lNm..","cited_text":"Claude Elwood Shannon (April 30, 1916 – February 24, 2001) was an American mathematician..."}]}],
+      "stop_reason":"end_turn","usage":{"input_tokens":6039,"output_tokens":931,"server_tool_use":{"web_search_requests":1}}}"#;
+    let out: Value = serde_json::from_slice(
+        &Anthropic
+            .translate_response(&rctx(&p), body.as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    let m = &out["choices"][0]["message"];
+    let content = m["content"].as_str().unwrap();
+    assert_eq!(
+        content,
+        "According to the document, the grass is green and Shannon, né le 30 avril 1916"
+    );
+    let cites = &m["provider_specific_fields"]["citations"];
+    assert_eq!(cites.as_array().unwrap().len(), 2);
+    assert_eq!(cites[0][0]["type"], "char_location");
+    assert_eq!(cites[0][0]["cited_text"], "The grass is green.");
+    assert_eq!(cites[1][0]["type"], "web_search_result_location");
+    let a = &m["annotations"];
+    assert_eq!(a.as_array().unwrap().len(), 1);
+    assert_eq!(a[0]["type"], "url_citation");
+    let u = &a[0]["url_citation"];
+    assert_eq!(u["url"], "https://en.wikipedia.org/wiki/Claude_Shannon");
+    assert_eq!(u["title"], "Claude Shannon - Wikipedia");
+    // Character offsets into `content` (the é counts once).
+    let (s, e) = (
+        u["start_index"].as_u64().unwrap() as usize,
+        u["end_index"].as_u64().unwrap() as usize,
+    );
+    let cited: String = content.chars().skip(s).take(e - s).collect();
+    assert_eq!(cited, "Shannon, né le 30 avril 1916");
+    assert!(m.get("reasoning_content").is_none());
+}
+
+/// "Extended thinking" → "Streaming thinking", with usage and a redacted block
+/// added as the API sends them, and a cited answer ("Citations" → streaming).
+const THINKING_STREAM: &str = "event: message_start\n\
+data: {\"type\": \"message_start\", \"message\": {\"id\": \"msg_01Thk\", \"type\": \"message\", \"role\": \"assistant\", \"content\": [], \"model\": \"claude-sonnet-4-5-20250929\", \"stop_reason\": null, \"stop_sequence\": null, \"usage\": {\"input_tokens\": 52, \"output_tokens\": 3}}}\n\
+\n\
+event: content_block_start\n\
+data: {\"type\": \"content_block_start\", \"index\": 0, \"content_block\": {\"type\": \"thinking\", \"thinking\": \"\", \"signature\": \"\"}}\n\
+\n\
+event: content_block_delta\n\
+data: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"thinking_delta\", \"thinking\": \"Let me solve this step by step:\\n\\n1. First break down 27 * 453\"}}\n\
+\n\
+event: content_block_delta\n\
+data: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"thinking_delta\", \"thinking\": \"\\n2. 453 = 400 + 50 + 3 — “é”\"}}\n\
+\n\
+event: content_block_delta\n\
+data: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"signature_delta\", \"signature\": \"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds...\"}}\n\
+\n\
+event: content_block_stop\n\
+data: {\"type\": \"content_block_stop\", \"index\": 0}\n\
+\n\
+event: content_block_start\n\
+data: {\"type\": \"content_block_start\", \"index\": 1, \"content_block\": {\"type\": \"redacted_thinking\", \"data\": \"EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP...\"}}\n\
+\n\
+event: content_block_stop\n\
+data: {\"type\": \"content_block_stop\", \"index\": 1}\n\
+\n\
+event: content_block_start\n\
+data: {\"type\": \"content_block_start\", \"index\": 2, \"content_block\": {\"type\": \"text\", \"text\": \"\"}}\n\
+\n\
+event: content_block_delta\n\
+data: {\"type\": \"content_block_delta\", \"index\": 2, \"delta\": {\"type\": \"citations_delta\", \"citation\": {\"type\": \"char_location\", \"cited_text\": \"27 * 453 = 12231.\", \"document_index\": 0, \"document_title\": \"Tables\", \"start_char_index\": 0, \"end_char_index\": 17}}}\n\
+\n\
+event: content_block_delta\n\
+data: {\"type\": \"content_block_delta\", \"index\": 2, \"delta\": {\"type\": \"text_delta\", \"text\": \"27 * 453 = 12,231\"}}\n\
+\n\
+event: content_block_stop\n\
+data: {\"type\": \"content_block_stop\", \"index\": 2}\n\
+\n\
+event: message_delta\n\
+data: {\"type\": \"message_delta\", \"delta\": {\"stop_reason\": \"end_turn\", \"stop_sequence\": null}, \"usage\": {\"output_tokens\": 1440}}\n\
+\n\
+event: message_stop\n\
+data: {\"type\": \"message_stop\"}\n\
+\n";
+
+#[test]
+fn stream_thinking_signature_redacted_and_citations_become_deltas() {
+    let out = run_stream(THINKING_STREAM.as_bytes(), &[]);
+    let (cs, done) = chunks(&out);
+    assert!(done);
+    let delta = |c: &Value| c["choices"][0]["delta"].clone();
+    let reasoning: String = cs
+        .iter()
+        .filter_map(|c| delta(c)["reasoning_content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        reasoning,
+        "Let me solve this step by step:\n\n1. First break down 27 * 453\n2. 453 = 400 + 50 + 3 — “é”"
+    );
+    // Concatenating the thinking_blocks fragments (LiteLLM's stream shape) gives
+    // the blocks to send back.
+    let frags: Vec<Value> = cs
+        .iter()
+        .filter_map(|c| delta(c)["thinking_blocks"].as_array().cloned())
+        .flatten()
+        .collect();
+    let thought: String = frags
+        .iter()
+        .filter(|b| b["type"] == "thinking")
+        .filter_map(|b| b["thinking"].as_str())
+        .collect();
+    assert_eq!(thought, reasoning);
+    let sigs: Vec<&str> = frags
+        .iter()
+        .filter_map(|b| b["signature"].as_str())
+        .collect();
+    assert_eq!(
+        sigs,
+        vec!["EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds..."]
+    );
+    let redacted: Vec<&Value> = frags
+        .iter()
+        .filter(|b| b["type"] == "redacted_thinking")
+        .collect();
+    assert_eq!(
+        redacted[0]["data"],
+        "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP..."
+    );
+    let citation = cs
+        .iter()
+        .find_map(|c| {
+            delta(c)["provider_specific_fields"]["citation"]
+                .as_object()
+                .cloned()
+        })
+        .unwrap();
+    assert_eq!(citation["cited_text"], "27 * 453 = 12231.");
+    let text: String = cs
+        .iter()
+        .filter_map(|c| delta(c)["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, "27 * 453 = 12,231");
+    // Reasoning never leaks into content, content never into reasoning.
+    assert!(
+        cs.iter()
+            .all(|c| delta(c)["content"].as_str().is_none()
+                || delta(c)["reasoning_content"].is_null())
+    );
+    let last = cs.last().unwrap();
+    assert_eq!(last["usage"]["completion_tokens"], 1440);
+    assert_eq!(last["usage"]["prompt_tokens"], 52);
+}
+
+#[test]
+fn thinking_stream_is_the_same_at_every_split() {
+    let input = THINKING_STREAM.as_bytes();
+    let whole = run_stream(input, &[]);
+    for at in 0..=input.len() {
+        assert_eq!(run_stream(input, &[at]), whole, "split at {at}");
+    }
+    let all: Vec<usize> = (1..input.len()).collect();
+    assert_eq!(run_stream(input, &all), whole);
+}
+
+#[test]
+fn stream_meter_counts_translated_thinking_stream_usage() {
+    let out = run_stream(THINKING_STREAM.as_bytes(), &[]);
+    let mut m = crate::usage::stream::StreamMeter::new(
+        crate::dialect::Api::ChatCompletions,
+        false,
+        1 << 20,
+        1 << 16,
+    );
+    let _ = m.on_chunk(&out, true);
+    let s = m.finish();
+    let u = s.usage.unwrap();
+    assert_eq!((u.prompt_tokens, u.completion_tokens), (52, 1440));
+    // Without provider usage, the fallback text counts thinking too (it is billed).
+    assert!(s.fallback_text.contains("Let me solve this"));
+    assert!(s.fallback_text.contains("12,231"));
+}

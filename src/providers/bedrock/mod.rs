@@ -182,6 +182,7 @@ impl Translator for Bedrock {
                 v.get("stopReason").and_then(Value::as_str).unwrap_or(""),
             )),
             usage: v.get("usage").and_then(usage_of),
+            ..Completion::default()
         };
         Ok(c.to_json())
     }

@@ -292,6 +292,47 @@ pub fn count_tokens(body: &Value) -> Reply {
     )
 }
 
+/// Extended thinking asked for (`thinking: {type: enabled, budget_tokens}`), checked
+/// the way the Messages API does: the budget is at least 1024 and below
+/// `max_tokens`, and thinking cannot be combined with forced tool use.
+fn thinking_budget(body: &Value, max_tokens: u64) -> Result<Option<u64>, Reply> {
+    let Some(t) = body.get("thinking").filter(|t| !t.is_null()) else {
+        return Ok(None);
+    };
+    match t.get("type").and_then(Value::as_str) {
+        Some("enabled") => {}
+        Some("disabled") | Some("adaptive") => return Ok(None),
+        _ => {
+            return Err(invalid(
+                "thinking: Input tag found using 'type' does not match any of the expected tags: 'enabled', 'disabled', 'adaptive'",
+            ))
+        }
+    }
+    let Some(budget) = t.get("budget_tokens").and_then(Value::as_u64) else {
+        return Err(invalid("thinking.enabled.budget_tokens: Field required"));
+    };
+    if budget < 1024 {
+        return Err(invalid(
+            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
+        ));
+    }
+    if max_tokens <= budget {
+        return Err(invalid(
+            "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size",
+        ));
+    }
+    let forced = body
+        .get("tool_choice")
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str);
+    if matches!(forced, Some("any") | Some("tool")) {
+        return Err(invalid(
+            "Thinking may not be enabled when tool_choice forces tool use.",
+        ));
+    }
+    Ok(Some(budget))
+}
+
 fn sse(ty: &str, j: &J) -> String {
     format!("event: {ty}\ndata: {}\n\n", j.to_json())
 }
@@ -302,6 +343,10 @@ pub fn messages(body: &Value, ctl: &Ctl) -> Reply {
         Err(r) => return r,
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let thinking = match thinking_budget(body, max_tokens) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let prompt = prompt_tokens(&model, body);
     // Anthropic's input_tokens excludes the cached and cache-written parts.
     let cache_read = ctl.cached.min(prompt);
@@ -362,7 +407,17 @@ pub fn messages(body: &Value, ctl: &Ctl) -> Reply {
             if cut { "max_tokens" } else { "end_turn" },
         )
     };
-    let output_tokens = output_tokens + ctl.reasoning;
+    // Thinking comes first and is billed as output (Anthropic reports no split).
+    let thought: Option<(Vec<String>, String)> = thinking.map(|_| {
+        let mut p = vec!["Let me think this through. ".to_string()];
+        p.extend(text::reply_pieces(seed ^ 0x7468_696e_6b21, 12));
+        (p, new_id("EqQBCgIYAhIM"))
+    });
+    let thought_tokens = thought
+        .as_ref()
+        .map_or(0, |(p, _)| text::count(&model, &p.concat()));
+    let redacted = (thought.is_some() && ctl.redacted_thinking).then(|| new_id("EmwKAhgBEgy"));
+    let output_tokens = output_tokens + ctl.reasoning + thought_tokens;
     let usage = |output: u64| {
         obj! {
             "input_tokens" => input_tokens,
@@ -384,9 +439,20 @@ pub fn messages(body: &Value, ctl: &Ctl) -> Reply {
         m
     };
     let with_usage = !ctl.no_usage;
+    let mut lead: Vec<J> = Vec::new();
+    if let Some((p, sig)) = &thought {
+        lead.push(
+            obj! {"type" => "thinking", "thinking" => p.concat(), "signature" => sig.as_str()},
+        );
+    }
+    if let Some(d) = &redacted {
+        lead.push(obj! {"type" => "redacted_thinking", "data" => d.as_str()});
+    }
     if !stream {
+        let mut content = lead.clone();
+        content.push(block);
         let m = message(
-            arr![block],
+            J::Arr(content),
             Some(stop_reason),
             with_usage.then(|| usage(output_tokens)),
         );
@@ -409,23 +475,58 @@ pub fn messages(body: &Value, ctl: &Ctl) -> Reply {
     } else {
         (obj! {"type" => "text", "text" => ""}, "text_delta", "text")
     };
+    let mut index = 0u64;
+    let block_delta = |index: u64, delta: J| {
+        sse(
+            "content_block_delta",
+            &obj! {"type" => "content_block_delta", "index" => index, "delta" => delta},
+        )
+    };
+    let block_stop = |index: u64| {
+        sse(
+            "content_block_stop",
+            &obj! {"type" => "content_block_stop", "index" => index},
+        )
+    };
+    if let Some((p, sig)) = &thought {
+        events.push(sse(
+            "content_block_start",
+            &obj! {"type" => "content_block_start", "index" => index,
+            "content_block" => obj! {"type" => "thinking", "thinking" => "", "signature" => ""}},
+        ));
+        for piece in p {
+            events.push(block_delta(
+                index,
+                obj! {"type" => "thinking_delta", "thinking" => piece.as_str()},
+            ));
+        }
+        events.push(block_delta(
+            index,
+            obj! {"type" => "signature_delta", "signature" => sig.as_str()},
+        ));
+        events.push(block_stop(index));
+        index += 1;
+    }
+    if let Some(d) = &redacted {
+        events.push(sse(
+            "content_block_start",
+            &obj! {"type" => "content_block_start", "index" => index,
+            "content_block" => obj! {"type" => "redacted_thinking", "data" => d.as_str()}},
+        ));
+        events.push(block_stop(index));
+        index += 1;
+    }
     events.push(sse(
         "content_block_start",
-        &obj! {"type" => "content_block_start", "index" => 0u64, "content_block" => start_block},
+        &obj! {"type" => "content_block_start", "index" => index, "content_block" => start_block},
     ));
     events.push(sse("ping", &obj! {"type" => "ping"}));
     for p in pieces {
         let mut delta = obj! {"type" => delta_kind};
         delta.push(delta_key, p);
-        events.push(sse(
-            "content_block_delta",
-            &obj! {"type" => "content_block_delta", "index" => 0u64, "delta" => delta},
-        ));
+        events.push(block_delta(index, delta));
     }
-    events.push(sse(
-        "content_block_stop",
-        &obj! {"type" => "content_block_stop", "index" => 0u64},
-    ));
+    events.push(block_stop(index));
     let mut md = obj! {"type" => "message_delta", "delta" => obj! {"stop_reason" => stop_reason, "stop_sequence" => J::Null}};
     if with_usage {
         md.push("usage", obj! {"output_tokens" => output_tokens});

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_REPLY_WORDS: usize = 24;
 pub const MAX_REPLY_WORDS: usize = 200_000;
 pub const MAX_DELAY_MS: u64 = 10_000;
+/// Largest scripted reply (`x-mock-reply-text` × `x-mock-reply-repeat`).
+pub const MAX_SCRIPTED_BYTES: usize = 64 << 20;
 
 /// Test controls read from `x-mock-*` request headers.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +29,14 @@ pub struct Ctl {
     /// `x-mock-echo: 1`: chat replies repeat the last user message's text
     /// (streamed 4 characters per chunk), so tests can see what the provider got.
     pub echo: bool,
+    /// `x-mock-reply-text: T`: chat and Responses replies are `T` (overrides echo).
+    pub reply_text: Option<String>,
+    /// `x-mock-reply-repeat: N`: the echoed or scripted reply N times, one per
+    /// line (a big answer on demand).
+    pub reply_repeat: usize,
+    /// `x-mock-redacted-thinking: 1`: with thinking enabled, a `redacted_thinking`
+    /// block follows the `thinking` block (Anthropic).
+    pub redacted_thinking: bool,
 }
 
 fn num_header(req: &Request, name: &str) -> Result<Option<u64>, String> {
@@ -67,7 +77,29 @@ impl Ctl {
             cache_creation: num_header(req, "x-mock-cache-creation-tokens")?.unwrap_or(0),
             reasoning: num_header(req, "x-mock-reasoning-tokens")?.unwrap_or(0),
             echo: req.header("x-mock-echo").is_some_and(|v| v.trim() == "1"),
+            reply_text: req.header("x-mock-reply-text").map(str::to_string),
+            reply_repeat: num_header(req, "x-mock-reply-repeat")?
+                .map_or(1, |n| n.clamp(1, MAX_SCRIPTED_BYTES as u64) as usize),
+            redacted_thinking: req
+                .header("x-mock-redacted-thinking")
+                .is_some_and(|v| v.trim() == "1"),
         })
+    }
+
+    /// The reply text when the test scripts it: `x-mock-reply-text`, else the
+    /// echo (`echo()` gives the text to repeat), repeated `x-mock-reply-repeat`
+    /// times on separate lines, at most [`MAX_SCRIPTED_BYTES`].
+    pub fn scripted_reply(&self, echo: impl FnOnce() -> String) -> Option<String> {
+        let one = match &self.reply_text {
+            Some(t) => t.clone(),
+            None if self.echo => echo(),
+            None => return None,
+        };
+        let n = self
+            .reply_repeat
+            .min(MAX_SCRIPTED_BYTES / (one.len() + 1).max(1))
+            .max(1);
+        Some(vec![one; n].join("\n"))
     }
 }
 

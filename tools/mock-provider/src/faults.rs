@@ -13,12 +13,14 @@
 //!   truncate             declare the full length, send half the body, close
 //!   truncate-json        a well-framed response whose JSON body is cut in half
 //!   gzip                 `content-encoding: gzip` body (streams too: one gzip body)
+//!   chunked              a non-streaming reply sent with `transfer-encoding:
+//!                        chunked` (no length) in 64 KiB pieces
 //!   pad-bytes=N          non-streaming JSON padded to about N bytes with an
 //!                        extra `"x_mock_padding"` member, written in 64 KiB pieces
 //!                        (N up to 1 GiB)
 //!
-//! Every fault ends the connection afterwards, except `gzip`, `truncate-json` and
-//! `pad-bytes`, which are well-formed responses.
+//! Every fault ends the connection afterwards, except `gzip`, `truncate-json`,
+//! `chunked` and `pad-bytes`, which are well-formed responses.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -40,6 +42,7 @@ pub enum Fault {
     Truncate,
     TruncateJson,
     Gzip,
+    Chunked,
     PadBytes(usize),
 }
 
@@ -58,6 +61,7 @@ impl Fault {
             ("truncate", _) => Fault::Truncate,
             ("truncate-json", _) => Fault::TruncateJson,
             ("gzip", _) => Fault::Gzip,
+            ("chunked", _) => Fault::Chunked,
             ("pad-bytes", Some(n)) => Fault::PadBytes(n.min(MAX_PAD)),
             _ => return None,
         })
@@ -112,6 +116,11 @@ fn apply(fault: Fault, reply: &Reply, w: &mut TcpStream) -> io::Result<()> {
             let (status, mut headers, body) = flatten(reply);
             headers.push(("content-encoding".into(), "gzip".into()));
             http::write_full(w, status, &headers, &gzip_stored(&body), true, false)
+        }
+        Fault::Chunked => {
+            let (status, headers, body) = flatten(reply);
+            let pieces: Vec<&[u8]> = body.chunks(64 * 1024).collect();
+            http::write_chunks(w, status, &headers, &pieces, Duration::ZERO, true)
         }
         Fault::PadBytes(n) => pad(reply, n, w),
     }
@@ -301,6 +310,7 @@ mod tests {
         );
         assert_eq!(Fault::of(&req(" GZIP ")), Some(Fault::Gzip));
         assert_eq!(Fault::of(&req("pad-bytes=9")), Some(Fault::PadBytes(9)));
+        assert_eq!(Fault::of(&req("chunked")), Some(Fault::Chunked));
         assert_eq!(Fault::of(&req("reset-after-bytes")), None);
         assert_eq!(Fault::of(&req("nonsense")), None);
     }

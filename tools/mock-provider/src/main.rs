@@ -13,7 +13,9 @@
 //!   x-mock-cached-tokens: N        report N prompt tokens as cached
 //!   x-mock-cache-creation-tokens: N  (Anthropic cache_creation_input_tokens)
 //!   x-mock-reasoning-tokens: N     add N reasoning tokens to the output
-//!   x-mock-echo: 1                 chat replies echo the last user message
+//!   x-mock-echo: 1                 chat and Responses replies echo the last user message
+//!   x-mock-reply-text: T           chat and Responses replies are T (overrides echo)
+//!   x-mock-reply-repeat: N         the echoed or scripted reply N times, one per line
 //! Gemini (`/v1beta/models/{m}:generateContent`) and Bedrock Converse
 //! (`/model/{id}/converse[-stream]`, SigV4-checked) live in gemini.rs / bedrock.rs.
 //!   x-mock-fault: reset-after-bytes=N|stall|truncate|gzip|...  (see faults.rs)

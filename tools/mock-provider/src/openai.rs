@@ -321,14 +321,16 @@ pub fn chat(body: &Value, ctl: &Ctl) -> Reply {
         };
     }
 
-    let mut pieces = if ctl.echo {
+    let scripted = ctl.scripted_reply(|| {
         let last_user = messages
             .iter()
             .rev()
             .find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
-        split_chars(&content_text(last_user.and_then(|m| m.get("content"))).0, 4)
-    } else {
-        text::reply_pieces(seed, ctl.reply_words)
+        content_text(last_user.and_then(|m| m.get("content"))).0
+    });
+    let mut pieces = match scripted {
+        Some(t) => split_chars(&t, 4),
+        None => text::reply_pieces(seed, ctl.reply_words),
     };
     let cut = truncate_to_tokens(&model, &mut pieces, max);
     let finish = if cut { "length" } else { "stop" };
@@ -703,6 +705,22 @@ pub fn responses_input_tokens(model: &str, body: &Value) -> u64 {
     n
 }
 
+/// The text of a Responses request's last user input (a string `input`, or the
+/// last `role: user` item), for `x-mock-echo`.
+fn responses_last_user_text(body: &Value) -> String {
+    match body.get("input") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => {
+            let last = items
+                .iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
+            content_text(last.and_then(|m| m.get("content"))).0
+        }
+        _ => String::new(),
+    }
+}
+
 pub fn responses(body: &Value, ctl: &Ctl) -> Reply {
     let model = match model_of(body) {
         Ok(m) => m,
@@ -748,7 +766,11 @@ pub fn responses(body: &Value, ctl: &Ctl) -> Reply {
             )
         }
         None => {
-            let mut p = text::reply_pieces(seed, ctl.reply_words);
+            let scripted = ctl.scripted_reply(|| responses_last_user_text(body));
+            let mut p = match scripted {
+                Some(t) => split_chars(&t, 4),
+                None => text::reply_pieces(seed, ctl.reply_words),
+            };
             let cut = truncate_to_tokens(&model, &mut p, max);
             (new_id("msg_"), p, cut, None)
         }

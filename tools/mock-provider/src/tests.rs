@@ -410,6 +410,64 @@ fn anthropic_messages() {
 }
 
 #[test]
+fn anthropic_extended_thinking() {
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":3000,"thinking":{"type":"enabled","budget_tokens":2048},"messages":[{"role":"user","content":"27 * 453?"}]}"#;
+    let (s, v) = full(dispatch(&req(
+        "POST",
+        "/v1/messages",
+        &[("x-mock-redacted-thinking", "1")],
+        body,
+    )));
+    assert_eq!(s, 200);
+    let c = v["content"].as_array().unwrap();
+    assert_eq!(c[0]["type"], "thinking");
+    assert!(c[0]["signature"].as_str().unwrap().starts_with("EqQB"));
+    assert_eq!(c[1]["type"], "redacted_thinking");
+    assert_eq!(c[2]["type"], "text");
+    let billed = text::count("claude-sonnet-4-5", c[0]["thinking"].as_str().unwrap())
+        + text::count("claude-sonnet-4-5", c[2]["text"].as_str().unwrap());
+    assert_eq!(v["usage"]["output_tokens"], billed);
+
+    let sb = body.replacen('{', "{\"stream\":true,", 1);
+    let d = datas(&stream(dispatch(&req("POST", "/v1/messages", &[], &sb))));
+    assert_eq!(d[1]["content_block"]["type"], "thinking");
+    let thought: String = d
+        .iter()
+        .filter_map(|e| e["delta"]["thinking"].as_str())
+        .collect();
+    assert_eq!(thought, c[0]["thinking"].as_str().unwrap());
+    assert!(d
+        .iter()
+        .any(|e| e["delta"]["type"] == "signature_delta" && e["index"] == 0));
+    assert!(d
+        .iter()
+        .any(|e| e["delta"]["type"] == "text_delta" && e["index"] == 1));
+
+    // The API's checks: budget floor, budget below max_tokens, no forced tools.
+    for (b, needle) in [
+        (
+            r#"{"model":"m","max_tokens":3000,"thinking":{"type":"enabled","budget_tokens":512},"messages":[{"role":"user","content":"x"}]}"#,
+            "greater than or equal to 1024",
+        ),
+        (
+            r#"{"model":"m","max_tokens":2048,"thinking":{"type":"enabled","budget_tokens":2048},"messages":[{"role":"user","content":"x"}]}"#,
+            "`max_tokens` must be greater than `thinking.budget_tokens`",
+        ),
+        (
+            r#"{"model":"m","max_tokens":3000,"thinking":{"type":"enabled","budget_tokens":1024},"tool_choice":{"type":"any"},"tools":[{"name":"t","input_schema":{"type":"object"}}],"messages":[{"role":"user","content":"x"}]}"#,
+            "forces tool use",
+        ),
+    ] {
+        let (s, v) = full(dispatch(&req("POST", "/v1/messages", &[], b)));
+        assert_eq!(s, 400);
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+}
+
+#[test]
 fn last_request_is_recorded() {
     let _ = dispatch(&req(
         "POST",
@@ -425,4 +483,44 @@ fn last_request_is_recorded() {
             && r["body"] == CHAT
     });
     assert!(found);
+}
+
+#[test]
+fn echo_and_scripted_replies_for_chat_and_responses() {
+    // Chat: scripted text, repeated one per line.
+    let (_, v) = full(dispatch(&req(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("x-mock-reply-text", "mail a@b.example"),
+            ("x-mock-reply-repeat", "3"),
+        ],
+        CHAT,
+    )));
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "mail a@b.example\nmail a@b.example\nmail a@b.example"
+    );
+    // Responses: echo of the last user input, streamed 4 characters per delta.
+    let body = r#"{"model":"gpt-4o","stream":true,"input":[{"role":"user","content":"first"},{"role":"assistant","content":"x"},{"role":"user","content":[{"type":"input_text","text":"Hi <EMAIL_1>!"}]}]}"#;
+    let events = stream(dispatch(&req(
+        "POST",
+        "/v1/responses",
+        &[("x-mock-echo", "1")],
+        body,
+    )));
+    let deltas: Vec<String> = datas(&events)
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas, ["Hi <", "EMAI", "L_1>", "!"]);
+    let (_, v) = full(dispatch(&req(
+        "POST",
+        "/v1/responses",
+        &[("x-mock-echo", "1"), ("x-mock-reply-repeat", "2")],
+        r#"{"model":"gpt-4o","input":"echo me"}"#,
+    )));
+    assert_eq!(v["output"][0]["content"][0]["text"], "echo me\necho me");
+    assert!(v["usage"]["output_tokens"].as_u64().unwrap() >= 4);
 }

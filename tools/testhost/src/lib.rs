@@ -393,7 +393,8 @@ impl HttpCall {
     }
 }
 
-/// What the called service answers to every HTTP call (see [`Vm::answer_http_calls`]).
+/// What the called service answers to an HTTP call (see [`Vm::answer_http_calls`]
+/// and [`Vm::queue_http_call_answers`]).
 #[derive(Clone, Debug, Default)]
 pub struct CallAnswer {
     /// HTTP status (sent as `:status`).
@@ -402,6 +403,11 @@ pub struct CallAnswer {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Vec<u8>,
+    /// The call fails without an answer (connection refused, timeout). Envoy
+    /// delivers `on_http_call_response` with no headers; ngx_wasm_module logs
+    /// "dispatch failed", delivers nothing, and resumes the request once no call
+    /// is pending (`ngx_http_proxy_wasm_dispatch.c`, resume handler).
+    pub fail: bool,
 }
 
 impl CallAnswer {
@@ -413,6 +419,24 @@ impl CallAnswer {
         }
     }
 
+    /// A JSON answer.
+    pub fn json(status: u32, body: &str) -> CallAnswer {
+        CallAnswer {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+            fail: false,
+        }
+    }
+
+    /// No answer: the call fails (see [`CallAnswer::fail`]).
+    pub fn failed() -> CallAnswer {
+        CallAnswer {
+            fail: true,
+            ..CallAnswer::default()
+        }
+    }
+
     /// Add a header.
     pub fn header(mut self, k: &str, v: &str) -> CallAnswer {
         self.headers.push((k.to_string(), v.to_string()));
@@ -420,6 +444,9 @@ impl CallAnswer {
     }
 
     fn header_map(&self) -> HeaderMap {
+        if self.fail {
+            return HeaderMap::new();
+        }
         std::iter::once((":status".to_string(), self.status.to_string().into_bytes()))
             .chain(
                 self.headers
@@ -509,6 +536,8 @@ pub(crate) struct State {
     pub last_token: u32,
     /// What every HTTP call is answered with; `None`: calls stay unanswered.
     pub call_answer: Option<CallAnswer>,
+    /// Answers for the next calls, in order, before `call_answer`.
+    pub call_answers: std::collections::VecDeque<CallAnswer>,
     /// The answer being delivered (`on_http_call_response`): its headers and body.
     pub answering: Option<(HeaderMap, Vec<u8>)>,
     /// `proxy_continue_stream(request)` was called.
@@ -552,6 +581,7 @@ impl Vm {
             hostcalls: Vec::new(),
             last_token: 0,
             call_answer: None,
+            call_answers: std::collections::VecDeque::new(),
             answering: None,
             request_resumed: false,
             metric_names: Vec::new(),
@@ -655,6 +685,12 @@ impl Vm {
         self.store.data_mut().call_answer = answer;
     }
 
+    /// Answer the next calls with these, in order (then as [`Vm::answer_http_calls`]
+    /// says). Calls made while an answer is delivered are answered too.
+    pub fn queue_http_call_answers(&mut self, answers: Vec<CallAnswer>) {
+        self.store.data_mut().call_answers.extend(answers);
+    }
+
     /// HTTP calls made outside an exchange (on the tick) since the last take.
     pub fn take_http_calls(&mut self) -> Vec<HttpCall> {
         std::mem::take(&mut self.store.data_mut().http_calls)
@@ -668,32 +704,58 @@ impl Vm {
     /// Deliver the configured answer to context `ctx` for each HTTP call made after
     /// token `after`. Returns how many were answered.
     fn answer_calls_since(&mut self, ctx: i32, after: u32) -> Result<usize, String> {
-        let Some(answer) = self.store.data().call_answer.clone() else {
-            return Ok(0);
-        };
-        let tokens: Vec<u32> = self
-            .store
-            .data()
-            .http_calls
-            .iter()
-            .filter(|c| c.token > after)
-            .map(|c| c.token)
-            .collect();
-        for &token in &tokens {
-            let headers = answer.header_map();
-            let n = headers.len() as i32;
-            self.store.data_mut().answering = Some((headers, answer.body.clone()));
-            let f = self.func::<(i32, i32, i32, i32, i32), ()>("proxy_on_http_call_response")?;
-            let r = f
-                .call(
-                    &mut self.store,
-                    (ctx, token as i32, n, answer.body.len() as i32, 0),
-                )
-                .map_err(|e| format!("proxy_on_http_call_response trapped: {e:?}"));
-            self.store.data_mut().answering = None;
-            r?;
+        let mode = self.store.data().mode;
+        let mut answered = 0;
+        let mut seen = after;
+        let mut last_failed = None;
+        // Calls made while an answer is delivered (a fallback) are answered in turn;
+        // bounded, so a filter calling forever fails the test instead of hanging it.
+        for _round in 0..16 {
+            let tokens: Vec<u32> = self
+                .store
+                .data()
+                .http_calls
+                .iter()
+                .filter(|c| c.token > seen)
+                .map(|c| c.token)
+                .collect();
+            let Some(&max) = tokens.iter().max() else {
+                break;
+            };
+            seen = max;
+            for &token in &tokens {
+                let answer = {
+                    let d = self.store.data_mut();
+                    d.call_answers.pop_front().or_else(|| d.call_answer.clone())
+                };
+                let Some(answer) = answer else { continue };
+                answered += 1;
+                if answer.fail && mode == Mode::Kong {
+                    last_failed = Some(token);
+                    continue;
+                }
+                let headers = answer.header_map();
+                let n = headers.len() as i32;
+                self.store.data_mut().answering = Some((headers, answer.body.clone()));
+                let f =
+                    self.func::<(i32, i32, i32, i32, i32), ()>("proxy_on_http_call_response")?;
+                let r = f
+                    .call(
+                        &mut self.store,
+                        (ctx, token as i32, n, answer.body.len() as i32, 0),
+                    )
+                    .map_err(|e| format!("proxy_on_http_call_response trapped: {e:?}"));
+                self.store.data_mut().answering = None;
+                r?;
+            }
         }
-        Ok(tokens.len())
+        let now = self.store.data().http_calls.iter().map(|c| c.token).max();
+        if last_failed.is_some() && last_failed == now && ctx != ROOT {
+            // ngx_wasm_module: the last call failed and none is pending: the request
+            // resumes as it stands (no callback ran).
+            self.store.data_mut().request_resumed = true;
+        }
+        Ok(answered)
     }
 
     /// Log lines so far (level, message).
@@ -798,6 +860,57 @@ impl Vm {
         out
     }
 
+    /// The outcome of a local reply. Kong runs the filter's response callbacks on
+    /// it (ngx_wasm_module t/03-proxy_wasm/hfuncs/102-proxy_send_local_response.t:
+    /// "should still run all response phases"), so tollgate sees its own reply
+    /// there; Envoy's encoder path is not emulated.
+    fn local_outcome(&mut self, ctx: i32) -> Result<Outcome, String> {
+        if self.store.data().mode != Mode::Kong {
+            return Ok(self.take_local());
+        }
+        let mut out = self.take_local();
+        {
+            let d = self.store.data_mut();
+            d.phase = Phase::ResponseHeaders;
+            d.stream.status = out.status;
+            d.stream.resp_headers_frozen = false;
+            d.stream.resp_headers =
+                std::iter::once((":status".to_string(), out.status.to_string().into_bytes()))
+                    .chain(
+                        out.headers
+                            .iter()
+                            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())),
+                    )
+                    .collect();
+        }
+        let n = self.store.data().stream.resp_headers.len() as i32;
+        let a = self.call_ret3("proxy_on_response_headers", ctx, n, 0)?;
+        if a == action::PAUSE {
+            return Err("Kong: paused in on_response_headers of a local reply (500)".into());
+        }
+        {
+            let d = self.store.data_mut();
+            d.stream.resp_headers_frozen = true;
+            d.phase = Phase::ResponseBody;
+            d.stream.resp_body = std::mem::take(&mut out.body);
+        }
+        let len = self.store.data().stream.resp_body.len() as i32;
+        let a = self.call_ret3("proxy_on_response_body", ctx, len, 1)?;
+        if a == action::PAUSE {
+            self.violation("Kong: paused in on_response_body of a local reply".into());
+        }
+        let d = self.store.data_mut();
+        out.body = std::mem::take(&mut d.stream.resp_body);
+        out.headers = d
+            .stream
+            .resp_headers
+            .iter()
+            .filter(|(k, _)| k != ":status")
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        Ok(out)
+    }
+
     fn take_local(&mut self) -> Outcome {
         let (status, headers, body) = self
             .store
@@ -836,7 +949,7 @@ impl Vm {
         };
         let a = self.call_ret3("proxy_on_request_headers", ctx, n, eos)?;
         if self.local_reply_sent() {
-            return Ok(self.take_local());
+            return self.local_outcome(ctx);
         }
         if a == action::PAUSE {
             match mode {
@@ -878,14 +991,14 @@ impl Vm {
                             i32::from(i == last),
                         )?;
                         if self.local_reply_sent() {
-                            return Ok(self.take_local());
+                            return self.local_outcome(ctx);
                         }
                         if a == action::PAUSE && i == last {
                             // Held for a call's answer: deliver it; the filter resumes
                             // (proxy_continue_stream) or answers itself.
                             if self.answer_calls_since(ctx, before)? > 0 {
                                 if self.local_reply_sent() {
-                                    return Ok(self.take_local());
+                                    return self.local_outcome(ctx);
                                 }
                                 if self.store.data().request_resumed {
                                     a = action::CONTINUE;
@@ -920,7 +1033,7 @@ impl Vm {
                         let mut a =
                             self.call_ret3("proxy_on_request_body", ctx, part.len() as i32, eos)?;
                         if self.local_reply_sent() {
-                            return Ok(self.take_local());
+                            return self.local_outcome(ctx);
                         }
                         // A pause with a dispatch pending waits for its answer; the
                         // filter then resumes the request or answers itself
@@ -928,7 +1041,7 @@ impl Vm {
                         // wasm callback").
                         if a == action::PAUSE && self.answer_calls_since(ctx, before)? > 0 {
                             if self.local_reply_sent() {
-                                return Ok(self.take_local());
+                                return self.local_outcome(ctx);
                             }
                             if self.store.data().request_resumed {
                                 a = action::CONTINUE;

@@ -761,3 +761,49 @@ on_both_hosts!(pii_redacts_the_request_and_restores_the_answer, |mode| {
         "{mode:?}: streamed restore"
     );
 });
+
+on_both_hosts!(pii_big_answers_are_rewritten_as_they_pass, |mode| {
+    let mut gw = Gateway::tollgate(mode, PII_RESTORE, 1);
+    let body = chat_body(
+        "gpt-4o",
+        json!({"messages": [{"role": "user", "content": "Write to jane.doe@example.com today"}]}),
+    );
+    // ~700 KB: over the 512 KiB a PII answer is held whole up to.
+    let line = "Sent to <EMAIL_1>, copy ann@example.net.\n";
+    let content = line.repeat(17_000);
+    let answer = json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 15, "completion_tokens": 170000, "total_tokens": 170015}
+    })
+    .to_string();
+    let want = "Sent to jane.doe@example.com, copy <EMAIL_2>.\n".repeat(17_000);
+    for declared in [true, false] {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if declared {
+            headers.push(("content-length".into(), answer.len().to_string()));
+        }
+        let resp = Response {
+            status: 200,
+            headers,
+            chunks: answer
+                .as_bytes()
+                .chunks(16 * 1024)
+                .map(<[u8]>::to_vec)
+                .collect(),
+        };
+        let o = gw.send(0, "chat", &Request::post_json(CHAT, &body), &resp);
+        clean(mode, &o);
+        assert_eq!(o.status, 200, "{mode:?}");
+        let got = o.json();
+        assert!(
+            got["choices"][0]["message"]["content"] == want.as_str(),
+            "{mode:?} declared={declared}: not restored/scanned"
+        );
+        assert_eq!(got["usage"]["completion_tokens"], 170000, "{mode:?}");
+        assert!(
+            !o.headers.iter().any(|(k, _)| k == "content-length"),
+            "{mode:?} declared={declared}: stale content-length"
+        );
+    }
+});
