@@ -1041,16 +1041,19 @@ impl HttpContext for Http {
                 }
                 let body =
                     ffi::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
+                let upstream_status = ex.response_status();
                 let (out, report) = ex.on_translated_response(&body);
                 if let Err(s) = ffi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
                     warn!("tollgate: cannot write the translated response: {s:?}");
                 }
                 let mut ours: Vec<(&'static str, String)> = vec![
-                    // 502 when a 2xx answer was not the provider's documented shape.
-                    (":status", ex.response_status().to_string()),
                     ("content-type", "application/json".to_string()),
                     ("content-length", out.len().to_string()),
                 ];
+                if ex.response_status() != upstream_status {
+                    // 502 when a 2xx answer was not the provider's documented shape.
+                    ours.push((":status", ex.response_status().to_string()));
+                }
                 if let Some(r) = report.as_ref() {
                     ours.extend(r.headers());
                 }
