@@ -190,16 +190,26 @@ impl<'d> Node<'d> {
 
     /// The value, to match on.
     pub fn view(self) -> View<'d> {
-        match self.kind() {
-            Kind::Null => View::Null,
-            Kind::Bool => View::Bool(self.as_bool().unwrap_or(false)),
-            Kind::Number => View::Number(self.raw_number().unwrap_or("0")),
-            Kind::String => View::String(self.as_str().unwrap_or("")),
-            Kind::Array => View::Array(self.as_array().unwrap_or(Array::EMPTY)),
-            Kind::Object => match self.members() {
-                Some(m) => View::Object(m),
-                None => View::Null,
-            },
+        let e = self.entry();
+        let (a, b) = (e.a as usize, e.b as usize);
+        match e.tag {
+            Tag::Null => View::Null,
+            Tag::True => View::Bool(true),
+            Tag::False => View::Bool(false),
+            Tag::Number => View::Number(self.doc.text.get(a..b).unwrap_or("0")),
+            Tag::Str => View::String(self.doc.text.get(a..b).unwrap_or("")),
+            Tag::EscStr => View::String(self.doc.unescaped.get(a..b).unwrap_or("")),
+            Tag::Array => View::Array(Array {
+                doc: Some(self.doc),
+                first: self.i + 1,
+                len: e.a,
+                end: e.b,
+            }),
+            Tag::Object => View::Object(Members {
+                doc: self.doc,
+                at: self.i + 1,
+                left: e.a,
+            }),
         }
     }
 
@@ -226,9 +236,8 @@ impl<'d> Node<'d> {
 
     /// The boolean.
     pub fn as_bool(self) -> Option<bool> {
-        match self.entry().tag {
-            Tag::True => Some(true),
-            Tag::False => Some(false),
+        match self.view() {
+            View::Bool(v) => Some(v),
             _ => None,
         }
     }
@@ -246,32 +255,26 @@ impl<'d> Node<'d> {
 
     /// A number's source text.
     pub fn raw_number(self) -> Option<&'d str> {
-        let e = self.entry();
-        match e.tag {
-            Tag::Number => self.doc.text.get(e.a as usize..e.b as usize),
+        match self.view() {
+            View::Number(raw) => Some(raw),
             _ => None,
         }
     }
 
     /// The elements, if this is an array.
     pub fn as_array(self) -> Option<Array<'d>> {
-        let e = self.entry();
-        (e.tag == Tag::Array).then_some(Array {
-            doc: Some(self.doc),
-            first: self.i + 1,
-            len: e.a,
-            end: e.b,
-        })
+        match self.view() {
+            View::Array(a) => Some(a),
+            _ => None,
+        }
     }
 
     /// The members in document order (duplicates included), if this is an object.
     pub fn members(self) -> Option<Members<'d>> {
-        let e = self.entry();
-        (e.tag == Tag::Object).then_some(Members {
-            doc: self.doc,
-            at: self.i + 1,
-            left: e.a,
-        })
+        match self.view() {
+            View::Object(m) => Some(m),
+            _ => None,
+        }
     }
 
     /// The value of member `key` (the last one, should the key repeat).
@@ -568,7 +571,9 @@ impl Parser<'_> {
                 return self.err("invalid number");
             }
         }
+        let mut exponent = false;
         if let Some(b'e' | b'E') = self.peek() {
+            exponent = true;
             self.pos += 1;
             if let Some(b'+' | b'-') = self.peek() {
                 self.pos += 1;
@@ -577,15 +582,14 @@ impl Parser<'_> {
                 return self.err("invalid number");
             }
         }
-        // serde_json refuses numbers that overflow f64; short integers cannot.
-        if self.pos - start > 18
-            || self
+        // serde_json refuses numbers that overflow f64; short ones without an
+        // exponent cannot.
+        if exponent || self.pos - start > 18 {
+            let raw = self
                 .b
                 .get(start..self.pos)
-                .is_some_and(|r| r.contains(&b'e') || r.contains(&b'E'))
-        {
-            let raw =
-                std::str::from_utf8(self.b.get(start..self.pos).unwrap_or_default()).unwrap_or("");
+                .and_then(|r| std::str::from_utf8(r).ok())
+                .unwrap_or("");
             if raw.parse::<f64>().map_or(true, f64::is_infinite) {
                 return self.err("number out of range");
             }
