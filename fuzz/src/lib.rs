@@ -29,7 +29,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 use tollgate::config::Config;
-use tollgate::dialect::doc::{Doc, Kind, Node};
+use tollgate::dialect::doc::Doc;
 use tollgate::dialect::sse::SseFramer;
 use tollgate::dialect::{inject, Api};
 use tollgate::limits::MemoryStore;
@@ -809,26 +809,13 @@ pub fn json(data: &[u8]) {
     let ours = Doc::parse(data);
     let theirs = serde_json::from_slice::<Value>(data);
     match (&ours, &theirs) {
-        (Ok(doc), Ok(v)) => assert_eq!(&to_value(doc.root()), v, "values differ"),
+        (Ok(doc), Ok(v)) => assert_eq!(
+            &tollgate::testing::json_value(doc.root()),
+            v,
+            "values differ"
+        ),
         (Err(_), Err(_)) => {}
         (Ok(_), Err(e)) => panic!("accepted what serde_json refuses ({e})"),
         (Err(e), Ok(_)) => panic!("refused what serde_json accepts ({e})"),
-    }
-}
-
-fn to_value(n: Node<'_>) -> Value {
-    match n.kind() {
-        Kind::Null => Value::Null,
-        Kind::Bool => Value::Bool(n.as_bool() == Some(true)),
-        Kind::Number => serde_json::from_str(n.raw_number().unwrap_or("")).unwrap_or(Value::Null),
-        Kind::String => Value::String(n.as_str().unwrap_or("").to_string()),
-        Kind::Array => Value::Array(n.as_array().into_iter().flatten().map(to_value).collect()),
-        Kind::Object => {
-            let mut m = serde_json::Map::new();
-            for (k, v) in n.members().into_iter().flatten() {
-                m.insert(k.to_string(), to_value(v));
-            }
-            Value::Object(m)
-        }
     }
 }

@@ -1,29 +1,10 @@
 //! The document must read every body exactly as serde_json does: same accepted
 //! set, same values, last duplicate key winning.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::*;
-use crate::testing::XorShift;
-
-/// The node as a serde_json value (objects keep the last duplicate, as serde_json).
-fn to_value(n: Node<'_>) -> Value {
-    match n.kind() {
-        Kind::Null => Value::Null,
-        Kind::Bool => Value::Bool(n.as_bool().unwrap()),
-        Kind::Number => serde_json::from_str(n.raw_number().unwrap())
-            .unwrap_or_else(|e| panic!("{:?}: {e}", n.raw_number())),
-        Kind::String => Value::String(n.as_str().unwrap().to_string()),
-        Kind::Array => Value::Array(n.as_array().unwrap().iter().map(to_value).collect()),
-        Kind::Object => {
-            let mut m = Map::new();
-            for (k, v) in n.members().unwrap() {
-                m.insert(k.to_string(), to_value(v));
-            }
-            Value::Object(m)
-        }
-    }
-}
+use crate::testing::{json_value as to_value, XorShift};
 
 fn same_as_serde(text: &[u8]) {
     let ours = Doc::parse(text).map(|d| to_value(d.root()));
