@@ -402,17 +402,11 @@ impl Exchange {
         let parsed: Value = match serde_json::from_slice(original) {
             Ok(v) => v,
             Err(e) => {
+                // Refused before forwarding: nothing was used, nothing to report.
+                // (A provider route never passes an invalid body on.)
                 self.reported = true;
                 let api = self.api.unwrap_or(Api::ChatCompletions);
-                return BodyDecision::Respond(LocalReply {
-                    status: ErrorKind::InvalidRequest.status(),
-                    body: error_body(
-                        api.family(),
-                        ErrorKind::InvalidRequest,
-                        &format!("the request body is not valid JSON: {e}"),
-                    ),
-                    headers: Vec::new(),
-                });
+                return self.invalid_body(api, &format!("the request body is not valid JSON: {e}"));
             }
         };
         if let Err(reply) = self.rewrite_for_provider(original, &parsed, &mut new_body) {
