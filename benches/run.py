@@ -127,6 +127,24 @@ VARIANTS.append({
     "optional": True,
     "probe_calls": 1,
 })
+# Flow probes, priced per request (N = 1): what tollgate's request flow costs the
+# host before any logic of its own. hold_response: pause the response headers and
+# body until the end (what adding x-llm-* headers needs); read_bodies: copy the
+# request and response bodies into the VM; mimic: the hostcalls of one metering
+# exchange in tollgate's order (route property, both header maps, both bodies, four
+# response headers, five filter-state keys), with no logic between them.
+for _flow, _desc in (("hold_response", "hold the response until its end"),
+                     ("read_bodies", "read both bodies"),
+                     ("mimic", "tollgate's metering hostcalls, no logic")):
+    VARIANTS.append({
+        "name": f"probe-{_flow}",
+        "desc": f"noop-filter + {_desc}",
+        "wasm": "noop_filter.wasm",
+        "package": "noop-filter",
+        "config": f"{_flow}:0",
+        "optional": True,
+        "probe_calls": 1,
+    })
 BASELINE = "plain"
 FLOOR = "noop"
 SUBJECT = "tollgate"

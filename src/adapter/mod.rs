@@ -326,6 +326,10 @@ struct Root {
     /// The tick period is set: it is not asked for twice (ngx_wasm_module refuses a
     /// second `set_tick_period` with "tick_period already set").
     ticking: bool,
+    /// Whether the host logs at debug, asked on the tick instead of per exchange
+    /// (one hostcall less per request; a level change shows within a tick).
+    /// `None` until the first tick, or without a timer: then asked per exchange.
+    debug_log: Rc<Cell<Option<bool>>>,
 }
 
 /// Which host runs this VM, probed once: request properties are not readable in
@@ -358,6 +362,7 @@ impl Default for Root {
             host: Rc::new(Cell::new(HostKind::Unknown)),
             true_ups: Rc::new(RefCell::new(global::TrueUps::default())),
             ticking: false,
+            debug_log: Rc::new(Cell::new(None)),
         }
     }
 }
@@ -437,6 +442,7 @@ impl RootContext for Root {
             store: self.store.clone(),
             host: self.host.get(),
             host_cell: self.host.clone(),
+            debug_log: self.debug_log.clone(),
             true_ups: self.true_ups.clone(),
             exchange: None,
             response: ResponseMode::PassThrough,
@@ -458,6 +464,10 @@ impl RootContext for Root {
             m.flush();
         }
         global::send_true_ups(&self.true_ups);
+        let host = self.host.get();
+        if host != HostKind::Unknown && host.has_log_level() {
+            self.debug_log.set(Some(ffi::debug_enabled()));
+        }
     }
 }
 
@@ -482,6 +492,8 @@ struct Http {
     host_cell: Rc<Cell<HostKind>>,
     /// Kong's shared-limit true-ups, queued here and sent by the root's tick.
     true_ups: Rc<RefCell<global::TrueUps>>,
+    /// The root's view of the host's log level (see `Root::debug_log`).
+    debug_log: Rc<Cell<Option<bool>>>,
     exchange: Option<Exchange>,
     response: ResponseMode,
     waiting_for_body: bool,
@@ -631,9 +643,13 @@ impl Http {
             }
         }
         self.metrics.borrow_mut().exchange(report);
-        // Asked per request (one cheap hostcall) so turning debug on shows the
-        // very next exchange.
-        if host.has_log_level() && ffi::debug_enabled() {
+        // The level the root's tick last saw; asked here only before the first
+        // tick (or on a host without a timer).
+        let debug = match self.debug_log.get() {
+            Some(on) => on,
+            None => host.has_log_level() && ffi::debug_enabled(),
+        };
+        if debug {
             debug!("{}", report.log_line());
         }
         self.emit_pii();

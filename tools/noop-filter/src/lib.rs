@@ -15,6 +15,10 @@
 //! `get_shared_data:10`) makes N calls of that kind per request at the end of the
 //! request body (see [`Probe`]); the bench's `probe-*` variants compare it with the
 //! plain no-op (configuration `{}`), so the difference divided by N is one call.
+//! Three flow probes (`NAME:0`) price steps of tollgate's request flow instead:
+//! `hold_response` (pause the response until its end), `read_bodies` (copy both
+//! bodies into the VM) and `mimic` (tollgate's metering hostcalls in its order,
+//! with no logic between them).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -51,6 +55,12 @@ enum Probe {
     /// One read of the response header map, then one write of the whole map
     /// (`proxy_set_header_map_pairs`) with N headers added.
     ResponseHeaderMapWrite,
+    /// Pause the response headers and body until the end (N unused).
+    HoldResponse,
+    /// Read the request and the response body (N unused).
+    ReadBodies,
+    /// A metering exchange's hostcalls, as tollgate makes them (N unused).
+    Mimic,
 }
 
 impl Probe {
@@ -67,6 +77,9 @@ impl Probe {
             "replace_response_header" => Probe::ReplaceResponseHeader,
             "add_response_header" => Probe::AddResponseHeader,
             "response_header_map" => Probe::ResponseHeaderMapWrite,
+            "hold_response" => Probe::HoldResponse,
+            "read_bodies" => Probe::ReadBodies,
+            "mimic" => Probe::Mimic,
             _ => return None,
         };
         Some((probe, n.parse().ok()?))
@@ -168,6 +181,11 @@ impl Context for ProbeHttp {}
 
 impl HttpContext for ProbeHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.probe == Probe::Mimic {
+            let _ = hostcalls::get_property(vec!["xds", "route_name"]);
+            let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "accept-encoding", None);
+        }
         if end_of_stream {
             Action::Continue
         } else {
@@ -178,6 +196,9 @@ impl HttpContext for ProbeHttp {
     fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
         if !end_of_stream {
             return Action::Pause;
+        }
+        if matches!(self.probe, Probe::ReadBodies | Probe::Mimic) {
+            let _ = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, _body_size);
         }
         for i in 0..self.n {
             match self.probe {
@@ -203,15 +224,25 @@ impl HttpContext for ProbeHttp {
                 Probe::ResponseHeaderRead
                 | Probe::ReplaceResponseHeader
                 | Probe::AddResponseHeader
-                | Probe::ResponseHeaderMapWrite => {}
+                | Probe::ResponseHeaderMapWrite
+                | Probe::HoldResponse
+                | Probe::ReadBodies
+                | Probe::Mimic => {}
             }
         }
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let n = self.n as usize;
         match self.probe {
+            Probe::HoldResponse if !end_of_stream => return Action::Pause,
+            Probe::Mimic => {
+                let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+            }
             Probe::ResponseHeaderRead => {
                 for _ in 0..n {
                     let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
@@ -248,5 +279,40 @@ impl HttpContext for ProbeHttp {
             _ => {}
         }
         Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.probe {
+            Probe::HoldResponse | Probe::Mimic if !end_of_stream => Action::Pause,
+            Probe::ReadBodies | Probe::Mimic if end_of_stream => {
+                let _ = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size);
+                if self.probe == Probe::Mimic {
+                    for name in [
+                        "x-llm-prompt-tokens",
+                        "x-llm-completion-tokens",
+                        "x-llm-total-tokens",
+                        "x-llm-model",
+                    ] {
+                        let _ = hostcalls::set_map_value(
+                            MapType::HttpResponseHeaders,
+                            name,
+                            Some("123"),
+                        );
+                    }
+                    for k in [
+                        "llm.prompt_tokens",
+                        "llm.completion_tokens",
+                        "llm.total_tokens",
+                        "llm.model",
+                        "llm.estimated",
+                    ] {
+                        let _ = hostcalls::set_property(vec![k], Some(b"123"));
+                    }
+                    let _ = hostcalls::get_log_level();
+                }
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
     }
 }

@@ -71,9 +71,13 @@ pub struct Plugin {
     pub name: String,
 }
 
-/// Path of the release `tollgate.wasm` (`make build`).
+/// Path of the release `tollgate.wasm` (`make build`), or `TOLLGATE_WASM` when set
+/// (another build of it, e.g. one that keeps its name section for profiling).
 pub fn tollgate_wasm_path() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if let Some(p) = std::env::var_os("TOLLGATE_WASM") {
+        return PathBuf::from(p);
+    }
     root.join("target/wasm32-wasip1/release/tollgate.wasm")
 }
 
@@ -89,6 +93,12 @@ impl Plugin {
         let mut config = Config::new();
         // Test speed: the module is big and the tests are short.
         config.cranelift_opt_level(wasmtime::OptLevel::None);
+        if std::env::var_os("TESTHOST_PERF").is_some() {
+            // Profiling (tests/hostcalls.rs `perf_loop`): optimised code as Kong
+            // runs it, and a perf map naming the JIT'd functions.
+            config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| e.to_string())?;
         let module = compile_cached(&engine, &bytes)?;
         let name = path
@@ -138,6 +148,9 @@ fn compile_cached(engine: &Engine, bytes: &[u8]) -> Result<Module, String> {
     bytes.hash(&mut h);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/testhost-cache");
     let file = dir.join(format!("{:016x}-{}.cwasm", h.finish(), bytes.len()));
+    if std::env::var_os("TESTHOST_PERF").is_some() {
+        return Module::new(engine, bytes).map_err(|e| e.to_string());
+    }
     if file.exists() {
         // SAFETY: the file is one this function wrote from `Module::serialize`
         // of the same engine configuration; wasmtime checks version and flags.
