@@ -79,6 +79,23 @@ impl Store for SharedData {
             .try_borrow_mut()
             .map_or_else(|_| Vec::new(), |mut d| d.drain())
     }
+
+    fn leases(&self) -> bool {
+        self.defers
+    }
+
+    fn synced_used(&mut self, key: &str, window_start: u64) -> Option<u64> {
+        self.deferred
+            .try_borrow()
+            .ok()
+            .and_then(|d| d.synced(key, window_start))
+    }
+
+    fn set_synced_used(&mut self, key: &str, window_start: u64, used: u64) {
+        if let Ok(mut d) = self.deferred.try_borrow_mut() {
+            d.set_synced(key, window_start, used);
+        }
+    }
 }
 
 proxy_wasm::main! {{

@@ -10,6 +10,9 @@
 //! remaining tokens. A request is charged its prompt plus a reservation for its
 //! completion; after the response the charge is trued up to real usage. So admitted
 //! tokens exceed a limit only by what a request used beyond its reservation.
+//! A worker may charge a small credit with a request (see [`admit`]) and admit the
+//! next requests of that key from it without touching the store: credit is charged
+//! before it is spent, so the bound is the same.
 //!
 //! Memory: one store entry (a short key, 16-byte value) per rule, window length
 //! and distinct key value, for the life of the process (shared data has no TTL and
@@ -18,7 +21,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{LimitCount, LimitKeyPart, LimitMode, LimitRule, Limits, Window};
+use crate::config::{LimitCount, LimitKeyPart, LimitMode, LimitRule, Limits, StreamCutoff, Window};
 
 pub mod clamp;
 pub mod cutoff;
@@ -30,6 +33,17 @@ pub mod global;
 /// between. With a handful of workers a few attempts suffice; the bound keeps a
 /// pathological store from spinning a worker.
 pub const MAX_CAS_ATTEMPTS: usize = 64;
+
+/// A worker that charges a counter also takes a credit of up to this many times
+/// the request's charge (see [`Store::leases`]), so the next requests of the same
+/// key on that worker are admitted from the credit, without a store read and
+/// write each.
+pub const LEASE_REQUESTS: u64 = 16;
+
+/// A credit is at most this fraction (1/N) of the room the counter has left after
+/// the charge: near the limit credits shrink to nothing, so workers holding credit
+/// cannot make another refuse early by more than a sliver of the budget.
+pub const LEASE_SHARE_OF_ROOM: u64 = 8;
 
 /// Longest consumer id used in a key; longer ids are cut (ids are host-set, so
 /// this only guards memory).
@@ -65,6 +79,19 @@ pub trait Store {
     fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
         Vec::new()
     }
+    /// Whether admission may take credits (leases): refunds are held
+    /// ([`Store::defer`]) and flushed on a timer. A credit is charged to the counter
+    /// up front and held like a refund, so it is returned by the same flush.
+    fn leases(&self) -> bool {
+        false
+    }
+    /// The counter's usage as this worker last wrote it in window `ws` (credits
+    /// included), kept with the held refund; `None` once flushed.
+    fn synced_used(&mut self, _key: &str, _ws: u64) -> Option<u64> {
+        None
+    }
+    /// Remember the counter's usage after this worker's write in window `ws`.
+    fn set_synced_used(&mut self, _key: &str, _ws: u64, _used: u64) {}
 }
 
 /// An in-memory [`Store`] with the same CAS semantics as Envoy's shared data
@@ -419,6 +446,8 @@ pub struct Charge {
     unit: Unit,
     count: LimitCount,
     charged: u64,
+    /// Credit taken with the charge (held by this worker, not used by the request).
+    leased: u64,
 }
 
 /// The outcome of admission.
@@ -545,21 +574,51 @@ fn add(
     ws: u64,
     delta: i128,
     limit: Option<u64>,
-    mut seen: Option<(Counter, u32)>,
+    seen: Option<(Counter, u32)>,
 ) -> Result<bool, StoreError> {
+    charge(store, key, ws, delta, limit, seen, 0).map(|c| c.is_some())
+}
+
+/// What a successful [`charge`] wrote.
+#[derive(Clone, Copy, Debug)]
+struct Charged {
+    /// Credit taken on top of the delta.
+    leased: u64,
+    /// The counter's usage after the write (credit included).
+    used: u64,
+}
+
+/// [`add`], also taking a credit of up to `lease_max` on top of a positive
+/// `delta` when there is room: at most [`LEASE_SHARE_OF_ROOM`]'s share of what the
+/// limit leaves after the delta. `Ok(None)`: refused by `limit`.
+fn charge(
+    store: &mut dyn Store,
+    key: &str,
+    ws: u64,
+    delta: i128,
+    limit: Option<u64>,
+    mut seen: Option<(Counter, u32)>,
+    lease_max: u64,
+) -> Result<Option<Charged>, StoreError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (c, cas) = match seen.take() {
             Some(s) => s,
             None => read(store, key, ws)?,
         };
         if c.window_start > ws {
-            return Ok(true); // the window moved on: nothing left to adjust
+            // The window moved on: nothing left to adjust.
+            return Ok(Some(Charged { leased: 0, used: 0 }));
         }
         let used = c.used_in(ws);
-        let new = (i128::from(used) + delta).clamp(0, i128::from(u64::MAX)) as u64;
+        let mut new = (i128::from(used) + delta).clamp(0, i128::from(u64::MAX)) as u64;
+        let mut leased = 0;
         if let Some(l) = limit {
             if delta > 0 && new > l {
-                return Ok(false);
+                return Ok(None);
+            }
+            if delta > 0 {
+                leased = lease_max.min((l - new) / LEASE_SHARE_OF_ROOM);
+                new += leased;
             }
         }
         let next = Counter {
@@ -567,7 +626,7 @@ fn add(
             used: new,
         };
         match store.set(key, &next.encode(), cas) {
-            Ok(()) => return Ok(true),
+            Ok(()) => return Ok(Some(Charged { leased, used: new })),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
@@ -699,13 +758,29 @@ fn restore_deferred(store: &mut dyn Store, plan: &[Planned]) {
 ///
 /// Hostcalls: per budget one `get` and one CAS `set` (more only on contention or
 /// when a counter is created). Refunds this worker deferred ([`Store::defer`]) are
-/// folded into the same `set`.
+/// folded into the same `set`. Where the store leases ([`Store::leases`]) and the
+/// route enforces without clamp or mid-stream cut, that `set` also takes a credit
+/// (up to [`LEASE_REQUESTS`] charges, at most 1/[`LEASE_SHARE_OF_ROOM`] of the room
+/// left), and the next requests of the same keys on this worker are admitted from
+/// it with no store call at all. Credits are charged before they are spent, so
+/// admitted usage still never passes a limit by more than one request's overrun;
+/// what a worker holds unspent is returned with its refunds on the timer.
 pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> Admission {
     let enforce = cfg.mode == LimitMode::Enforce;
     let mut store_errors = 0;
     let price = (cfg.rules.iter().any(|r| r.usd.is_some()))
         .then(|| cfg.price_for(s.model).map(|p| p.nano_per_token()))
         .flatten();
+    // Clamp and cut-off need the counters' live room: no credits for them.
+    let lease = enforce
+        && store.leases()
+        && !cfg.clamp_max_tokens
+        && cfg.stream_cutoff != StreamCutoff::Cut;
+    if lease {
+        if let Some(a) = admit_from_credit(cfg, store, now_ms, s, price) {
+            return a;
+        }
+    }
     // Phase 1: read every budget (no writes).
     let mut plan: Vec<Planned> = Vec::with_capacity(cfg.rules.len());
     for r in &cfg.rules {
@@ -788,11 +863,29 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
         let want = want_of(p).unwrap_or(0);
         let limit = enforce.then_some(p.limit);
         let delta = i128::from(want) + i128::from(p.deferred);
-        match add(store, &p.key, p.start, delta, limit, Some(seen)) {
-            Ok(true) => {
+        let lease_max = if lease {
+            want.saturating_mul(LEASE_REQUESTS)
+        } else {
+            0
+        };
+        match charge(store, &p.key, p.start, delta, limit, Some(seen), lease_max) {
+            Ok(Some(done)) => {
                 let used = p.used_after(seen, want);
                 p.deferred = 0;
                 p.after = Some((used, used > p.limit));
+                let mut leased = done.leased;
+                if leased > 0 {
+                    // The credit is held like a refund (returned by the flush);
+                    // should it not be held, it goes back at once.
+                    let credit = i64::try_from(leased).unwrap_or(i64::MAX);
+                    if !store.defer(&p.key, p.start, -credit) {
+                        let _ = add(store, &p.key, p.start, -i128::from(leased), None, None);
+                        leased = 0;
+                    }
+                }
+                if lease {
+                    store.set_synced_used(&p.key, p.start, done.used);
+                }
                 charges.push(Charge {
                     // Nothing deferred is left to restore under this key.
                     key: std::mem::take(&mut p.key),
@@ -800,9 +893,10 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
                     unit: p.unit,
                     count: p.rule.count,
                     charged: want,
+                    leased,
                 });
             }
-            Ok(false) => {
+            Ok(None) => {
                 // Another worker spent the room between our read and write.
                 let used =
                     read(store, &p.key, p.start).map_or(p.limit, |(c, _)| c.used_in(p.start));
@@ -815,11 +909,15 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
     restore_deferred(store, &plan);
     if let Some(st) = late_refusal {
         for c in &charges {
+            // Give back the charge and the credit taken with it.
+            if c.leased > 0 {
+                let _ = store.take_deferred(&c.key, c.window_start);
+            }
             let _ = add(
                 store,
                 &c.key,
                 c.window_start,
-                -i128::from(c.charged),
+                -i128::from(c.charged) - i128::from(c.leased),
                 None,
                 None,
             );
@@ -846,6 +944,98 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
         output_allowance: if enforce { output_allowance } else { None },
         price,
     }
+}
+
+/// Admit from this worker's credits alone when every budget of every rule holds
+/// enough for this request's charge: no store call. `None` (nothing changed): go
+/// to the store. The charge is taken from the credit; the usage shown in the
+/// headers is the counter as this worker last wrote it, less its unspent credit.
+fn admit_from_credit(
+    cfg: &Limits,
+    store: &mut dyn Store,
+    now_ms: u64,
+    s: &Subject,
+    price: Option<Price>,
+) -> Option<Admission> {
+    let mut plan: Vec<Planned> = Vec::with_capacity(cfg.rules.len());
+    let mut wants: Vec<u64> = Vec::with_capacity(cfg.rules.len());
+    let mut enough = true;
+    'rules: for r in &cfg.rules {
+        let (start, end) = window_bounds(r.window(), now_ms);
+        for (unit, limit) in budgets(r) {
+            let key = counter_key(r, unit, s);
+            let want = charge_of(unit, r.count, price, s.prompt_tokens, 0, s.reserve_tokens);
+            let held = store.take_deferred(&key, start);
+            let synced = store.synced_used(&key, start);
+            plan.push(Planned {
+                rule: r,
+                unit,
+                limit,
+                key,
+                start,
+                end,
+                seen: synced.map(|used| {
+                    (
+                        Counter {
+                            window_start: start,
+                            used,
+                        },
+                        0,
+                    )
+                }),
+                deferred: held,
+                before: None,
+                after: None,
+            });
+            let credit = u64::try_from(-i128::from(held)).unwrap_or(0);
+            match (want, synced) {
+                (Some(w), Some(_)) if credit >= w => wants.push(w),
+                _ => {
+                    enough = false;
+                    break 'rules;
+                }
+            }
+        }
+    }
+    if !enough || plan.is_empty() {
+        restore_deferred(store, &plan);
+        return None;
+    }
+    let output_allowance = plan
+        .iter()
+        .filter_map(|p| p.output_room(s.prompt_tokens, price))
+        .min();
+    let mut charges = Vec::with_capacity(plan.len());
+    for (p, &want) in plan.iter_mut().zip(&wants) {
+        let left = p
+            .deferred
+            .saturating_add(i64::try_from(want).unwrap_or(i64::MAX));
+        let used = p.used().map_or(0, |u| u.saturating_add(want));
+        p.after = Some((used, used > p.limit));
+        if left != 0 && !store.defer(&p.key, p.start, left) {
+            // Not held after all: the unspent credit goes back to the counter.
+            let _ = add(store, &p.key, p.start, i128::from(left), None, None);
+        }
+        charges.push(Charge {
+            key: std::mem::take(&mut p.key),
+            window_start: p.start,
+            unit: p.unit,
+            count: p.rule.count,
+            charged: want,
+            leased: 0,
+        });
+    }
+    Some(Admission {
+        allowed: true,
+        over_limit: false,
+        refused_by: None,
+        states: pick_states(&plan, |p| p.after, now_ms),
+        charges,
+        store_errors: 0,
+        clamped_to: None,
+        output_allowance,
+        price,
+    })
 }
 
 impl Planned<'_> {
@@ -889,8 +1079,12 @@ pub fn true_up_charges(
                 continue;
             }
         }
-        if delta != 0 {
-            let _ = add(store, &c.key, c.window_start, delta, None, None);
+        if delta != 0 && add(store, &c.key, c.window_start, delta, None, None) == Ok(true) {
+            // An overrun written now: the usage this worker last saw grows with it.
+            if let Some(u) = store.synced_used(&c.key, c.window_start) {
+                let grown = i128::from(u).saturating_add(delta).max(0);
+                store.set_synced_used(&c.key, c.window_start, grown as u64);
+            }
         }
     }
 }
@@ -910,17 +1104,35 @@ pub fn flush_deferred(store: &mut dyn Store) {
 /// writes or flushes.
 #[derive(Default, Debug)]
 pub struct Deferred {
-    map: std::collections::HashMap<String, (u64, i64)>,
+    /// Per key: window start, held delta (refunds and credit, negative) and the
+    /// counter's usage as this worker last wrote it (see [`Store::synced_used`]).
+    map: std::collections::HashMap<String, (u64, i64, Option<u64>)>,
 }
 
 impl Deferred {
-    /// Hold `delta` (a refund, negative) for `key` in window `ws`.
+    /// Hold `delta` (a refund or credit, negative) for `key` in window `ws`.
     pub fn defer(&mut self, key: &str, ws: u64, delta: i64) {
         match self.map.get_mut(key) {
             Some(e) if e.0 == ws => e.1 = e.1.saturating_add(delta),
-            Some(e) => *e = (ws, delta),
+            Some(e) => *e = (ws, delta, None),
             None => {
-                self.map.insert(key.to_string(), (ws, delta));
+                self.map.insert(key.to_string(), (ws, delta, None));
+            }
+        }
+    }
+
+    /// The counter's usage as last written by this worker in window `ws`.
+    pub fn synced(&self, key: &str, ws: u64) -> Option<u64> {
+        self.map.get(key).filter(|e| e.0 == ws).and_then(|e| e.2)
+    }
+
+    /// Remember the counter's usage after this worker's write in window `ws`.
+    pub fn set_synced(&mut self, key: &str, ws: u64, used: u64) {
+        match self.map.get_mut(key) {
+            Some(e) if e.0 == ws => e.2 = Some(used),
+            Some(e) => *e = (ws, 0, Some(used)),
+            None => {
+                self.map.insert(key.to_string(), (ws, 0, Some(used)));
             }
         }
     }
@@ -946,14 +1158,14 @@ impl Deferred {
     pub fn drain(&mut self) -> Vec<(String, u64, i64)> {
         self.map
             .drain()
-            .filter(|(_, (_, d))| *d != 0)
-            .map(|(k, (w, d))| (k, w, d))
+            .filter(|(_, (_, d, _))| *d != 0)
+            .map(|(k, (w, d, _))| (k, w, d))
             .collect()
     }
 
     /// Nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.map.values().all(|(_, d)| *d == 0)
+        self.map.values().all(|(_, d, _)| *d == 0)
     }
 }
 

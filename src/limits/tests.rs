@@ -521,3 +521,149 @@ fn deferred_refunds_ride_on_the_next_charge_and_are_exact() {
     let e = admit(&l, &mut st, T0 + 60_000, &subject(None, 10, 0));
     assert_eq!(e.state().unwrap().remaining, 990);
 }
+
+/// A worker's store that leases, as the adapter's shared-data store does when its
+/// timer runs: the counters are shared (one process), the held refunds and
+/// credits are the worker's own. Counts store calls.
+struct Leasing {
+    shared: std::rc::Rc<std::cell::RefCell<MemoryStore>>,
+    held: Deferred,
+    calls: usize,
+}
+
+impl Leasing {
+    fn new(shared: &std::rc::Rc<std::cell::RefCell<MemoryStore>>) -> Leasing {
+        Leasing {
+            shared: shared.clone(),
+            held: Deferred::default(),
+            calls: 0,
+        }
+    }
+}
+
+impl Store for Leasing {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.calls += 1;
+        self.shared.borrow_mut().get(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.calls += 1;
+        self.shared.borrow_mut().set(key, value, cas)
+    }
+    fn defer(&mut self, key: &str, ws: u64, delta: i64) -> bool {
+        self.held.defer(key, ws, delta);
+        true
+    }
+    fn take_deferred(&mut self, key: &str, ws: u64) -> i64 {
+        self.held.take(key, ws)
+    }
+    fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
+        self.held.drain()
+    }
+    fn leases(&self) -> bool {
+        true
+    }
+    fn synced_used(&mut self, key: &str, ws: u64) -> Option<u64> {
+        self.held.synced(key, ws)
+    }
+    fn set_synced_used(&mut self, key: &str, ws: u64, used: u64) {
+        self.held.set_synced(key, ws, used);
+    }
+}
+
+fn shared_store() -> std::rc::Rc<std::cell::RefCell<MemoryStore>> {
+    std::rc::Rc::new(std::cell::RefCell::new(store()))
+}
+
+fn used_in_store(shared: &std::rc::Rc<std::cell::RefCell<MemoryStore>>, key: &str) -> u64 {
+    let (v, _) = shared.borrow_mut().get(key).unwrap().unwrap();
+    Counter::decode(&v).unwrap().used
+}
+
+#[test]
+fn credits_admit_without_store_calls_and_the_figures_stay_exact() {
+    let l = limits(r#"{"rules":[{"name":"m","window":"1m","tokens":100000}]}"#);
+    let shared = shared_store();
+    let mut w = Leasing::new(&shared);
+    let key = counter_key("m", 60_000, &[], &subject(None, 0, 0));
+    // The first request reads and writes the counter, and takes a credit of
+    // LEASE_REQUESTS charges on top of its own.
+    let a = admit(&l, &mut w, T0, &subject(None, 10, 90));
+    assert!(a.allowed);
+    assert_eq!(a.state().unwrap().remaining, 100_000 - 100);
+    assert_eq!(used_in_store(&shared, &key), 100 + LEASE_REQUESTS * 100);
+    // The next ones come out of the credit: no store call, exact remaining.
+    let calls = w.calls;
+    let mut charged = 100;
+    for i in 1..=LEASE_REQUESTS {
+        let b = admit(&l, &mut w, T0 + i, &subject(None, 10, 90));
+        assert!(b.allowed && !b.over_limit);
+        charged += 100;
+        assert_eq!(b.state().unwrap().remaining, 100_000 - charged);
+        // A refund goes back into the credit (really used: 10 + 5).
+        true_up(&mut w, &b, 10, 0, 5);
+        charged -= 85;
+    }
+    assert_eq!(w.calls, calls, "no store call while the credit lasts");
+    // Once the refunds are spent too, the store again (one read, one write).
+    let mut n = 0;
+    while w.calls == calls {
+        let c = admit(&l, &mut w, T0 + 100 + n, &subject(None, 10, 90));
+        assert!(c.allowed);
+        charged += 100;
+        assert_eq!(c.state().unwrap().remaining, 100_000 - charged);
+        n += 1;
+        assert!(n < 100);
+    }
+    assert_eq!(w.calls, calls + 2);
+    // The timer's flush returns the unspent credit: the counter is exact.
+    flush_deferred(&mut w);
+    assert_eq!(used_in_store(&shared, &key), charged);
+    // A route that clamps (or cuts streams) needs the live room: no credit.
+    let clamp =
+        limits(r#"{"clamp_max_tokens":true,"rules":[{"name":"m","window":"1m","tokens":100000}]}"#);
+    let before = used_in_store(&shared, &key);
+    assert!(admit(&clamp, &mut w, T0 + 500, &subject(None, 10, 90)).allowed);
+    assert_eq!(used_in_store(&shared, &key), before + 100);
+}
+
+#[test]
+fn credits_shrink_near_the_limit_so_workers_never_overshoot_nor_refuse_early() {
+    let limit = 10_000;
+    let l = limits(&format!(
+        r#"{{"rules":[{{"name":"m","window":"1h","tokens":{limit}}}]}}"#
+    ));
+    let shared = shared_store();
+    let mut workers = [
+        Leasing::new(&shared),
+        Leasing::new(&shared),
+        Leasing::new(&shared),
+    ];
+    let key = counter_key("m", 3_600_000, &[], &subject(None, 0, 0));
+    let want = 100;
+    let mut admitted = 0;
+    let mut refused_in_a_row = 0;
+    for i in 0..10_000u64 {
+        let w = &mut workers[(i % 3) as usize];
+        if admit(&l, w, T0 + i, &subject(None, 40, 60)).allowed {
+            admitted += want;
+            refused_in_a_row = 0;
+        } else {
+            refused_in_a_row += 1;
+        }
+        assert!(admitted <= limit, "admitted {admitted} past the limit");
+        // The counter never holds more than the limit, credits included.
+        assert!(used_in_store(&shared, &key) <= limit);
+        if refused_in_a_row == 3 {
+            break;
+        }
+    }
+    assert_eq!(refused_in_a_row, 3);
+    // Every worker refused while the others could still hold credit; what they
+    // hold is at most a sliver of the budget, far less than one request each.
+    assert!(admitted > limit - 3 * want, "refused early: {admitted}");
+    for w in workers.iter_mut() {
+        flush_deferred(w);
+    }
+    assert_eq!(used_in_store(&shared, &key), admitted);
+}

@@ -101,9 +101,10 @@ fn limits_hostcalls_per_request() {
     let o = steady(&config("tollgate-limits.json"));
     show("limits", &o);
     assert!(o.header("x-ratelimit-remaining-tokens").is_some());
-    // One clock read; the counter is read once and written once (CAS); the
-    // refund of the unused reservation is held for the tick, the `allowed`
-    // decision counted there too; three x-ratelimit-* headers.
+    // Right after a tick (credits returned): one clock read; the counter is read
+    // once and written once (CAS, taking a credit); the refund of the unused
+    // reservation is held for the tick, the `allowed` decision counted there too;
+    // three x-ratelimit-* headers.
     assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 1);
     assert_eq!(count(&o, ":proxy_get_shared_data"), 1);
     assert_eq!(count(&o, ":proxy_set_shared_data"), 1);
@@ -112,6 +113,27 @@ fn limits_hostcalls_per_request() {
     let extra = o.hostcalls.len() as i64 - metering.hostcalls.len() as i64;
     eprintln!("limits adds {extra} hostcalls over metering");
     assert_eq!(extra, 6, "limits adds {extra} hostcalls");
+}
+
+#[test]
+fn limits_from_credit_make_no_shared_data_calls() {
+    let mut gw = Gateway::tollgate(Mode::Envoy, &config("tollgate-limits.json"), 1);
+    // A tick first, so the refunds and credits are held (the timer runs).
+    gw.vms[0].advance_ms(1000);
+    gw.vms[0].tick().unwrap();
+    // The first request creates the counter and charges it.
+    let first = gw.send(0, "r", &Request::post_json(CHAT, &body(0)), &answer());
+    assert!(count(&first, ":proxy_set_shared_data") >= 1);
+    // The next requests of the same consumer on this worker are admitted from
+    // the credit the first one took: the clock, no shared data, the headers.
+    for turn in 1..4 {
+        let o = gw.send(0, "r", &Request::post_json(CHAT, &body(turn)), &answer());
+        assert_eq!(o.status, 200, "{:?}", o.violations);
+        assert!(o.header("x-ratelimit-remaining-tokens").is_some());
+        assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 1);
+        assert_eq!(count(&o, ":proxy_get_shared_data"), 0);
+        assert_eq!(count(&o, ":proxy_set_shared_data"), 0);
+    }
 }
 
 /// Steady exchanges in a loop, for `perf` (see the module docs); prints the
