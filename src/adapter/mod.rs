@@ -741,27 +741,37 @@ fn gather_chunk(
 
 /// Apply the provider stage's request rewrite while headers are still held:
 /// `:path`, `:authority`, auth and cluster headers (and `content-length` for a new
-/// body), in one read and one write of the header map, then ask Envoy to pick the
-/// route again (see docs/providers.md).
+/// body), then ask Envoy to pick the route again (see docs/providers.md). Envoy
+/// gets one call per header (cheaper there than reading the whole map and writing
+/// it back, which removes and re-adds every header); other hosts one read and one
+/// write of the map, whose pseudo-header handling is the documented one.
 fn rewrite_upstream(
     host: HostKind,
     req: &crate::providers::UpstreamRequest,
     body_len: Option<usize>,
 ) {
     let map = MapType::HttpRequestHeaders;
-    let raw = ffi::header_map(map).unwrap_or_default();
-    let mut ours: Vec<(&str, String)> = Vec::with_capacity(req.set_headers.len() + 3);
-    ours.push((":path", req.path.clone()));
+    let body_len = body_len.map(|n| n.to_string());
+    let mut ours: Vec<(&str, &str)> = Vec::with_capacity(req.set_headers.len() + 3);
+    ours.push((":path", req.path.as_str()));
     if let Some(a) = &req.authority {
-        ours.push((":authority", a.clone()));
+        ours.push((":authority", a.as_str()));
     }
-    if let Some(n) = body_len {
-        ours.push(("content-length", n.to_string()));
+    if let Some(n) = &body_len {
+        ours.push(("content-length", n.as_str()));
     }
-    ours.extend(req.set_headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    ours.extend(req.set_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let drop: Vec<&str> = req.remove_headers.iter().map(String::as_str).collect();
-    let merged = merge_header_map(&parse_header_map(&raw), &ours, &drop);
-    if let Err(s) = ffi::set_header_map(map, &merged) {
+    let written = if host == HostKind::Envoy {
+        ours.iter()
+            .try_for_each(|(k, v)| ffi::set_header(map, k, v))
+            .and_then(|()| drop.iter().try_for_each(|k| ffi::remove_header(map, k)))
+    } else {
+        let raw = ffi::header_map(map).unwrap_or_default();
+        let owned: Vec<(&str, String)> = ours.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        ffi::set_header_map(map, &merge_header_map(&parse_header_map(&raw), &owned, &drop))
+    };
+    if let Err(s) = written {
         warn!("tollgate: cannot rewrite request headers for the provider: {s:?}");
     }
     // Envoy 1.40 re-selects the route by itself after a filter edited request

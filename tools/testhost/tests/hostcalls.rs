@@ -136,6 +136,36 @@ fn limits_from_credit_make_no_shared_data_calls() {
     }
 }
 
+#[test]
+fn translate_hostcalls_per_request() {
+    let mut gw = Gateway::tollgate(Mode::Envoy, &config("tollgate-translate.json"), 1);
+    let anthropic = Response::json(
+        200,
+        &json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+            "content": [{"type": "text", "text": "About 8 to 10 inches above it."}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 180, "output_tokens": 12}
+        })
+        .to_string(),
+    );
+    let mut o = gw.send(0, "r", &Request::post_json(CHAT, &body(0)), &anthropic);
+    for turn in 1..3 {
+        gw.vms[0].advance_ms(1000);
+        gw.vms[0].tick().unwrap();
+        o = gw.send(0, "r", &Request::post_json(CHAT, &body(turn)), &anthropic);
+    }
+    show("translate", &o);
+    assert_eq!(o.status, 200, "{:?}", o.violations);
+    let up = o.upstream_request.as_ref().expect("forwarded");
+    assert!(up.0.iter().any(|(k, v)| k == ":path" && v == "/v1/messages"));
+    assert!(up.0.iter().any(|(k, _)| k == "x-api-key"));
+    // Envoy: the request rewrite is one call per header, not a read and a write
+    // of the whole map (which removes and re-adds every header).
+    assert_eq!(count(&o, ":proxy_set_header_map_pairs"), 0);
+    assert_eq!(count(&o, ":proxy_get_header_map_pairs"), 2);
+}
+
 /// Steady exchanges in a loop, for `perf` (see the module docs); prints the
 /// time per exchange in the test host (its own cost included).
 #[test]
