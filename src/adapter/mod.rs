@@ -633,9 +633,17 @@ impl Http {
         }
         self.global_settle(report);
         let host = self.host;
+        let (reports, usage_headers) = self
+            .exchange
+            .as_ref()
+            .map_or((true, true), |ex| (ex.reports_usage(), ex.usage_headers()));
         if add_headers {
             // Headers were held: add ours before they go.
-            let mut ours = report.headers();
+            let mut ours = if usage_headers {
+                report.headers()
+            } else {
+                Vec::new()
+            };
             if let Some(ex) = self.exchange.as_ref() {
                 ours.extend(ex.rate_limit_headers());
             }
@@ -648,7 +656,7 @@ impl Http {
                 debug!("cannot set x-llm headers: {s:?}");
             }
         }
-        if host.has_filter_state() {
+        if host.has_filter_state() && reports {
             let keys = self
                 .exchange
                 .as_ref()
@@ -659,15 +667,17 @@ impl Http {
                 }
             }
         }
-        self.metrics.borrow_mut().exchange(report);
-        // The level the root's tick last saw; asked here only before the first
-        // tick (or on a host without a timer).
-        let debug = match self.debug_log.get() {
-            Some(on) => on,
-            None => host.has_log_level() && ffi::debug_enabled(),
-        };
-        if debug {
-            debug!("{}", report.log_line());
+        if reports {
+            self.metrics.borrow_mut().exchange(report);
+            // The level the root's tick last saw; asked here only before the
+            // first tick (or on a host without a timer).
+            let debug = match self.debug_log.get() {
+                Some(on) => on,
+                None => host.has_log_level() && ffi::debug_enabled(),
+            };
+            if debug {
+                debug!("{}", report.log_line());
+            }
         }
         self.emit_pii();
     }
@@ -760,7 +770,11 @@ fn rewrite_upstream(
     if let Some(n) = &body_len {
         ours.push(("content-length", n.as_str()));
     }
-    ours.extend(req.set_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    ours.extend(
+        req.set_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let drop: Vec<&str> = req.remove_headers.iter().map(String::as_str).collect();
     let written = if host == HostKind::Envoy {
         ours.iter()
@@ -769,7 +783,10 @@ fn rewrite_upstream(
     } else {
         let raw = ffi::header_map(map).unwrap_or_default();
         let owned: Vec<(&str, String)> = ours.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        ffi::set_header_map(map, &merge_header_map(&parse_header_map(&raw), &owned, &drop))
+        ffi::set_header_map(
+            map,
+            &merge_header_map(&parse_header_map(&raw), &owned, &drop),
+        )
     };
     if let Err(s) = written {
         warn!("tollgate: cannot rewrite request headers for the provider: {s:?}");
@@ -1097,7 +1114,7 @@ impl HttpContext for Http {
                     // 502 when a 2xx answer was not the provider's documented shape.
                     ours.push((":status", ex.response_status().to_string()));
                 }
-                if let Some(r) = report.as_ref() {
+                if let Some(r) = report.as_ref().filter(|_| ex.usage_headers()) {
                     ours.extend(r.headers());
                 }
                 ours.extend(ex.rate_limit_headers());

@@ -212,6 +212,19 @@ impl Exchange {
         &self.settings
     }
 
+    /// Whether this route reports usage (metering on): the `x-llm-*` headers, the
+    /// `llm.*` filter state, the token metrics and the debug line. A route that
+    /// only redacts or rewrites still counts (limits need the count) but says
+    /// nothing of it.
+    pub fn reports_usage(&self) -> bool {
+        self.settings.metering.enabled
+    }
+
+    /// Whether a held answer gets the `x-llm-*` headers.
+    pub fn usage_headers(&self) -> bool {
+        self.settings.metering.enabled && self.settings.metering.response_headers
+    }
+
     /// The route's settings, shared (for callers that also need `&mut self`).
     pub fn settings_rc(&self) -> Rc<RouteSettings> {
         self.settings.clone()
@@ -1069,7 +1082,7 @@ impl Exchange {
             // PII restore/scan: an answer declared small is held and rewritten
             // whole; a bigger one, or one of unknown length, is rewritten chunk by
             // chunk as it passes (never held, so never over the host's buffer limit).
-            if (self.settings.metering.response_headers || pii_reads) && small {
+            if (self.usage_headers() || pii_reads) && small {
                 ResponseMode::Buffer
             } else {
                 if pii_reads {

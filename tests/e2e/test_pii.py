@@ -13,6 +13,7 @@ import json
 import random
 import re
 import string
+import time
 
 import openai
 import pytest
@@ -474,3 +475,26 @@ def test_a_compressed_answer_on_a_pii_route_fails_closed(env, client, stream):
     (entry,) = env.new_entries(mark, 1)
     assert str(entry["status"]) == "502"
     assert int(entry["prompt_tokens"]) > 0, entry  # metered all the same
+
+
+def test_pii_route_with_metering_off_redacts_and_restores_but_reports_no_usage(envoy_with):
+    """`metering.enabled: false` on a redacting route: the PII work is unchanged,
+    but no x-llm-* header, no llm.* token filter state, no token metric."""
+    env = envoy_with({"defaults": {"metering": {"enabled": False},
+                                   "pii": {"enabled": True, "detectors": {"email": "restore"}}}},
+                     name="pii-unmetered")
+    client = openai.OpenAI(base_url=env.base_url + "/v1", api_key="test", max_retries=0)
+    mark = env.mark()
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": f"Mail {EMAIL} today."}],
+        extra_headers=ECHO)
+    assert user_text(env.mock.last_body()) == "Mail <EMAIL_1> today."
+    assert raw.parse().choices[0].message.content == f"Mail {EMAIL} today."
+    assert not [h for h in raw.headers if h.lower().startswith("x-llm-")], dict(raw.headers)
+    (entry,) = env.new_entries(mark, 1)
+    assert entry["prompt_tokens"] in ("-", None, ""), entry
+    assert "email:1/0" in entry["pii"], entry
+    time.sleep(1.5)  # token counters are written on the 1 s tick
+    stats = env.stats()
+    assert stats.get("tollgate_gen_ai_client_token_usage") == 0
+    assert stats.get("tollgate_pii_detections", pii_category="email", direction="request") == 1

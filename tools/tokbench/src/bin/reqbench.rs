@@ -7,6 +7,9 @@
 //!
 //! Prints the median time per call, split into the JSON parse alone and the whole
 //! stage, so the cost of a hostile shape (20k tiny messages) is visible.
+//!
+//! For a profiler: `REQBENCH_ONLY=pii` (or `metering`, `translate`) runs just that
+//! route's whole exchange, 100 times longer.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -65,11 +68,16 @@ fn main() {
         );
     }
     long.push_str(r#""}]}"#);
+    let only = std::env::var("REQBENCH_ONLY").ok();
+    let sections = if only.is_some() { 0 } else { 3 };
     for (name, body, runs) in [
         ("20k tiny messages", tiny.as_bytes(), 15),
         ("32 KB one text", long.as_bytes(), 501),
         ("1 KB chat", one_k.as_bytes(), 2001),
-    ] {
+    ]
+    .into_iter()
+    .take(sections)
+    {
         let parse = time(runs, || {
             let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
             std::hint::black_box(v);
@@ -122,11 +130,15 @@ fn main() {
             r#"{"defaults":{"provider":{"kind":"anthropic","api_key":{"inline":"k"}}}}"#,
         ),
     ] {
+        if only.as_deref().is_some_and(|o| o != route) {
+            continue;
+        }
+        let runs = if only.is_some() { 500_001 } else { 5001 };
         let settings = Config::parse(cfg.as_bytes())
             .unwrap_or_else(|e| panic!("config: {e}"))
             .route(Some("bench"));
         let body = one_k.as_bytes();
-        let us = time(5001, || {
+        let us = time(runs, || {
             let mut ex = Exchange::new(settings.clone(), Rc::from("bench"));
             ex.on_request_headers(
                 "POST",
