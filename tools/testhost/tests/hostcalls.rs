@@ -158,7 +158,10 @@ fn translate_hostcalls_per_request() {
     show("translate", &o);
     assert_eq!(o.status, 200, "{:?}", o.violations);
     let up = o.upstream_request.as_ref().expect("forwarded");
-    assert!(up.0.iter().any(|(k, v)| k == ":path" && v == "/v1/messages"));
+    assert!(up
+        .0
+        .iter()
+        .any(|(k, v)| k == ":path" && v == "/v1/messages"));
     assert!(up.0.iter().any(|(k, _)| k == "x-api-key"));
     // Envoy: the request rewrite is one call per header, not a read and a write
     // of the whole map (which removes and re-adds every header).
