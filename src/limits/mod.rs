@@ -655,7 +655,43 @@ struct Planned<'r> {
     after: Option<(u64, bool)>,
 }
 
-impl Planned<'_> {
+impl<'r> Planned<'r> {
+    /// A budget as read: its counter (`seen`) and this worker's held delta.
+    fn new(
+        rule: &'r LimitRule,
+        unit: Unit,
+        limit: u64,
+        key: String,
+        (start, end): (u64, u64),
+        seen: Option<(Counter, u32)>,
+        deferred: i64,
+    ) -> Planned<'r> {
+        Planned {
+            rule,
+            unit,
+            limit,
+            key,
+            start,
+            end,
+            seen,
+            deferred,
+            before: None,
+            after: None,
+        }
+    }
+
+    /// The charge to remember for the true-up; the key moves into it.
+    fn take_charge(&mut self, charged: u64, leased: u64) -> Charge {
+        Charge {
+            key: std::mem::take(&mut self.key),
+            window_start: self.start,
+            unit: self.unit,
+            count: self.rule.count,
+            charged,
+            leased,
+        }
+    }
+
     /// Usage before this request, deferred refunds included.
     fn used(&self) -> Option<u64> {
         let (c, _) = self.seen.as_ref()?;
@@ -794,18 +830,15 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
                     (None, 0)
                 }
             };
-            plan.push(Planned {
-                rule: r,
+            plan.push(Planned::new(
+                r,
                 unit,
                 limit,
                 key,
-                start,
-                end,
+                (start, end),
                 seen,
                 deferred,
-                before: None,
-                after: None,
-            });
+            ));
         }
     }
     let prompt = s.prompt_tokens;
@@ -886,15 +919,8 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
                 if lease {
                     store.set_synced_used(&p.key, p.start, done.used);
                 }
-                charges.push(Charge {
-                    // Nothing deferred is left to restore under this key.
-                    key: std::mem::take(&mut p.key),
-                    window_start: p.start,
-                    unit: p.unit,
-                    count: p.rule.count,
-                    charged: want,
-                    leased,
-                });
+                // Nothing deferred is left to restore under this key.
+                charges.push(p.take_charge(want, leased));
             }
             Ok(None) => {
                 // Another worker spent the room between our read and write.
@@ -967,26 +993,16 @@ fn admit_from_credit(
             let want = charge_of(unit, r.count, price, s.prompt_tokens, 0, s.reserve_tokens);
             let held = store.take_deferred(&key, start);
             let synced = store.synced_used(&key, start);
-            plan.push(Planned {
-                rule: r,
-                unit,
-                limit,
-                key,
-                start,
-                end,
-                seen: synced.map(|used| {
-                    (
-                        Counter {
-                            window_start: start,
-                            used,
-                        },
-                        0,
-                    )
-                }),
-                deferred: held,
-                before: None,
-                after: None,
+            let seen = synced.map(|used| {
+                (
+                    Counter {
+                        window_start: start,
+                        used,
+                    },
+                    0,
+                )
             });
+            plan.push(Planned::new(r, unit, limit, key, (start, end), seen, held));
             let credit = u64::try_from(-i128::from(held)).unwrap_or(0);
             match (want, synced) {
                 (Some(w), Some(_)) if credit >= w => wants.push(w),
@@ -1016,14 +1032,7 @@ fn admit_from_credit(
             // Not held after all: the unspent credit goes back to the counter.
             let _ = add(store, &p.key, p.start, i128::from(left), None, None);
         }
-        charges.push(Charge {
-            key: std::mem::take(&mut p.key),
-            window_start: p.start,
-            unit: p.unit,
-            count: p.rule.count,
-            charged: want,
-            leased: 0,
-        });
+        charges.push(p.take_charge(want, 0));
     }
     Some(Admission {
         allowed: true,

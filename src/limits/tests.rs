@@ -456,98 +456,37 @@ fn usd_clamp_converts_room_to_output_tokens() {
     assert_eq!(a.state().unwrap().remaining, 0);
 }
 
-/// A store that defers refunds, as the adapter's shared-data store does.
-#[derive(Default)]
-struct Deferring {
-    inner: MemoryStore,
+/// One worker's store, as the adapter's shared-data store is when its timer runs:
+/// the counters are shared (one process), the held refunds and credits are the
+/// worker's own; credits only with `leases`. Counts store calls and writes.
+struct Worker {
+    shared: std::rc::Rc<std::cell::RefCell<MemoryStore>>,
     held: Deferred,
+    leases: bool,
+    calls: usize,
     sets: usize,
 }
 
-impl Store for Deferring {
-    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        self.inner.get(key)
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        self.sets += 1;
-        self.inner.set(key, value, cas)
-    }
-    fn defer(&mut self, key: &str, ws: u64, delta: i64) -> bool {
-        self.held.defer(key, ws, delta);
-        true
-    }
-    fn take_deferred(&mut self, key: &str, ws: u64) -> i64 {
-        self.held.take(key, ws)
-    }
-    fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
-        self.held.drain()
-    }
-}
-
-#[test]
-fn deferred_refunds_ride_on_the_next_charge_and_are_exact() {
-    let l = limits(r#"{"rules":[{"name":"m","window":"1m","tokens":1000}]}"#);
-    let mut st = Deferring::default();
-    init_store(&mut st);
-    let a = admit(&l, &mut st, T0, &subject(None, 10, 500));
-    let sets = st.sets;
-    true_up(&mut st, &a, 10, 0, 20);
-    assert_eq!(st.sets, sets, "the refund costs no hostcall now");
-    assert!(!st.held.is_empty());
-    // The next admission sees the refund: 1000 - 30 - (10 + 100).
-    let b = admit(&l, &mut st, T0 + 1, &subject(None, 10, 100));
-    assert_eq!(b.state().unwrap().remaining, 1000 - 30 - 110);
-    assert_eq!(st.sets, sets + 1, "one write for charge and refund");
-    assert!(st.held.is_empty());
-    let key = counter_key("m", 60_000, &[], &subject(None, 0, 0));
-    let (v, _) = st.inner.get(&key).unwrap().unwrap();
-    assert_eq!(Counter::decode(&v).unwrap().used, 140);
-    // A refused request puts the refund back; a flush writes it.
-    true_up(&mut st, &b, 10, 0, 0);
-    assert!(!admit(&l, &mut st, T0 + 2, &subject(None, 10, 5000)).allowed);
-    flush_deferred(&mut st);
-    let (v, _) = st.inner.get(&key).unwrap().unwrap();
-    assert_eq!(Counter::decode(&v).unwrap().used, 40);
-    assert!(st.held.is_empty());
-    // Overruns are never deferred.
-    let c = admit(&l, &mut st, T0 + 3, &subject(None, 10, 0));
-    true_up(&mut st, &c, 10, 0, 300);
-    assert!(st.held.is_empty());
-    let (v, _) = st.inner.get(&key).unwrap().unwrap();
-    assert_eq!(Counter::decode(&v).unwrap().used, 350);
-    // A refund for a window that has ended is dropped.
-    let d = admit(&l, &mut st, T0 + 4, &subject(None, 10, 100));
-    true_up(&mut st, &d, 10, 0, 0);
-    let e = admit(&l, &mut st, T0 + 60_000, &subject(None, 10, 0));
-    assert_eq!(e.state().unwrap().remaining, 990);
-}
-
-/// A worker's store that leases, as the adapter's shared-data store does when its
-/// timer runs: the counters are shared (one process), the held refunds and
-/// credits are the worker's own. Counts store calls.
-struct Leasing {
-    shared: std::rc::Rc<std::cell::RefCell<MemoryStore>>,
-    held: Deferred,
-    calls: usize,
-}
-
-impl Leasing {
-    fn new(shared: &std::rc::Rc<std::cell::RefCell<MemoryStore>>) -> Leasing {
-        Leasing {
+impl Worker {
+    fn new(shared: &std::rc::Rc<std::cell::RefCell<MemoryStore>>, leases: bool) -> Worker {
+        Worker {
             shared: shared.clone(),
             held: Deferred::default(),
+            leases,
             calls: 0,
+            sets: 0,
         }
     }
 }
 
-impl Store for Leasing {
+impl Store for Worker {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         self.calls += 1;
         self.shared.borrow_mut().get(key)
     }
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         self.calls += 1;
+        self.sets += 1;
         self.shared.borrow_mut().set(key, value, cas)
     }
     fn defer(&mut self, key: &str, ws: u64, delta: i64) -> bool {
@@ -561,7 +500,7 @@ impl Store for Leasing {
         self.held.drain()
     }
     fn leases(&self) -> bool {
-        true
+        self.leases
     }
     fn synced_used(&mut self, key: &str, ws: u64) -> Option<u64> {
         self.held.synced(key, ws)
@@ -581,10 +520,45 @@ fn used_in_store(shared: &std::rc::Rc<std::cell::RefCell<MemoryStore>>, key: &st
 }
 
 #[test]
+fn deferred_refunds_ride_on_the_next_charge_and_are_exact() {
+    let l = limits(r#"{"rules":[{"name":"m","window":"1m","tokens":1000}]}"#);
+    let shared = shared_store();
+    let mut st = Worker::new(&shared, false);
+    let a = admit(&l, &mut st, T0, &subject(None, 10, 500));
+    let sets = st.sets;
+    true_up(&mut st, &a, 10, 0, 20);
+    assert_eq!(st.sets, sets, "the refund costs no hostcall now");
+    assert!(!st.held.is_empty());
+    // The next admission sees the refund: 1000 - 30 - (10 + 100).
+    let b = admit(&l, &mut st, T0 + 1, &subject(None, 10, 100));
+    assert_eq!(b.state().unwrap().remaining, 1000 - 30 - 110);
+    assert_eq!(st.sets, sets + 1, "one write for charge and refund");
+    assert!(st.held.is_empty());
+    let key = counter_key("m", 60_000, &[], &subject(None, 0, 0));
+    assert_eq!(used_in_store(&shared, &key), 140);
+    // A refused request puts the refund back; a flush writes it.
+    true_up(&mut st, &b, 10, 0, 0);
+    assert!(!admit(&l, &mut st, T0 + 2, &subject(None, 10, 5000)).allowed);
+    flush_deferred(&mut st);
+    assert_eq!(used_in_store(&shared, &key), 40);
+    assert!(st.held.is_empty());
+    // Overruns are never deferred.
+    let c = admit(&l, &mut st, T0 + 3, &subject(None, 10, 0));
+    true_up(&mut st, &c, 10, 0, 300);
+    assert!(st.held.is_empty());
+    assert_eq!(used_in_store(&shared, &key), 350);
+    // A refund for a window that has ended is dropped.
+    let d = admit(&l, &mut st, T0 + 4, &subject(None, 10, 100));
+    true_up(&mut st, &d, 10, 0, 0);
+    let e = admit(&l, &mut st, T0 + 60_000, &subject(None, 10, 0));
+    assert_eq!(e.state().unwrap().remaining, 990);
+}
+
+#[test]
 fn credits_admit_without_store_calls_and_the_figures_stay_exact() {
     let l = limits(r#"{"rules":[{"name":"m","window":"1m","tokens":100000}]}"#);
     let shared = shared_store();
-    let mut w = Leasing::new(&shared);
+    let mut w = Worker::new(&shared, true);
     let key = counter_key("m", 60_000, &[], &subject(None, 0, 0));
     // The first request reads and writes the counter, and takes a credit of
     // LEASE_REQUESTS charges on top of its own.
@@ -635,9 +609,9 @@ fn credits_shrink_near_the_limit_so_workers_never_overshoot_nor_refuse_early() {
     ));
     let shared = shared_store();
     let mut workers = [
-        Leasing::new(&shared),
-        Leasing::new(&shared),
-        Leasing::new(&shared),
+        Worker::new(&shared, true),
+        Worker::new(&shared, true),
+        Worker::new(&shared, true),
     ];
     let key = counter_key("m", 3_600_000, &[], &subject(None, 0, 0));
     let want = 100;
