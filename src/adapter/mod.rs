@@ -782,10 +782,9 @@ fn rewrite_upstream(
             .and_then(|()| drop.iter().try_for_each(|k| ffi::remove_header(map, k)))
     } else {
         let raw = ffi::header_map(map).unwrap_or_default();
-        let owned: Vec<(&str, String)> = ours.iter().map(|(k, v)| (*k, v.to_string())).collect();
         ffi::set_header_map(
             map,
-            &merge_header_map(&parse_header_map(&raw), &owned, &drop),
+            &merge_header_map(&parse_header_map(&raw), &ours, &drop),
         )
     };
     if let Err(s) = written {

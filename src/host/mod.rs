@@ -206,13 +206,9 @@ pub fn serialize_header_map_bytes(map: &[(&[u8], &[u8])]) -> Vec<u8> {
 }
 
 /// A host header map (as [`parse_header_map`] reads it) with `ours` set on it and
-/// the `drop` headers removed, serialised for one `set_header_map` call: replacing
-/// the whole map costs one hostcall where setting headers one by one costs one each.
-pub fn merge_header_map(
-    base: &[(&[u8], &[u8])],
-    ours: &[(&str, String)],
-    drop: &[&str],
-) -> Vec<u8> {
+/// the `drop` headers removed, serialised for one `set_header_map` call: on hosts
+/// whose per-header calls do not handle pseudo-headers, one write of the whole map.
+pub fn merge_header_map(base: &[(&[u8], &[u8])], ours: &[(&str, &str)], drop: &[&str]) -> Vec<u8> {
     // Ours take the place of the first header of the same name (so `:status` stays
     // first, where hosts expect pseudo-headers), later ones are dropped, and the
     // rest of ours go at the end.
@@ -274,10 +270,7 @@ mod map_tests {
             ("X-LLM-Model", "old"),
             ("content-length", "9"),
         ]);
-        let ours = [
-            ("x-llm-model", "gpt-4o".to_string()),
-            ("x-llm-total-tokens", "3".to_string()),
-        ];
+        let ours = [("x-llm-model", "gpt-4o"), ("x-llm-total-tokens", "3")];
         let merged = merge_header_map(&parse_header_map(&base), &ours, &["content-length"]);
         assert_eq!(
             merged,
@@ -298,9 +291,9 @@ mod map_tests {
             ("Set-Cookie", "b"),
         ]);
         let ours = [
-            ("content-type", "application/json".to_string()),
-            (":status", "502".to_string()),
-            ("set-cookie", "c".to_string()),
+            ("content-type", "application/json"),
+            (":status", "502"),
+            ("set-cookie", "c"),
         ];
         let merged = merge_header_map(&parse_header_map(&base), &ours, &[]);
         assert_eq!(
