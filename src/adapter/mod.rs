@@ -206,94 +206,102 @@ impl Metrics {
     /// The token and request counters of one exchange.
     fn exchange(&mut self, report: &Report) {
         let u = &report.usage;
-        let series = self.series_for(&report.route, &report.provider, report.model());
-        let est = usize::from(report.estimated);
-        let requests = match series.and_then(|s| s.requests.get(est).copied().flatten()) {
-            Some(id) => Some(id),
-            None => {
-                let id = self.id(labels::requests(
-                    &report.route,
-                    &report.provider,
-                    report.estimated,
-                ));
-                if let Some(slot) = self
-                    .series
-                    .get_mut(&*report.route)
-                    .and_then(|p| p.get_mut(&report.provider))
-                    .and_then(|m| m.get_mut(report.model()))
-                    .and_then(|s| s.requests.get_mut(est))
-                {
-                    *slot = id;
+        let (route, provider) = (&*report.route, report.provider.as_str());
+        let (input, output, requests) =
+            match self.series_for(route, provider, report.model(), report.estimated) {
+                Some(s) => (
+                    s.input,
+                    s.output,
+                    s.requests
+                        .get(usize::from(report.estimated))
+                        .copied()
+                        .flatten(),
+                ),
+                None => {
+                    // Past the cache bound: names built per request, as before caching.
+                    let model = self.models.label(report.model());
+                    (
+                        self.id(labels::token_usage(
+                            TokenType::Input,
+                            &model,
+                            route,
+                            provider,
+                        )),
+                        self.id(labels::token_usage(
+                            TokenType::Output,
+                            &model,
+                            route,
+                            provider,
+                        )),
+                        self.id(labels::requests(route, provider, report.estimated)),
+                    )
                 }
-                id
-            }
-        };
-        match series {
-            Some(s) => {
-                if let Some(id) = s.input {
-                    self.count(id, u.prompt_tokens);
-                }
-                if let Some(id) = s.output {
-                    self.count(id, u.completion_tokens);
-                }
-            }
-            None => {
-                // Past the cache bound: names built per request, as before caching.
-                let model = self.models.label(report.model());
-                let input =
-                    labels::token_usage(TokenType::Input, &model, &report.route, &report.provider);
-                let output =
-                    labels::token_usage(TokenType::Output, &model, &report.route, &report.provider);
-                if let Some(id) = self.id(input) {
-                    self.count(id, u.prompt_tokens);
-                }
-                if let Some(id) = self.id(output) {
-                    self.count(id, u.completion_tokens);
-                }
-            }
+            };
+        if let Some(id) = input {
+            self.count(id, u.prompt_tokens);
+        }
+        if let Some(id) = output {
+            self.count(id, u.completion_tokens);
         }
         if let Some(id) = requests {
             self.count(id, 1);
         }
     }
 
-    /// The cached series of (route, provider, model), created on first use
-    /// (`None` past [`MAX_SERIES`]).
-    fn series_for(&mut self, route: &str, provider: &str, model: &str) -> Option<Series> {
-        if let Some(s) = self
+    /// The cached series of (route, provider, model), created on first use, with
+    /// the `requests` counter of `estimated` defined on its first use (`None` past
+    /// [`MAX_SERIES`]).
+    fn series_for(
+        &mut self,
+        route: &str,
+        provider: &str,
+        model: &str,
+        estimated: bool,
+    ) -> Option<Series> {
+        let est = usize::from(estimated);
+        let cached = self
             .series
             .get(route)
             .and_then(|p| p.get(provider))
             .and_then(|m| m.get(model))
-        {
-            return Some(*s);
+            .copied();
+        if let Some(s) = cached.filter(|s| s.requests.get(est).copied().flatten().is_some()) {
+            return Some(s);
         }
-        if self.series_len >= MAX_SERIES {
-            return None;
-        }
-        let label = self.models.label(model);
-        let s = Series {
-            input: self.id(labels::token_usage(
-                TokenType::Input,
-                &label,
-                route,
-                provider,
-            )),
-            output: self.id(labels::token_usage(
-                TokenType::Output,
-                &label,
-                route,
-                provider,
-            )),
-            requests: [None; 2],
+        let mut s = match cached {
+            Some(s) => s,
+            None if self.series_len >= MAX_SERIES => return None,
+            None => {
+                let label = self.models.label(model);
+                Series {
+                    input: self.id(labels::token_usage(
+                        TokenType::Input,
+                        &label,
+                        route,
+                        provider,
+                    )),
+                    output: self.id(labels::token_usage(
+                        TokenType::Output,
+                        &label,
+                        route,
+                        provider,
+                    )),
+                    requests: [None; 2],
+                }
+            }
         };
-        self.series
+        if let Some(slot) = s.requests.get_mut(est) {
+            *slot = self.id(labels::requests(route, provider, estimated));
+        }
+        let models = self
+            .series
             .entry(route.to_string())
             .or_default()
             .entry(provider.to_string())
-            .or_default()
-            .insert(model.to_string(), s);
-        self.series_len += 1;
+            .or_default();
+        if models.insert(model.to_string(), s).is_none() {
+            self.series_len += 1;
+        }
         Some(s)
     }
 
