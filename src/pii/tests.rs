@@ -113,6 +113,16 @@ fn one_automaton_each_side() {
     assert!(ex.engine.scans_responses());
 }
 
+/// A chat exchange whose request had `prompt` redacted, so the answer's
+/// placeholders (`<EMAIL_1>`, ...) are its to restore.
+fn redacted(e: &Rc<Engine>, prompt: &str) -> PiiExchange {
+    let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+    let RequestOutcome::Replace(_) = ex.on_request(&chat(prompt)) else {
+        panic!("nothing redacted in {prompt:?}")
+    };
+    ex
+}
+
 fn chat(content: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "model": "gpt-4o",
@@ -548,12 +558,7 @@ fn placeholders_split_across_chunks_are_restored() {
     let text = "Dear <EMAIL_1>, your card <CREDIT_CARD_1> is fine.";
     let e = engine(all("restore"));
     for cut in 0..=text.len() {
-        let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
-        let RequestOutcome::Replace(_) =
-            ex.on_request(&chat("jane@example.com 4111 1111 1111 1111"))
-        else {
-            panic!()
-        };
+        let mut ex = redacted(&e, "jane@example.com 4111 1111 1111 1111");
         let (a, b) = text.split_at(cut);
         let out = run_stream(&mut ex, &[&chat_stream(&[a, b])]);
         assert_eq!(
@@ -917,12 +922,7 @@ fn reasoning_text_is_restored_and_scanned_like_content() {
     let e = engine(all("restore"));
     let text = "The user <EMAIL_1> asked; card <CREDIT_CARD_1>. Also bob@evil.example";
     for cut in 0..=text.len() {
-        let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
-        let RequestOutcome::Replace(_) =
-            ex.on_request(&chat("jane@example.com 4111 1111 1111 1111"))
-        else {
-            panic!()
-        };
+        let mut ex = redacted(&e, "jane@example.com 4111 1111 1111 1111");
         let (a, b) = text.split_at(cut);
         let out = run_stream(&mut ex, &[&reasoning_stream(&[a, b], "Done, <EMAIL_1>.")]);
         let mut reasoning = String::new();
@@ -946,10 +946,7 @@ fn reasoning_text_is_restored_and_scanned_like_content() {
         assert_eq!(chat_text(&out), "Done, ops@corp.example.", "cut {cut}");
     }
     // Non-streaming: the message's reasoning_content too.
-    let mut ex = PiiExchange::new(e, Api::ChatCompletions);
-    let RequestOutcome::Replace(_) = ex.on_request(&chat("jane@example.com")) else {
-        panic!()
-    };
+    let mut ex = redacted(&e, "jane@example.com");
     let answer = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"ok","reasoning_content":"Mail <EMAIL_2> or eve@evil.example"}}]}"#;
     let v: serde_json::Value =
         serde_json::from_slice(&ex.on_response_json(answer).unwrap()).unwrap();
