@@ -204,7 +204,17 @@ pub(crate) fn dispatch(mut c: Caller<'_, State>, module: &str, name: &str, a: &[
     }
     let phase = c.data().phase;
     if !matches!(phase, Phase::Root | Phase::Tick) {
-        c.data_mut().hostcalls.push(format!("{phase:?}:{name}"));
+        let record = match c.get_fuel() {
+            // Fuel counting: the wasm operators run since the last hostcall (or
+            // the callback's start), e.g. `RequestBody:[+5120]:proxy_get_buffer_bytes`.
+            Ok(left) if crate::fuel_counting() => {
+                let ran = c.data().fuel_mark.saturating_sub(left);
+                c.data_mut().fuel_mark = left;
+                format!("{phase:?}:[+{ran}]:{name}")
+            }
+            _ => format!("{phase:?}:{name}"),
+        };
+        c.data_mut().hostcalls.push(record);
     }
     match name {
         "proxy_log" => {

@@ -99,6 +99,11 @@ impl Plugin {
             config.cranelift_opt_level(wasmtime::OptLevel::Speed);
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
+        if fuel_counting() {
+            // `tests/hostcalls.rs` `fuel_per_exchange`: count the wasm operators
+            // tollgate runs per exchange, a noise-free measure of its own code.
+            config.consume_fuel(true);
+        }
         let engine = Engine::new(&config).map_err(|e| e.to_string())?;
         let module = compile_cached(&engine, &bytes)?;
         let name = path
@@ -138,6 +143,11 @@ impl Plugin {
     }
 }
 
+/// `TESTHOST_FUEL` is set: VMs count the wasm operators they run ([`Vm::fuel_used`]).
+pub fn fuel_counting() -> bool {
+    std::env::var_os("TESTHOST_FUEL").is_some()
+}
+
 /// Compile, reusing machine code cached under `target/testhost-cache` for the
 /// same wasm bytes (compiling the 10 MB module is seconds of CPU on every test
 /// binary otherwise). The cache is keyed by the bytes and this crate's wasmtime
@@ -148,7 +158,7 @@ fn compile_cached(engine: &Engine, bytes: &[u8]) -> Result<Module, String> {
     bytes.hash(&mut h);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/testhost-cache");
     let file = dir.join(format!("{:016x}-{}.cwasm", h.finish(), bytes.len()));
-    if std::env::var_os("TESTHOST_PERF").is_some() {
+    if std::env::var_os("TESTHOST_PERF").is_some() || fuel_counting() {
         return Module::new(engine, bytes).map_err(|e| e.to_string());
     }
     if file.exists() {
@@ -537,6 +547,9 @@ pub(crate) struct State {
     pub config: Vec<u8>,
     pub memory: Option<Memory>,
     pub phase: Phase,
+    /// Fuel left at the last hostcall or callback entry (fuel counting only):
+    /// each hostcall record then says what tollgate ran since the previous one.
+    pub fuel_mark: u64,
     pub stream: Stream,
     pub logs: Vec<(i32, String)>,
     pub violations: Vec<String>,
@@ -576,6 +589,15 @@ pub struct Vm {
 const ROOT: i32 = 1;
 
 impl Vm {
+    /// Wasm operators run by this VM so far (`None` unless [`fuel_counting`]):
+    /// the difference across an exchange prices tollgate's own code for it.
+    pub fn fuel_used(&self) -> Option<u64> {
+        fuel_counting()
+            .then(|| self.store.get_fuel().ok())
+            .flatten()
+            .map(|left| u64::MAX - left)
+    }
+
     /// Instantiate `plugin`, start it and configure it with `config` (JSON text).
     pub fn new(plugin: &Plugin, mode: Mode, shared: Arc<Shared>, config: &str) -> Vm {
         let state = State {
@@ -604,8 +626,12 @@ impl Vm {
             queue_ids: HashMap::new(),
             client_body_buffer: 1 << 20,
             kong_partial_body: false,
+            fuel_mark: 0,
         };
         let mut store = Store::new(&plugin.engine, state);
+        if fuel_counting() {
+            let _ = store.set_fuel(u64::MAX);
+        }
         let mut linker: Linker<State> = Linker::new(&plugin.engine);
         for import in plugin.module.imports() {
             let Some(ty) = import.ty().func().cloned() else {
@@ -785,30 +811,65 @@ impl Vm {
             .map_err(|e| format!("{name}: {e}"))
     }
 
+    /// Fuel counting: remember where a callback starts, so the first hostcall's
+    /// record counts from there.
+    fn mark_fuel(&mut self) {
+        if let Ok(left) = self.store.get_fuel() {
+            self.store.data_mut().fuel_mark = left;
+        }
+    }
+
+    /// Fuel counting: record what ran after the callback's last hostcall.
+    fn fuel_return(&mut self, name: &str) {
+        let Ok(left) = self.store.get_fuel() else {
+            return;
+        };
+        let st = self.store.data_mut();
+        if fuel_counting() && !matches!(st.phase, Phase::Root | Phase::Tick) {
+            let ran = st.fuel_mark.saturating_sub(left);
+            st.hostcalls
+                .push(format!("{:?}:[+{ran}]:(return from {name})", st.phase));
+        }
+    }
+
     fn call1(&mut self, name: &str, a: i32) -> Result<(), String> {
+        self.mark_fuel();
         let f = self.func::<i32, ()>(name)?;
-        f.call(&mut self.store, a)
-            .map_err(|e| format!("{name} trapped: {e:?}"))
+        let r = f
+            .call(&mut self.store, a)
+            .map_err(|e| format!("{name} trapped: {e:?}"));
+        self.fuel_return(name);
+        r
     }
 
     fn call2(&mut self, name: &str, a: i32, b: i32) {
+        self.mark_fuel();
         if let Ok(f) = self.func::<(i32, i32), ()>(name) {
             if let Err(e) = f.call(&mut self.store, (a, b)) {
                 panic!("{name} trapped: {e:?}");
             }
+            self.fuel_return(name);
         }
     }
 
     fn call_ret2(&mut self, name: &str, a: i32, b: i32) -> Result<i32, String> {
+        self.mark_fuel();
         let f = self.func::<(i32, i32), i32>(name)?;
-        f.call(&mut self.store, (a, b))
-            .map_err(|e| format!("{name} trapped: {e:?}"))
+        let r = f
+            .call(&mut self.store, (a, b))
+            .map_err(|e| format!("{name} trapped: {e:?}"));
+        self.fuel_return(name);
+        r
     }
 
     fn call_ret3(&mut self, name: &str, a: i32, b: i32, c: i32) -> Result<i32, String> {
+        self.mark_fuel();
         let f = self.func::<(i32, i32, i32), i32>(name)?;
-        f.call(&mut self.store, (a, b, c))
-            .map_err(|e| format!("{name} trapped: {e:?}"))
+        let r = f
+            .call(&mut self.store, (a, b, c))
+            .map_err(|e| format!("{name} trapped: {e:?}"));
+        self.fuel_return(name);
+        r
     }
 
     fn violation(&mut self, what: String) {

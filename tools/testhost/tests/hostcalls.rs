@@ -13,6 +13,10 @@
 //! wasm keeps its name section: build one with `CARGO_PROFILE_RELEASE_STRIP=none`
 //! into another target dir and point `TOLLGATE_WASM` at it). `PERF_CONFIG` picks
 //! a file of benches/configs/.
+//!
+//! `fuel_per_exchange` (ignored) counts the wasm operators tollgate runs per
+//! steady exchange for each bench config, with no noise:
+//! `TESTHOST_FUEL=1 cargo test -p testhost --test hostcalls fuel_per_exchange -- --ignored --nocapture`.
 
 use serde_json::json;
 use testhost::{Gateway, Mode, Outcome, Request, Response};
@@ -139,16 +143,7 @@ fn limits_from_credit_make_no_shared_data_calls() {
 #[test]
 fn translate_hostcalls_per_request() {
     let mut gw = Gateway::tollgate(Mode::Envoy, &config("tollgate-translate.json"), 1);
-    let anthropic = Response::json(
-        200,
-        &json!({
-            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
-            "content": [{"type": "text", "text": "About 8 to 10 inches above it."}],
-            "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": 180, "output_tokens": 12}
-        })
-        .to_string(),
-    );
+    let anthropic = anthropic_answer();
     let mut o = gw.send(0, "r", &Request::post_json(CHAT, &body(0)), &anthropic);
     for turn in 1..3 {
         gw.vms[0].advance_ms(1000);
@@ -167,6 +162,64 @@ fn translate_hostcalls_per_request() {
     // of the whole map (which removes and re-adds every header).
     assert_eq!(count(&o, ":proxy_set_header_map_pairs"), 0);
     assert_eq!(count(&o, ":proxy_get_header_map_pairs"), 2);
+}
+
+/// The Anthropic answer the translate config's upstream gives.
+fn anthropic_answer() -> Response {
+    Response::json(
+        200,
+        &json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+            "content": [{"type": "text", "text": "About 8 to 10 inches above it."}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 180, "output_tokens": 12}
+        })
+        .to_string(),
+    )
+}
+
+/// Wasm operators per steady exchange for each bench config (see the module
+/// docs): tollgate's own code, without the host's side of the hostcalls. The
+/// median of 40 exchanges, with the timer ticking every 10 as in Envoy.
+#[test]
+#[ignore]
+fn fuel_per_exchange() {
+    assert!(testhost::fuel_counting(), "set TESTHOST_FUEL=1");
+    for name in [
+        "tollgate-metering.json",
+        "tollgate-limits.json",
+        "tollgate-pii.json",
+        "tollgate-translate.json",
+    ] {
+        let answer = if name.contains("translate") {
+            anthropic_answer()
+        } else {
+            answer()
+        };
+        let mut gw = Gateway::tollgate(Mode::Envoy, &config(name), 1);
+        let mut used = Vec::new();
+        let mut last = None;
+        for i in 0..45u32 {
+            if i % 10 == 0 {
+                gw.vms[0].advance_ms(1000);
+                gw.vms[0].tick().unwrap();
+            }
+            let before = gw.vms[0].fuel_used().unwrap_or(0);
+            let o = gw.send(0, "r", &Request::post_json(CHAT, &body(i)), &answer);
+            assert_eq!(o.status, 200, "{name}: {:?}", o.violations);
+            if i >= 5 {
+                used.push(gw.vms[0].fuel_used().unwrap_or(0) - before);
+            }
+            last = Some(o);
+        }
+        if let Some(o) = last.filter(|_| std::env::var_os("FUEL_TRACE").is_some()) {
+            // Each record: what tollgate ran since the previous one.
+            show(name, &o);
+        }
+        used.sort_unstable();
+        let (lo, mid, hi) = (used[0], used[used.len() / 2], used[used.len() - 1]);
+        eprintln!("{name}: {mid} wasm operators per exchange (min {lo}, max {hi})");
+    }
 }
 
 /// Steady exchanges in a loop, for `perf` (see the module docs); prints the
