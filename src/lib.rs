@@ -12,7 +12,9 @@
 
 pub mod config;
 pub mod crypto;
+pub mod decimal;
 pub mod dialect;
+pub mod hash;
 pub mod host;
 pub mod limits;
 pub mod metering;

@@ -9,7 +9,6 @@ mod ffi;
 mod global;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use log::{debug, error, info, warn};
@@ -17,6 +16,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::Config;
+use crate::hash::FastMap as HashMap;
 use crate::host::{
     find_header, merge_header_map, parse_header_map, property_text, HostKind, KONG_PROBE,
     ROUTE_NAME_PROPERTIES,
@@ -60,10 +60,7 @@ impl Store for SharedData {
             return false;
         }
         match self.deferred.try_borrow_mut() {
-            Ok(mut d) => {
-                d.defer(key, window_start, delta);
-                true
-            }
+            Ok(mut d) => d.defer(key, window_start, delta),
             Err(_) => false,
         }
     }
@@ -114,6 +111,9 @@ struct Metrics {
     /// per-request lookup builds no metric name (route and rule names come from
     /// the config, so this stays small).
     rate_limit_ids: HashMap<String, HashMap<String, HashMap<&'static str, u32>>>,
+    /// The last (route, rule, decision) counted and its id: steady traffic
+    /// repeats it, and comparing two short names is cheaper than three lookups.
+    last_rate_limit: Option<(String, String, &'static str, u32)>,
     /// An exchange's counters by route, provider and requested model, so a
     /// request builds no metric name (see [`Series`]).
     series: HashMap<String, HashMap<String, HashMap<String, Series>>>,
@@ -144,12 +144,15 @@ struct Series {
 impl Metrics {
     /// Count one rate-limit decision.
     fn rate_limit(&mut self, route: &str, rule: &str, decision: &'static str) {
-        let cached = self
-            .rate_limit_ids
-            .get(route)
-            .and_then(|r| r.get(rule))
-            .and_then(|d| d.get(decision))
-            .copied();
+        let cached = match &self.last_rate_limit {
+            Some((ro, ru, d, id)) if *d == decision && ro == route && ru == rule => Some(*id),
+            _ => self
+                .rate_limit_ids
+                .get(route)
+                .and_then(|r| r.get(rule))
+                .and_then(|d| d.get(decision))
+                .copied(),
+        };
         let id = match cached {
             Some(id) => id,
             None => {
@@ -164,6 +167,9 @@ impl Metrics {
                 id
             }
         };
+        if !matches!(&self.last_rate_limit, Some((_, _, _, last)) if *last == id) {
+            self.last_rate_limit = Some((route.to_string(), rule.to_string(), decision, id));
+        }
         // Refusals and the rarer decisions are counted at once (operators watch
         // them); `allowed` is batched like the token counters.
         if decision == "allowed" {
@@ -376,10 +382,11 @@ impl Default for Root {
         Root {
             config: Rc::new(Config::default()),
             metrics: Rc::new(RefCell::new(Metrics {
-                ids: HashMap::new(),
+                ids: HashMap::default(),
                 models: ModelLabels::new(32),
-                rate_limit_ids: HashMap::new(),
-                series: HashMap::new(),
+                rate_limit_ids: HashMap::default(),
+                last_rate_limit: None,
+                series: HashMap::default(),
                 series_len: 0,
                 pending: None,
             })),
@@ -442,7 +449,7 @@ impl RootContext for Root {
                     self.store.defers = any_limits;
                     let mut m = self.metrics.borrow_mut();
                     if m.pending.is_none() {
-                        m.pending = Some(HashMap::new());
+                        m.pending = Some(HashMap::default());
                     }
                 }
                 if let Ok(mut q) = self.true_ups.try_borrow_mut() {
@@ -593,7 +600,7 @@ impl Http {
         };
         let reply = ex.admit(&mut self.store, now_ms);
         if let Some(a) = ex.admission() {
-            let rule = a.state().map_or("none", |s| s.rule.as_str());
+            let rule = a.state().map_or("none", |s| &*s.rule);
             let decision = match (a.allowed, a.over_limit, a.clamped_to) {
                 (false, _, _) => "refused",
                 (true, true, _) => "would_refuse",
@@ -628,7 +635,7 @@ impl Http {
                 let rule = ex
                     .admission()
                     .and_then(|a| a.state())
-                    .map_or("none", |s| s.rule.as_str());
+                    .map_or("none", |s| &*s.rule);
                 info!(
                     "{{\"event\":\"tollgate.rate_limit\",\"decision\":\"stream_cut\",\"rule\":{},\"output_tokens_at_cut\":{n},\"provider_output_tokens\":{}}}",
                     serde_json::Value::from(rule),
@@ -653,7 +660,7 @@ impl Http {
                 Vec::new()
             };
             if let Some(ex) = self.exchange.as_ref() {
-                ours.extend(ex.rate_limit_headers());
+                ex.push_rate_limit_headers(&mut ours);
             }
             let stale: &[&str] = if self.response_body_replaced {
                 &["content-length"]

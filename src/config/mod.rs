@@ -18,6 +18,8 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::limits::Unit;
+
 /// A config problem, with the dotted path of the offending field so an operator can
 /// fix it without guessing (`routes.chat.metering.tokenize_byte_budget: ...`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -350,13 +352,61 @@ pub struct LimitRule {
     /// Which tokens count against `tokens` and `usd`.
     #[serde(default)]
     pub count: LimitCount,
+    /// Filled once at configure ([`LimitRule::prepare`]), so the request path
+    /// neither parses the window nor copies or formats the rule's name.
+    #[serde(skip)]
+    pub prepared: PreparedRule,
+}
+
+/// What the request path needs of a [`LimitRule`], computed at configure.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PreparedRule {
+    /// The parsed `window`.
+    window: Option<Window>,
+    /// The name, shared by every rate state that reports this rule.
+    name: Option<Rc<str>>,
+    /// Per unit (tokens, requests, USD), the rule's part of its counter keys.
+    key_prefixes: [String; 3],
 }
 
 impl LimitRule {
+    /// Compute [`PreparedRule`] (after validation: the window parses).
+    pub fn prepare(&mut self) {
+        let window = self.window();
+        let name: Rc<str> = Rc::from(self.name.as_str());
+        let prefixes = Unit::ALL.map(|u| crate::limits::key_prefix(&self.name, u, window));
+        self.prepared = PreparedRule {
+            window: Some(window),
+            name: Some(name),
+            key_prefixes: prefixes,
+        };
+    }
+
     /// The window (validated at configure, so an invalid one never reaches the
     /// request path).
     pub fn window(&self) -> Window {
-        parse_window(&self.window).unwrap_or(Window::Fixed(60_000))
+        self.prepared
+            .window
+            .or_else(|| parse_window(&self.window))
+            .unwrap_or(Window::Fixed(60_000))
+    }
+
+    /// The name as rate states carry it (shared once prepared).
+    pub fn shared_name(&self) -> Rc<str> {
+        match &self.prepared.name {
+            Some(n) => n.clone(),
+            None => Rc::from(self.name.as_str()),
+        }
+    }
+
+    /// The rule's part of a counter key of `unit` (built here if not prepared).
+    pub fn key_prefix(&self, unit: Unit) -> std::borrow::Cow<'_, str> {
+        match self.prepared.key_prefixes.get(unit.index()) {
+            Some(p) if !p.is_empty() => std::borrow::Cow::Borrowed(p.as_str()),
+            _ => {
+                std::borrow::Cow::Owned(crate::limits::key_prefix(&self.name, unit, self.window()))
+            }
+        }
     }
 
     /// The `usd` budget in micro-dollars.
@@ -851,6 +901,9 @@ fn settings_from_value(
         s.upstreams_by_model.push(Rc::new(pc));
     }
     s.validate(path)?;
+    for r in &mut s.limits.rules {
+        r.prepare();
+    }
     s.pii
         .compile(pii_engines)
         .map_err(|(field, msg)| ConfigError::at(format!("{path}.pii.{field}"), msg))?;

@@ -19,7 +19,9 @@
 //! no delete). The window start lives in the value, not the key, so entries do not
 //! multiply over time; they grow only with distinct consumers/models/routes.
 
-use std::fmt::Write as _;
+use std::rc::Rc;
+
+use crate::decimal::{push_u64, u64_string};
 
 use crate::config::{LimitCount, LimitKeyPart, LimitMode, LimitRule, Limits, StreamCutoff, Window};
 
@@ -205,6 +207,18 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// Every unit, in [`Unit::index`] order.
+    pub const ALL: [Unit; 3] = [Unit::Tokens, Unit::Requests, Unit::MicroUsd];
+
+    /// Position in [`Unit::ALL`], for per-unit tables.
+    pub fn index(self) -> usize {
+        match self {
+            Unit::Tokens => 0,
+            Unit::Requests => 1,
+            Unit::MicroUsd => 2,
+        }
+    }
+
     fn tag(self) -> char {
         match self {
             Unit::Tokens => 't',
@@ -278,32 +292,40 @@ fn push_part(out: &mut String, tag: char, v: &str) {
     // Length-prefixed, so no value can forge another key's parts.
     out.push('/');
     out.push(tag);
-    let _ = write!(out, "{}", v.len());
+    push_u64(out, v.len() as u64);
     out.push(':');
     out.push_str(v);
 }
 
 fn window_label(out: &mut String, w: Window) {
     match w {
-        Window::Fixed(ms) => {
-            let _ = write!(out, "{ms}");
-        }
+        Window::Fixed(ms) => push_u64(out, ms),
         Window::Weeks(ms) => {
-            let _ = write!(out, "w{ms}");
+            out.push('w');
+            push_u64(out, ms);
         }
         Window::Month => out.push_str("month"),
     }
 }
 
+/// The part of a counter key that depends only on the rule (its name, the unit and
+/// the window): built once at configure ([`LimitRule::prepare`]).
+pub fn key_prefix(name: &str, unit: Unit, window: Window) -> String {
+    let mut k = String::with_capacity(32 + name.len());
+    k.push_str("tollgate/limits/v2/");
+    k.push_str(name);
+    k.push('/');
+    k.push(unit.tag());
+    window_label(&mut k, window);
+    k
+}
+
 /// The store key of one rule's counter of `unit` for this subject. Requests
 /// without a consumer share the `anonymous` consumer's budget.
 pub fn counter_key(rule: &LimitRule, unit: Unit, s: &Subject) -> String {
-    let mut k = String::with_capacity(64 + rule.name.len());
-    k.push_str("tollgate/limits/v2/");
-    k.push_str(&rule.name);
-    k.push('/');
-    k.push(unit.tag());
-    window_label(&mut k, rule.window());
+    let prefix = rule.key_prefix(unit);
+    let mut k = String::with_capacity(prefix.len() + 48);
+    k.push_str(&prefix);
     for p in &rule.key {
         match p {
             LimitKeyPart::Consumer => match s.consumer {
@@ -370,8 +392,8 @@ pub fn window_bounds(w: Window, now_ms: u64) -> (u64, u64) {
 /// The state of one budget, for headers and messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateState {
-    /// Rule name.
-    pub rule: String,
+    /// Rule name (shared with the config: no copy per request).
+    pub rule: Rc<str>,
     /// What the budget counts.
     pub unit: Unit,
     /// Budget per window (tokens, requests or micro-dollars).
@@ -405,7 +427,7 @@ impl RateState {
         };
         let amount = |v: u64| match self.unit {
             Unit::MicroUsd => format!("{}.{:06}", v / 1_000_000, v % 1_000_000),
-            _ => v.to_string(),
+            _ => u64_string(v),
         };
         out.push((names[0], amount(self.limit)));
         out.push((names[1], amount(self.remaining)));
@@ -424,18 +446,25 @@ impl RateState {
 
 /// A duration the way OpenAI writes `x-ratelimit-reset-*` (`250ms`, `12s`, `6m0s`, `1h2m3s`).
 pub fn format_duration(ms: u64) -> String {
+    let mut out = String::with_capacity(16);
     if ms < 1000 {
-        return format!("{ms}ms");
+        push_u64(&mut out, ms);
+        out.push_str("ms");
+        return out;
     }
     let s = ms.div_ceil(1000);
     let (h, m, s) = (s / 3600, (s % 3600) / 60, s % 60);
     if h > 0 {
-        format!("{h}h{m}m{s}s")
-    } else if m > 0 {
-        format!("{m}m{s}s")
-    } else {
-        format!("{s}s")
+        push_u64(&mut out, h);
+        out.push('h');
     }
+    if h > 0 || m > 0 {
+        push_u64(&mut out, m);
+        out.push('m');
+    }
+    push_u64(&mut out, s);
+    out.push('s');
+    out
 }
 
 /// One counter charged at admission, remembered for the true-up.
@@ -501,13 +530,18 @@ impl Admission {
     /// The `x-ratelimit-*` headers, one set per unit with budgets.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::with_capacity(self.states.len() * 3 + 1);
+        self.push_headers(&mut out);
+        out
+    }
+
+    /// [`Admission::headers`], appended to a list of the caller's.
+    pub fn push_headers(&self, out: &mut Vec<(&'static str, String)>) {
         for s in &self.states {
-            s.push_headers(&mut out);
+            s.push_headers(out);
         }
         if let Some(n) = self.clamped_to {
-            out.push(("x-tollgate-max-tokens-clamped", n.to_string()));
+            out.push(("x-tollgate-max-tokens-clamped", u64_string(n)));
         }
-        out
     }
 }
 
@@ -653,6 +687,8 @@ struct Planned<'r> {
     /// Usage after this request's charge and whether it is over the limit
     /// (`None`: not charged).
     after: Option<(u64, bool)>,
+    /// The charge to take from this worker's credit (credit path only).
+    want: u64,
 }
 
 impl<'r> Planned<'r> {
@@ -677,6 +713,7 @@ impl<'r> Planned<'r> {
             deferred,
             before: None,
             after: None,
+            want: 0,
         }
     }
 
@@ -703,7 +740,7 @@ impl<'r> Planned<'r> {
 
     fn state(&self, used: u64, now_ms: u64) -> RateState {
         RateState {
-            rule: self.rule.name.clone(),
+            rule: self.rule.shared_name(),
             unit: self.unit,
             limit: self.limit,
             remaining: self.limit.saturating_sub(used),
@@ -984,7 +1021,6 @@ fn admit_from_credit(
     price: Option<Price>,
 ) -> Option<Admission> {
     let mut plan: Vec<Planned> = Vec::with_capacity(cfg.rules.len());
-    let mut wants: Vec<u64> = Vec::with_capacity(cfg.rules.len());
     let mut enough = true;
     'rules: for r in &cfg.rules {
         let (start, end) = window_bounds(r.window(), now_ms);
@@ -1002,11 +1038,15 @@ fn admit_from_credit(
                     0,
                 )
             });
-            plan.push(Planned::new(r, unit, limit, key, (start, end), seen, held));
+            let mut p = Planned::new(r, unit, limit, key, (start, end), seen, held);
             let credit = u64::try_from(-i128::from(held)).unwrap_or(0);
             match (want, synced) {
-                (Some(w), Some(_)) if credit >= w => wants.push(w),
+                (Some(w), Some(_)) if credit >= w => {
+                    p.want = w;
+                    plan.push(p);
+                }
                 _ => {
+                    plan.push(p);
                     enough = false;
                     break 'rules;
                 }
@@ -1022,7 +1062,8 @@ fn admit_from_credit(
         .filter_map(|p| p.output_room(s.prompt_tokens, price))
         .min();
     let mut charges = Vec::with_capacity(plan.len());
-    for (p, &want) in plan.iter_mut().zip(&wants) {
+    for p in plan.iter_mut() {
+        let want = p.want;
         let left = p
             .deferred
             .saturating_add(i64::try_from(want).unwrap_or(i64::MAX));
@@ -1111,38 +1152,118 @@ pub fn flush_deferred(store: &mut dyn Store) {
 /// costs. Held refunds only make a counter read higher than it is (never lower),
 /// so the overshoot bound is unaffected; another worker sees them once this one
 /// writes or flushes.
+///
+/// Looked up about four times per limited request, so it is keyed by a seeded
+/// 64-bit hash of the counter key (std's SipHash and byte-wise key compares cost
+/// thousands of wasm operators per lookup). The entry keeps its key and is used
+/// only when the key matches: on a hash collision the second key is simply not
+/// held (its refunds are written at once), never mixed with the first.
 #[derive(Default, Debug)]
 pub struct Deferred {
-    /// Per key: window start, held delta (refunds and credit, negative) and the
-    /// counter's usage as this worker last wrote it (see [`Store::synced_used`]).
-    map: std::collections::HashMap<String, (u64, i64, Option<u64>)>,
+    hashes: crate::hash::FastState,
+    map: crate::hash::FastMap<u64, Held>,
+}
+
+/// One counter's entry in [`Deferred`].
+#[derive(Debug)]
+struct Held {
+    key: String,
+    /// Window start, held delta (refunds and credit, negative) and the counter's
+    /// usage as this worker last wrote it (see [`Store::synced_used`]).
+    window_start: u64,
+    delta: i64,
+    synced: Option<u64>,
+}
+
+/// Equal bytes, compared eight at a time (a slice `==` is a byte loop in wasm).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    let word = |c: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        u64::from_le_bytes(w)
+    };
+    for (p, q) in (&mut x).zip(&mut y) {
+        if word(p) != word(q) {
+            return false;
+        }
+    }
+    x.remainder() == y.remainder()
 }
 
 impl Deferred {
+    fn hash(&self, key: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hashes, key)
+    }
+
+    /// The entry of `key`, if it holds that key.
+    fn entry_ref(&self, key: &str) -> Option<&Held> {
+        let h = self.hash(key);
+        self.map
+            .get(&h)
+            .filter(|e| same_bytes(e.key.as_bytes(), key.as_bytes()))
+    }
+
+    /// The entry of `key`, if it holds that key, to change.
+    fn entry(&mut self, key: &str) -> Option<&mut Held> {
+        let h = self.hash(key);
+        self.map
+            .get_mut(&h)
+            .filter(|e| same_bytes(e.key.as_bytes(), key.as_bytes()))
+    }
+
+    /// The entry of `key`, made if absent; `None` when another key has its hash.
+    fn entry_or_new(&mut self, key: &str, window_start: u64) -> Option<&mut Held> {
+        let h = self.hash(key);
+        let e = self.map.entry(h).or_insert_with(|| Held {
+            key: key.to_string(),
+            window_start,
+            delta: 0,
+            synced: None,
+        });
+        same_bytes(e.key.as_bytes(), key.as_bytes()).then_some(e)
+    }
+
     /// Hold `delta` (a refund or credit, negative) for `key` in window `ws`.
-    pub fn defer(&mut self, key: &str, ws: u64, delta: i64) {
-        match self.map.get_mut(key) {
-            Some(e) if e.0 == ws => e.1 = e.1.saturating_add(delta),
-            Some(e) => *e = (ws, delta, None),
-            None => {
-                self.map.insert(key.to_string(), (ws, delta, None));
-            }
+    /// `false`: not held (another key's entry has its hash); write it now.
+    pub fn defer(&mut self, key: &str, ws: u64, delta: i64) -> bool {
+        let Some(e) = self.entry_or_new(key, ws) else {
+            return false;
+        };
+        if e.window_start == ws {
+            e.delta = e.delta.saturating_add(delta);
+        } else {
+            *e = Held {
+                key: std::mem::take(&mut e.key),
+                window_start: ws,
+                delta,
+                synced: None,
+            };
         }
+        true
     }
 
     /// The counter's usage as last written by this worker in window `ws`.
     pub fn synced(&self, key: &str, ws: u64) -> Option<u64> {
-        self.map.get(key).filter(|e| e.0 == ws).and_then(|e| e.2)
+        self.entry_ref(key)
+            .filter(|e| e.window_start == ws)
+            .and_then(|e| e.synced)
     }
 
     /// Remember the counter's usage after this worker's write in window `ws`.
     pub fn set_synced(&mut self, key: &str, ws: u64, used: u64) {
-        match self.map.get_mut(key) {
-            Some(e) if e.0 == ws => e.2 = Some(used),
-            Some(e) => *e = (ws, 0, Some(used)),
-            None => {
-                self.map.insert(key.to_string(), (ws, 0, Some(used)));
-            }
+        let Some(e) = self.entry_or_new(key, ws) else {
+            return;
+        };
+        if e.window_start == ws {
+            e.synced = Some(used);
+        } else {
+            e.window_start = ws;
+            e.delta = 0;
+            e.synced = Some(used);
         }
     }
 
@@ -1153,28 +1274,44 @@ impl Deferred {
         if self.map.is_empty() {
             return 0;
         }
-        match self.map.get_mut(key) {
+        match self.entry(key) {
             Some(e) => {
-                let held = if e.0 == ws { e.1 } else { 0 };
-                e.1 = 0;
+                let held = if e.window_start == ws { e.delta } else { 0 };
+                e.delta = 0;
                 held
             }
             None => 0,
         }
     }
 
+    /// Test hook: an entry for `other` stored where `key` hashes, as a hash
+    /// collision would leave it.
+    #[cfg(test)]
+    fn plant_collision(&mut self, key: &str, other: &str, ws: u64, delta: i64) {
+        let h = self.hash(key);
+        self.map.insert(
+            h,
+            Held {
+                key: other.to_string(),
+                window_start: ws,
+                delta,
+                synced: Some(7),
+            },
+        );
+    }
+
     /// Everything held, emptying the map.
     pub fn drain(&mut self) -> Vec<(String, u64, i64)> {
         self.map
             .drain()
-            .filter(|(_, (_, d, _))| *d != 0)
-            .map(|(k, (w, d, _))| (k, w, d))
+            .filter(|(_, e)| e.delta != 0)
+            .map(|(_, e)| (e.key, e.window_start, e.delta))
             .collect()
     }
 
     /// Nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.map.values().all(|(_, d, _)| *d == 0)
+        self.map.values().all(|e| e.delta == 0)
     }
 }
 

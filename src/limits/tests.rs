@@ -28,6 +28,7 @@ fn counter_key(name: &str, window_ms: u64, parts: &[LimitKeyPart], s: &Subject) 
         requests: None,
         usd: None,
         count: LimitCount::Total,
+        prepared: Default::default(),
     };
     super::counter_key(&rule, Unit::Tokens, s)
 }
@@ -71,10 +72,10 @@ fn strictest_rule_wins_and_refusal_charges_nothing() {
     let a = admit(&l, &mut st, T0, &subject(None, 50, 50));
     assert!(a.allowed);
     let s = a.state().cloned().unwrap();
-    assert_eq!((s.rule.as_str(), s.remaining), ("hour", 50));
+    assert_eq!((&*s.rule, s.remaining), ("hour", 50));
     let refused = admit(&l, &mut st, T0, &subject(None, 50, 50));
     assert!(!refused.allowed);
-    assert_eq!(refused.state().unwrap().rule, "hour");
+    assert_eq!(&*refused.state().unwrap().rule, "hour");
     assert_eq!(refused.retry_after_secs(), 3600);
     // The minute rule was not charged for the refused request.
     let minute = limits(r#"{"rules":[{"name":"min","window":"1m","tokens":1000}]}"#);
@@ -291,10 +292,7 @@ fn request_budgets_count_one_per_request_and_show_their_own_headers() {
     let refused = admit(&l, &mut st, T0 + 30_000, &subject(Some("a"), 1, 1));
     assert!(!refused.allowed);
     let s = refused.state().unwrap();
-    assert_eq!(
-        (s.unit, s.rule.as_str(), s.remaining),
-        (Unit::Requests, "rpm", 0)
-    );
+    assert_eq!((s.unit, &*s.rule, s.remaining), (Unit::Requests, "rpm", 0));
     // A refused request's headers still show both units.
     assert_eq!(
         get(&refused.headers(), "x-ratelimit-remaining-requests").as_deref(),
@@ -333,7 +331,7 @@ fn usd_budgets_charge_prompt_and_reservation_then_true_up_to_real_cost() {
     s.model = "llama-3";
     let r = admit(&l, &mut st, T0, &s);
     assert!(!r.allowed);
-    assert_eq!(r.state().unwrap().rule, "spend");
+    assert_eq!(&*r.state().unwrap().rule, "spend");
     assert_eq!(
         usd_micros(LimitCount::Total, (2500, 10_000, 1250), 1, 0, 0),
         3
@@ -490,8 +488,7 @@ impl Store for Worker {
         self.shared.borrow_mut().set(key, value, cas)
     }
     fn defer(&mut self, key: &str, ws: u64, delta: i64) -> bool {
-        self.held.defer(key, ws, delta);
-        true
+        self.held.defer(key, ws, delta)
     }
     fn take_deferred(&mut self, key: &str, ws: u64) -> i64 {
         self.held.take(key, ws)
@@ -640,4 +637,38 @@ fn credits_shrink_near_the_limit_so_workers_never_overshoot_nor_refuse_early() {
         flush_deferred(w);
     }
     assert_eq!(used_in_store(&shared, &key), admitted);
+}
+
+#[test]
+fn held_refunds_never_mix_keys_whose_hashes_collide() {
+    let mut d = Deferred::default();
+    assert!(d.defer("tollgate/limits/v2/a/t60000/c1:x", 60_000, -5));
+    assert_eq!(d.synced("tollgate/limits/v2/a/t60000/c1:x", 60_000), None);
+    d.set_synced("tollgate/limits/v2/a/t60000/c1:x", 60_000, 40);
+    assert_eq!(
+        d.synced("tollgate/limits/v2/a/t60000/c1:x", 60_000),
+        Some(40)
+    );
+    // Another key in the slot `y` hashes to: `y` is not held (written at once by
+    // the caller) and reads nothing of the other key's entry.
+    d.plant_collision("tollgate/limits/v2/a/t60000/c1:y", "other", 60_000, -9);
+    assert!(!d.defer("tollgate/limits/v2/a/t60000/c1:y", 60_000, -3));
+    assert_eq!(d.take("tollgate/limits/v2/a/t60000/c1:y", 60_000), 0);
+    assert_eq!(d.synced("tollgate/limits/v2/a/t60000/c1:y", 60_000), None);
+    d.set_synced("tollgate/limits/v2/a/t60000/c1:y", 60_000, 99);
+    let mut held = d.drain();
+    held.sort();
+    assert_eq!(
+        held,
+        vec![
+            ("other".to_string(), 60_000, -9),
+            ("tollgate/limits/v2/a/t60000/c1:x".to_string(), 60_000, -5),
+        ]
+    );
+    // A new window replaces what an entry held for the old one.
+    assert!(d.defer("k", 60_000, -4));
+    assert!(d.defer("k", 120_000, -1));
+    assert_eq!(d.take("k", 60_000), 0);
+    assert!(d.defer("k", 120_000, -2));
+    assert_eq!(d.take("k", 120_000), -2);
 }

@@ -928,12 +928,19 @@ impl Exchange {
     /// `x-ratelimit-*-tokens` headers for an admitted request's response (empty
     /// when no limits apply); the tighter of the local and the shared limits.
     pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        self.push_rate_limit_headers(&mut out);
+        out
+    }
+
+    /// [`Exchange::rate_limit_headers`], appended to a list of the caller's (the
+    /// x-llm-* headers of a held response: one list, no copy).
+    pub fn push_rate_limit_headers(&self, out: &mut Vec<(&'static str, String)>) {
         let Some(shared) = self.global.state.as_ref() else {
-            return self
-                .admission
-                .as_ref()
-                .map(Admission::headers)
-                .unwrap_or_default();
+            if let Some(a) = self.admission.as_ref() {
+                a.push_headers(out);
+            }
+            return;
         };
         // The shared limit counts tokens: its state stands in for the local token
         // budget when it has less room left.
@@ -950,14 +957,16 @@ impl Exchange {
             }
             None => states.push(shared),
         }
-        let mut out = Vec::with_capacity(states.len() * 3 + 1);
+        out.reserve(states.len() * 3 + 1);
         for s in states {
-            s.push_headers(&mut out);
+            s.push_headers(out);
         }
         if let Some(n) = self.admission.as_ref().and_then(|a| a.clamped_to) {
-            out.push(("x-tollgate-max-tokens-clamped", n.to_string()));
+            out.push((
+                "x-tollgate-max-tokens-clamped",
+                crate::decimal::u64_string(n),
+            ));
         }
-        out
     }
 
     /// After admission: the request body with its completion cap lowered to the

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use crate::config::FilterStateKey;
+use crate::decimal::u64_string;
 use crate::dialect::Api;
 use crate::usage::Usage;
 
@@ -60,15 +61,17 @@ impl Report {
 
     /// `x-llm-*` response headers for non-streaming responses.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut h = vec![
-            ("x-llm-prompt-tokens", self.usage.prompt_tokens.to_string()),
+        // Room for the x-ratelimit-* headers the adapter adds to the same list.
+        let mut h = Vec::with_capacity(8);
+        h.extend([
+            ("x-llm-prompt-tokens", u64_string(self.usage.prompt_tokens)),
             (
                 "x-llm-completion-tokens",
-                self.usage.completion_tokens.to_string(),
+                u64_string(self.usage.completion_tokens),
             ),
-            ("x-llm-total-tokens", self.usage.total().to_string()),
+            ("x-llm-total-tokens", u64_string(self.usage.total())),
             ("x-llm-model", self.model().to_string()),
-        ];
+        ]);
         if self.estimated {
             h.push(("x-llm-tokens-estimated", "true".to_string()));
         }
@@ -82,12 +85,12 @@ impl Report {
         keys.iter()
             .map(|k| {
                 let v = match k {
-                    FilterStateKey::PromptTokens => self.usage.prompt_tokens.to_string(),
-                    FilterStateKey::CompletionTokens => self.usage.completion_tokens.to_string(),
-                    FilterStateKey::TotalTokens => self.usage.total().to_string(),
-                    FilterStateKey::CachedTokens => self.usage.cached_tokens.to_string(),
-                    FilterStateKey::ReasoningTokens => self.usage.reasoning_tokens.to_string(),
-                    FilterStateKey::CountedPromptTokens => self.counted_prompt_tokens.to_string(),
+                    FilterStateKey::PromptTokens => u64_string(self.usage.prompt_tokens),
+                    FilterStateKey::CompletionTokens => u64_string(self.usage.completion_tokens),
+                    FilterStateKey::TotalTokens => u64_string(self.usage.total()),
+                    FilterStateKey::CachedTokens => u64_string(self.usage.cached_tokens),
+                    FilterStateKey::ReasoningTokens => u64_string(self.usage.reasoning_tokens),
+                    FilterStateKey::CountedPromptTokens => u64_string(self.counted_prompt_tokens),
                     FilterStateKey::Model => self.model().to_string(),
                     FilterStateKey::ResponseModel => {
                         self.response_model.clone().unwrap_or_default()

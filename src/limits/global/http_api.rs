@@ -62,7 +62,7 @@ fn state(headers: &[(&[u8], &[u8])], namespace: &str) -> Option<RateState> {
         .or(window_secs)
         .map_or(1000, |s| s.saturating_mul(1000));
     Some(RateState {
-        rule: namespace.to_string(),
+        rule: std::rc::Rc::from(namespace),
         unit: Unit::Tokens,
         limit,
         remaining,

@@ -25,6 +25,8 @@ pub mod http_api;
 pub mod proto;
 pub mod queue;
 
+use std::rc::Rc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, LimitCount, LimitKeyPart};
@@ -345,9 +347,9 @@ pub fn rls_verdict(domain: &str, grpc_status: u32, body: &[u8]) -> Verdict {
         .map(|s| RateState {
             unit: Unit::Tokens,
             rule: if s.name.is_empty() {
-                domain.to_string()
+                Rc::from(domain)
             } else {
-                s.name.clone()
+                Rc::from(s.name.as_str())
             },
             limit: s.limit.unwrap_or(0),
             remaining: s.remaining,

@@ -33,8 +33,7 @@ impl Store for Deferring {
         self.inner.set(key, value, cas)
     }
     fn defer(&mut self, key: &str, window_start: u64, delta: i64) -> bool {
-        self.deferred.defer(key, window_start, delta);
-        true
+        self.deferred.defer(key, window_start, delta)
     }
     fn take_deferred(&mut self, key: &str, window_start: u64) -> i64 {
         self.deferred.take(key, window_start)
