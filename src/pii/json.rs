@@ -173,15 +173,16 @@ impl<'a> Walker<'a> {
 
 /// A decoded JSON string: its bytes, and for escaped strings the raw offset
 /// (relative to the content start) of every decoded byte, plus the end.
-pub struct Decoded {
-    /// The string's value as UTF-8 bytes.
-    pub text: Vec<u8>,
+pub struct Decoded<'a> {
+    /// The string's value as UTF-8 bytes (borrowed when it has no escapes, as
+    /// most message text has not: no copy per string).
+    pub text: std::borrow::Cow<'a, [u8]>,
     /// `map[i]` = raw offset of decoded byte `i`; `None` when no escapes (identity).
     map: Option<Vec<u32>>,
     raw_len: usize,
 }
 
-impl Decoded {
+impl Decoded<'_> {
     /// Raw offset (relative to the content start) of decoded offset `i`.
     pub fn raw(&self, i: usize) -> usize {
         match &self.map {
@@ -197,10 +198,10 @@ fn hex4(b: &[u8]) -> Option<u32> {
 }
 
 /// Decode a string's raw content (between the quotes).
-pub fn decode(raw: &[u8]) -> Decoded {
+pub fn decode(raw: &[u8]) -> Decoded<'_> {
     if !raw.contains(&b'\\') {
         return Decoded {
-            text: raw.to_vec(),
+            text: std::borrow::Cow::Borrowed(raw),
             map: None,
             raw_len: raw.len(),
         };
@@ -265,7 +266,7 @@ pub fn decode(raw: &[u8]) -> Decoded {
         i += used;
     }
     Decoded {
-        text,
+        text: std::borrow::Cow::Owned(text),
         map: Some(map),
         raw_len: raw.len(),
     }

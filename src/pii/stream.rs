@@ -397,7 +397,7 @@ impl PiiStream {
             let dec = json::decode(raw);
             let fin = is_final(&key);
             let text = self.feed(ex, &key, &dec.text, fin);
-            if text != dec.text {
+            if text[..] != dec.text[..] {
                 let mut enc = Vec::with_capacity(text.len());
                 json::encode_into(&text, &mut enc);
                 edits.push((r, enc));
