@@ -1301,6 +1301,36 @@ def phase_startup(args, variants, bodies, upstream: Envoy, workdir: Path) -> dic
     return out
 
 
+def fuel_note(R: dict, a: str, b: str) -> str:
+    """`; own code a/b (fuel)` when the fuel phase counted both configs."""
+    ops = R.get("fuel", {}).get("ops", {})
+    if ops.get(a) and ops.get(b):
+        return f"; wasm operators {ops[a] / ops[b]:.3f}× {b} (fuel)"
+    return ""
+
+
+def phase_fuel(args) -> dict:
+    """Wasm operators tollgate runs per steady exchange of each bench config, counted
+    by the wasmtime test host (tools/testhost, `fuel_per_exchange`): its own code
+    without the host's side, with no noise at all."""
+    log("fuel: wasm operators per exchange (tools/testhost fuel_per_exchange)")
+    cmd = ["cargo", "test", "--release", "-q", "-p", "testhost", "--test", "hostcalls",
+           "fuel_per_exchange", "--", "--ignored", "--nocapture"]
+    try:
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800,
+                           env={**os.environ, "TESTHOST_FUEL": "1"})
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "note": "fuel_per_exchange did not finish in 1800 s"}
+    ops = {}
+    for m in re.finditer(r"^tollgate-(\w+)\.json: (\d+) wasm operators per exchange", r.stderr + r.stdout, re.M):
+        ops[m.group(1)] = int(m.group(2))
+    if r.returncode != 0 or not ops:
+        return {"status": f"exit {r.returncode}", "note": (r.stderr or r.stdout)[-1500:]}
+    for k, v in ops.items():
+        log(f"fuel: {k:>9}: {v:,} wasm operators per exchange")
+    return {"status": "ok", "ops": ops}
+
+
 def phase_tokbench(args) -> dict:
     runner = REPO / "tools" / "tokbench" / "run.mjs"
     if not runner.exists():
@@ -1473,7 +1503,8 @@ def evaluate_targets(R: dict) -> list[dict]:
             fmt(cpu, 3, "×"), ok,
             f"{pv['limits']['cpu_us_per_req'] - pv['tollgate']['cpu_us_per_req']:+.1f} µs/req (medians); "
             + (f"rounds {rng[0]:.3f}–{rng[1]:.3f}; " if rng else "")
-            + f"req/s {r['median']['rps']:.3f}× tollgate")
+            + f"req/s {r['median']['rps']:.3f}× tollgate"
+            + fuel_note(R, "limits", "metering"))
     if tp and "translate/plain" in tp["ratios"]:
         r = tp["ratios"]["translate/plain"]["median"]["rps"]
         rng = tp["ratios"]["translate/plain"]["range"]["rps"]
@@ -1668,6 +1699,25 @@ def render(R: dict) -> str:
             L.append(f"{tk['status']}: {tk.get('note', '')}")
         L.append("")
 
+    fu = R.get("fuel")
+    if fu:
+        L.append("## Wasm operators per exchange (tools/testhost, fuel)")
+        L.append("")
+        if fu.get("ops"):
+            ops = fu["ops"]
+            base = ops.get("metering")
+            L.append("tollgate's own code per steady exchange of each bench config, counted by the wasmtime "
+                     "test host: no noise, no host side (see benches/README.md).")
+            L.append("")
+            L.append("| config | wasm operators | vs metering |")
+            L.append("|---|---:|---:|")
+            for k, v in ops.items():
+                rel = f"{v / base:.3f}×" if base else "—"
+                L.append(f"| {k} | {v:,} | {rel} |")
+        else:
+            L.append(f"{fu['status']}: {fu.get('note', '')}")
+        L.append("")
+
     L.append("## Targets")
     L.append("")
     L.append("| target | goal | measured | verdict | note |")
@@ -1689,7 +1739,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=int(env("BENCH_THREADS", 1)))
     ap.add_argument("--sizes", default=env("BENCH_SIZES", "1k,32k"), help="comma list of: " + ",".join(BODY_SIZES))
     ap.add_argument("--variants", default=env("BENCH_VARIANTS"), help="comma list (default: all)")
-    ap.add_argument("--skip", default=env("BENCH_SKIP", ""), help="comma list of phases: throughput,ttft,rss,startup,tokbench")
+    ap.add_argument("--skip", default=env("BENCH_SKIP", ""), help="comma list of phases: throughput,ttft,rss,startup,tokbench,fuel")
     ap.add_argument("--startup-repeats", type=int, default=int(env("BENCH_STARTUP_REPEATS", 5)))
     ap.add_argument("--rss-warmup", type=float, default=2.0)
     ap.add_argument("--upstream-concurrency", type=int, default=int(env("BENCH_UPSTREAM_CONCURRENCY", 1)))
@@ -1749,6 +1799,8 @@ def main() -> int:
             R["startup"] = phase_startup(args, variants, bodies, upstream, workdir)
         if "tokbench" not in skip:
             R["tokbench"] = phase_tokbench(args)
+        if "fuel" not in skip:
+            R["fuel"] = phase_fuel(args)
     except BenchError as ex:
         log(f"FAILED: {ex}")
         R["fatal"] = str(ex)
