@@ -814,10 +814,13 @@ fn pick_states(
     out
 }
 
-/// Put back the deferred refunds admission took but did not write.
+/// Put back the deferred refunds admission took but did not write (written now
+/// if the store will not hold them).
 fn restore_deferred(store: &mut dyn Store, plan: &[Planned]) {
     for p in plan.iter().filter(|p| p.deferred != 0) {
-        store.defer(&p.key, p.start, p.deferred);
+        if !store.defer(&p.key, p.start, p.deferred) {
+            let _ = add(store, &p.key, p.start, i128::from(p.deferred), None, None);
+        }
     }
 }
 
