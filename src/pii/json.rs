@@ -15,18 +15,17 @@ use std::ops::Range;
 const MAX_DEPTH: usize = 128;
 
 /// Walk `body` (a JSON document) and call `f(keys, positions, raw)` for every
-/// string value: `keys` are the object keys from the root (raw bytes), `positions`
-/// the array positions on the way, and `raw` the range of the string's content
-/// between its quotes. Returns false if the bytes are not well-formed JSON (the
-/// callbacks made so far stand).
-pub fn for_each_string<'a>(
-    body: &'a [u8],
-    mut f: impl FnMut(&[&'a [u8]], &[usize], Range<usize>),
-) -> bool {
+/// string value: `keys` are the object keys from the root (their values: a key
+/// written with escapes, `"m\u0065ssages"`, is `messages`, as the provider reads
+/// it), `positions` the array positions on the way, and `raw` the range of the
+/// string's content between its quotes. Returns false if the bytes are not
+/// well-formed JSON (the callbacks made so far stand).
+pub fn for_each_string(body: &[u8], mut f: impl FnMut(&[&[u8]], &[usize], Range<usize>)) -> bool {
     let mut w = Walker {
         b: body,
         i: 0,
         keys: Vec::new(),
+        decoded: Vec::new(),
         pos: Vec::new(),
     };
     w.ws();
@@ -59,6 +58,9 @@ struct Walker<'a> {
     b: &'a [u8],
     i: usize,
     keys: Vec<&'a [u8]>,
+    /// The decoded value of each key on the path written with escapes, by its
+    /// depth in `keys` (rare: a client hiding `messages` from a raw-byte match).
+    decoded: Vec<(usize, Vec<u8>)>,
     pos: Vec<usize>,
 }
 
@@ -98,7 +100,7 @@ impl<'a> Walker<'a> {
 
     fn value(
         &mut self,
-        f: &mut impl FnMut(&[&'a [u8]], &[usize], Range<usize>),
+        f: &mut impl FnMut(&[&[u8]], &[usize], Range<usize>),
         depth: usize,
     ) -> bool {
         if depth > MAX_DEPTH {
@@ -107,7 +109,22 @@ impl<'a> Walker<'a> {
         match self.peek() {
             Some(b'"') => match self.string() {
                 Some(r) => {
-                    f(&self.keys, &self.pos, r);
+                    if self.decoded.is_empty() {
+                        f(&self.keys, &self.pos, r);
+                    } else {
+                        let keys: Vec<&[u8]> = self
+                            .keys
+                            .iter()
+                            .enumerate()
+                            .map(|(at, raw)| {
+                                self.decoded
+                                    .iter()
+                                    .find(|(d, _)| *d == at)
+                                    .map_or(*raw, |(_, v)| v.as_slice())
+                            })
+                            .collect();
+                        f(&keys, &self.pos, r);
+                    }
                     true
                 }
                 None => false,
@@ -131,9 +148,17 @@ impl<'a> Walker<'a> {
                     }
                     self.i += 1;
                     self.ws();
+                    let escaped = key.contains(&b'\\');
+                    if escaped {
+                        self.decoded
+                            .push((self.keys.len(), decode(key).text.into_owned()));
+                    }
                     self.keys.push(key);
                     let ok = self.value(f, depth + 1);
                     self.keys.pop();
+                    if escaped {
+                        self.decoded.pop();
+                    }
                     if !ok {
                         return false;
                     }
@@ -358,6 +383,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn keys_are_reported_by_their_value() {
+        let body = br#"{"m\u0065ssages":[{"c\u006fntent":"x","role":"y"}],"plain":"z"}"#;
+        let mut seen = Vec::new();
+        assert!(for_each_string(body, |k, _, _| {
+            seen.push(k.iter().map(|k| k.to_vec()).collect::<Vec<_>>());
+        }));
+        let want: Vec<Vec<Vec<u8>>> = vec![
+            vec![b"messages".to_vec(), b"content".to_vec()],
+            vec![b"messages".to_vec(), b"role".to_vec()],
+            vec![b"plain".to_vec()],
+        ];
+        assert_eq!(seen, want);
     }
 
     #[test]

@@ -292,6 +292,10 @@ impl JsonScan {
                     i = end;
                     if closed {
                         i += 1;
+                        if self.key.contains(&b'\\') {
+                            // Matched by its value, as the client reads it.
+                            self.key = json::decode(&self.key).text.into_owned();
+                        }
                         self.st = St::Colon;
                     }
                 }

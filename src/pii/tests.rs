@@ -958,3 +958,45 @@ fn reasoning_text_is_restored_and_scanned_like_content() {
         "{r}"
     );
 }
+
+#[test]
+fn keys_written_with_escapes_do_not_hide_text_from_the_scan() {
+    // `"m\u0065ssages"` is `messages` to the provider: the text under it is scanned.
+    let body = br#"{"model":"m","m\u0065ssages":[{"role":"user","c\u006fntent":"mail jane.doe@example.com now"}]}"#;
+    let mut ex = exchange(all("redact"), Api::ChatCompletions);
+    let RequestOutcome::Replace(out) = ex.on_request(body) else {
+        panic!("the e-mail under escaped keys was not redacted");
+    };
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("jane.doe@example.com"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["messages"][0]["content"], "mail <EMAIL_1> now");
+    // And `block` refuses it.
+    let mut ex = exchange(all("block"), Api::ChatCompletions);
+    assert!(matches!(ex.on_request(body), RequestOutcome::Block(_)));
+}
+
+#[test]
+fn answers_with_escaped_keys_are_scanned_whole_and_in_chunks() {
+    let e = engine(all("redact"));
+    let body = br#"{"id":"c","choices":[{"index":0,"m\u0065ssage":{"role":"assistant","c\u006fntent":"write to jane.doe@example.com"},"finish_reason":"stop"}]}"#;
+    // Whole.
+    let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+    let out = ex.on_response_json(body).expect("the e-mail is redacted");
+    assert!(!String::from_utf8_lossy(&out).contains("@example.com"));
+    // In chunks cut at every offset (the key split too).
+    for cut in 1..body.len() {
+        let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        ex.start_json_scan();
+        let mut out = Vec::new();
+        for (c, last) in [(&body[..cut], false), (&body[cut..], true)] {
+            match ex.on_response_json_chunk(c, last) {
+                Rewrite::Replace(o) => out.extend_from_slice(&o),
+                Rewrite::Unchanged => out.extend_from_slice(c),
+            }
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        let got = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(!got.contains("@example.com"), "cut {cut}: {got}");
+    }
+}

@@ -15,6 +15,7 @@ import re
 import string
 import time
 
+import httpx
 import openai
 import pytest
 from faker import Faker
@@ -143,6 +144,21 @@ def test_body_stays_valid_and_non_text_fields_untouched(env, client):
     assert body["messages"][1]["content"][0]["text"] == "key <AWS_ACCESS_KEY_1>"
     assert body["messages"][1]["content"][1]["image_url"]["url"] == image
     assert body["user"] == EMAIL, "only model text is scanned"
+
+
+def test_keys_written_with_escapes_do_not_hide_text(env):
+    # `"m\u0065ssages"` is `messages` to the provider's JSON parser: the text
+    # under it must be scanned like any other prompt.
+    raw = (
+        '{"model":"gpt-4o","m\\u0065ssages":[{"role":"user",'
+        f'"c\\u006fntent":"Write to {EMAIL} now"}}]}}'
+    )
+    assert json.loads(raw)["messages"][0]["content"] == f"Write to {EMAIL} now"
+    r = httpx.post(env.base_url + "/v1/chat/completions", content=raw,
+                   headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code == 200, r.text
+    sent = env.mock.last_body()
+    assert sent["messages"][0]["content"] == "Write to <EMAIL_1> now", sent
 
 
 # --------------------------------------------------------------- big answers, Responses
