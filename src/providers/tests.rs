@@ -544,3 +544,23 @@ fn the_model_in_the_body_picks_the_provider() {
     let e = err(r#"{"routes":{"r":{"providers":[{"kind":"nope","models":["x"]}]}}}"#);
     assert_eq!(e.path, "routes.r.providers[0].kind");
 }
+
+#[test]
+fn json_strings_are_written_as_serde_json_reads_them() {
+    // Every escape-needing byte at every offset, beside multi-byte text: what
+    // push_json_str writes parses back to the same string.
+    let specials = [
+        "\"", "\\", "\n", "\r", "\t", "\u{1}", "\u{1f}", "é", "😀", "\u{7f}",
+    ];
+    for len in 0..20 {
+        for k in 0..len {
+            for sp in specials {
+                let s: String = (0..len).map(|i| if i == k { sp } else { "a" }).collect();
+                let mut out = String::new();
+                push_json_str(&mut out, &s);
+                let back: String = serde_json::from_str(&out).unwrap();
+                assert_eq!(back, s, "{out}");
+            }
+        }
+    }
+}
