@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bytescan;
 pub mod config;
 pub mod crypto;
 pub mod decimal;

@@ -622,25 +622,7 @@ impl Parser<'_> {
     /// character) eight at a time: prompts are long strings, and a byte-at-a-time
     /// loop made parsing three times slower than serde_json's on them.
     fn skip_plain(&mut self) {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-        while let Some(word) = self
-            .b
-            .get(self.pos..self.pos + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-        {
-            let x = u64::from_le_bytes(word);
-            // Bytes equal to `"` or `\\`, or below 0x20 (no false negatives; a hit
-            // leaves the exact byte to the caller's loop).
-            let special = has_zero(x ^ (ONES * u64::from(b'"')))
-                | has_zero(x ^ (ONES * u64::from(b'\\')))
-                | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
-            if special != 0 {
-                return;
-            }
-            self.pos += 8;
-        }
+        self.pos = crate::bytescan::skip_plain(self.b, self.pos);
     }
 
     /// The rest of a string that holds escapes, unescaped into the side buffer.

@@ -35,25 +35,6 @@ pub fn for_each_string(body: &[u8], mut f: impl FnMut(&[&[u8]], &[usize], Range<
     }
 }
 
-/// The first position from `at` that may hold `"` or `\\`, skipping eight bytes at a
-/// time where neither occurs (message text is long; a byte loop dominated the walk).
-fn skip_plain(b: &[u8], mut at: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    while let Some(word) = b
-        .get(at..at.saturating_add(8))
-        .and_then(|w| <[u8; 8]>::try_from(w).ok())
-    {
-        let x = u64::from_le_bytes(word);
-        if has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\'))) != 0 {
-            break;
-        }
-        at += 8;
-    }
-    at
-}
-
 struct Walker<'a> {
     b: &'a [u8],
     i: usize,
@@ -84,7 +65,7 @@ impl<'a> Walker<'a> {
         let start = self.i + 1;
         let mut j = start;
         loop {
-            j = skip_plain(self.b, j);
+            j = crate::bytescan::skip_plain(self.b, j);
             let rest = self.b.get(j..)?;
             let k = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
             j += k;

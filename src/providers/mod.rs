@@ -940,25 +940,7 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
     // Most text needs no escape: find the first byte that may, eight at a time.
-    let bytes = s.as_bytes();
-    let mut clean = 0;
-    while let Some(word) = bytes
-        .get(clean..clean + 8)
-        .and_then(|w| <[u8; 8]>::try_from(w).ok())
-    {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-        let x = u64::from_le_bytes(word);
-        if has_zero(x ^ (ONES * u64::from(b'"')))
-            | has_zero(x ^ (ONES * u64::from(b'\\')))
-            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
-            != 0
-        {
-            break;
-        }
-        clean += 8;
-    }
+    let clean = crate::bytescan::skip_plain(s.as_bytes(), 0);
     let mut run = 0;
     for (i, b) in s.bytes().enumerate().skip(clean) {
         let esc = match b {
