@@ -3,17 +3,19 @@
 //!
 //! std's `HashMap` hashes with SipHash-1-3, which costs several hundred wasm
 //! operators for a 50-byte counter key; a limited request made four such lookups
-//! and the rate-limit metric four more. This is the folded-multiply hash that
-//! hashbrown and foldhash use: a per-VM random seed (from std's `RandomState`, so
-//! from the host's WASI `random_get`) keeps a client from crafting keys that
-//! collide, and the map still compares whole keys, so a collision can only cost
-//! time, never mix two entries. Where a hash alone decides a result (the token
-//! cache), SipHash stays.
+//! and the rate-limit metric four more. This one takes a 64-bit multiply and a
+//! rotate per eight bytes (the FxHash shape) and murmur3's finaliser, started and
+//! finished with a per-VM random seed (from std's `RandomState`, so from the
+//! host's WASI `random_get`), so which keys collide depends on a secret. It is not
+//! a keyed cryptographic hash: the maps using it compare whole keys, so a
+//! collision can only cost time, never mix two entries. Where a hash alone decides
+//! a result (the token cache), SipHash stays.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
-/// Odd 64-bit constants (from the digits of pi, as in foldhash).
+/// 64-bit constants (digits of pi, as foldhash takes them): the seed's source and
+/// the per-word multiplier (made odd).
 const MIX: [u64; 2] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
 
 /// A `HashMap` with the fast seeded hasher.
@@ -44,7 +46,7 @@ impl BuildHasher for FastState {
     }
 }
 
-/// The folded-multiply hasher: 8 bytes per multiply.
+/// The hasher [`FastState`] builds: one multiply per eight bytes.
 #[derive(Clone, Debug)]
 pub struct FastHasher {
     acc: u64,
