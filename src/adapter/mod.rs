@@ -93,6 +93,12 @@ impl Store for SharedData {
             d.set_synced(key, window_start, used);
         }
     }
+
+    fn take_held(&mut self, key: &str, window_start: u64) -> (i64, Option<u64>) {
+        self.deferred
+            .try_borrow_mut()
+            .map_or((0, None), |mut d| d.take_with_synced(key, window_start))
+    }
 }
 
 proxy_wasm::main! {{

@@ -94,6 +94,11 @@ pub trait Store {
     }
     /// Remember the counter's usage after this worker's write in window `ws`.
     fn set_synced_used(&mut self, _key: &str, _ws: u64, _used: u64) {}
+    /// [`Store::take_deferred`] and [`Store::synced_used`] of one key together
+    /// (the credit path needs both; a store can answer them with one lookup).
+    fn take_held(&mut self, key: &str, ws: u64) -> (i64, Option<u64>) {
+        (self.take_deferred(key, ws), self.synced_used(key, ws))
+    }
 }
 
 /// An in-memory [`Store`] with the same CAS semantics as Envoy's shared data
@@ -1030,8 +1035,7 @@ fn admit_from_credit(
         for (unit, limit) in budgets(r) {
             let key = counter_key(r, unit, s);
             let want = charge_of(unit, r.count, price, s.prompt_tokens, 0, s.reserve_tokens);
-            let held = store.take_deferred(&key, start);
-            let synced = store.synced_used(&key, start);
+            let (held, synced) = store.take_held(&key, start);
             let seen = synced.map(|used| {
                 (
                     Counter {
@@ -1284,6 +1288,21 @@ impl Deferred {
                 held
             }
             None => 0,
+        }
+    }
+
+    /// [`Deferred::take`] and [`Deferred::synced`] in one lookup.
+    pub fn take_with_synced(&mut self, key: &str, ws: u64) -> (i64, Option<u64>) {
+        if self.map.is_empty() {
+            return (0, None);
+        }
+        match self.entry(key) {
+            Some(e) if e.window_start == ws => (std::mem::take(&mut e.delta), e.synced),
+            Some(e) => {
+                e.delta = 0;
+                (0, None)
+            }
+            None => (0, None),
         }
     }
 

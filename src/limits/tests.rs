@@ -505,6 +505,9 @@ impl Store for Worker {
     fn set_synced_used(&mut self, key: &str, ws: u64, used: u64) {
         self.held.set_synced(key, ws, used);
     }
+    fn take_held(&mut self, key: &str, ws: u64) -> (i64, Option<u64>) {
+        self.held.take_with_synced(key, ws)
+    }
 }
 
 fn shared_store() -> std::rc::Rc<std::cell::RefCell<MemoryStore>> {
@@ -671,4 +674,35 @@ fn held_refunds_never_mix_keys_whose_hashes_collide() {
     assert_eq!(d.take("k", 60_000), 0);
     assert!(d.defer("k", 120_000, -2));
     assert_eq!(d.take("k", 120_000), -2);
+}
+
+#[test]
+fn taking_held_and_synced_together_equals_taking_them_apart() {
+    let setups: [fn(&mut Deferred); 4] = [
+        |_| {},
+        |d| {
+            d.defer("k", 60_000, -7);
+        },
+        |d| {
+            d.defer("k", 60_000, -7);
+            d.set_synced("k", 60_000, 40);
+        },
+        |d| {
+            d.set_synced("k", 0, 40);
+            d.defer("other", 60_000, -1);
+        },
+    ];
+    for setup in setups {
+        for ws in [0, 60_000] {
+            let (mut a, mut b) = (Deferred::default(), Deferred::default());
+            setup(&mut a);
+            setup(&mut b);
+            let apart = (a.take("k", ws), a.synced("k", ws));
+            assert_eq!(b.take_with_synced("k", ws), apart, "window {ws}");
+            let (mut da, mut db) = (a.drain(), b.drain());
+            da.sort();
+            db.sort();
+            assert_eq!(da, db);
+        }
+    }
 }

@@ -47,6 +47,9 @@ impl Store for Deferring {
     fn set_synced_used(&mut self, key: &str, window_start: u64, used: u64) {
         self.deferred.set_synced(key, window_start, used);
     }
+    fn take_held(&mut self, key: &str, window_start: u64) -> (i64, Option<u64>) {
+        self.deferred.take_with_synced(key, window_start)
+    }
     fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
         self.deferred.drain()
     }
