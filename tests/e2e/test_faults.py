@@ -488,10 +488,12 @@ def _post_raw(port, path, body):
         c.close()
 
 
-def _window(env, hostile: bytes | None, path: str, seconds: float = 0.25) -> float:
+def _window(env, hostile: bytes | None, path: str, seconds: float = 0.25) -> tuple[float, float]:
     """p99 latency (ms) of normal requests from two clients while hostile requests
-    are sent one after another for `seconds` (at least 3 of them), or idle."""
+    are sent one after another for `seconds` (at least 3 of them), or idle; and the
+    median latency of the hostile requests under that same load (0 when idle)."""
     lats: list[float] = []
+    hostile_lats: list[float] = []
     stop = threading.Event()
 
     def normal():
@@ -517,14 +519,17 @@ def _window(env, hostile: bytes | None, path: str, seconds: float = 0.25) -> flo
         if hostile is None:
             time.sleep(0.02)
         else:
-            assert _post_raw(env.port, path, hostile)[0] == 200
+            status, ms = _post_raw(env.port, path, hostile)
+            assert status == 200
+            hostile_lats.append(ms)
         sent += 1
     stop.set()
     for t in ts:
         t.join(timeout=30)
     s = sorted(lats[n0:])
     assert len(s) >= 10, "normal traffic flowed during the window"
-    return s[min(len(s) - 1, int(0.99 * (len(s) - 1) + 0.5))]
+    hostile_median = sorted(hostile_lats)[len(hostile_lats) // 2] if hostile_lats else 0.0
+    return s[min(len(s) - 1, int(0.99 * (len(s) - 1) + 0.5))], hostile_median
 
 
 @pytest.fixture(scope="module")
@@ -565,17 +570,30 @@ def test_hostile_prompt_stays_in_budget_and_spares_concurrent_requests(hostile_e
             assert int(entry["counted_prompt_tokens"]) >= 20_000 * 5
     else:
         assert entry["counted_prompt_tokens"] in ("-", "", None)
-    # One worker (--concurrency 1) serves both: the p99 of normal requests running
-    # alongside hostile ones stays within 2x of the same with tollgate out of the
-    # hostile requests' way. Medians of interleaved rounds absorb a noisy machine.
+    # One worker (--concurrency 1) serves both. Reading a hostile body is linear work
+    # tollgate cannot skip (a 680 KB body of 100k JSON values takes about a
+    # millisecond to parse here, a few on a slow CI core), and a normal request that
+    # arrives meanwhile waits for it. What must not happen is more than that: work
+    # left over after the hostile answer (logs, timers, freeing), a stall, or a cost
+    # that grows faster than the body. So the p99 of normal requests beside hostile
+    # ones may rise over the same with tollgate out of the way by at most about
+    # twice the hostile request's own extra time, measured in the same windows
+    # under the same load; and that extra time itself stays small per byte.
+    # Medians of interleaved rounds absorb a noisy machine.
     rounds = [(_window(env, None, ""), _window(env, body, "/sink-off/v1/chat/completions"),
                _window(env, body, "/sink/v1/chat/completions")) for _ in range(7)]
-    idle, off_p99, on_p99 = (sorted(r[i] for r in rounds)[3] for i in range(3))
+    idle, off_p99, on_p99 = (sorted(r[i][0] for r in rounds)[3] for i in range(3))
+    off_own, on_own = (sorted(r[i][1] for r in rounds)[3] for i in (1, 2))
+    own = max(0.0, on_own - off_own)
     print(f"{kind}: normal p99 idle {idle:.2f} ms, beside hostile (tollgate off) {off_p99:.2f} ms, "
-          f"(tollgate on) {on_p99:.2f} ms; hostile request {on:.1f} ms vs {off:.1f} ms")
-    # (Differences under 3 ms are scheduler noise on a loaded 2-core machine.)
+          f"(tollgate on) {on_p99:.2f} ms; hostile request {on:.1f} ms vs {off:.1f} ms idle, "
+          f"{on_own:.1f} ms vs {off_own:.1f} ms under load")
+    # At most 30 ns a byte under load (about fifteen times what it costs here): a
+    # quadratic step or an unbudgeted tokenizer pass on these bodies costs far more.
+    assert own < len(body) * 30e-6, (kind, own, rounds)
+    # (Scheduler noise on a loaded 2-core machine adds up to 3 ms to that.)
     ref = max(off_p99, idle)
-    assert on_p99 <= 2 * ref or on_p99 - ref < 3.0, rounds
+    assert on_p99 <= 2 * ref or on_p99 - ref < 3.0 + 2 * own, rounds
     assert_vm_healthy(env)
 
 
