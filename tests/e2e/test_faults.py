@@ -602,7 +602,7 @@ def test_huge_message_counts_cost_is_bounded_by_the_body_cap(hostile_env):
     the flat document (no tree of 20k objects), 1024 messages are read one by one
     (one per 64 bytes of the 65536-byte budget) and the rest is priced by its size in
     one step. The whole request costs about a millisecond of worker time more than
-    without tollgate; the 2x p99 test above covers its effect on other requests."""
+    without tollgate; the p99 test above covers its effect on other requests."""
     env = hostile_env
     tiny = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "m"}] * 20_000}).encode()
     # Tool results name their call by id: 4k calls then 4k results (a search per
