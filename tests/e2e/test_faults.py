@@ -576,9 +576,11 @@ def test_hostile_prompt_stays_in_budget_and_spares_concurrent_requests(hostile_e
     # arrives meanwhile waits for it. What must not happen is more than that: work
     # left over after the hostile answer (logs, timers, freeing), a stall, or a cost
     # that grows faster than the body. So the p99 of normal requests beside hostile
-    # ones may rise over the same with tollgate out of the way by at most about
-    # twice the hostile request's own extra time, measured in the same windows
-    # under the same load; and that extra time itself stays small per byte.
+    # ones may rise over the same with tollgate out of the way by at most three
+    # times the hostile request's own extra time (the wait for one hostile parse,
+    # the second client queued behind the first, and the CPU the parse takes from
+    # the clients on a 2-core machine), measured in the same windows under the same
+    # load; and that extra time itself stays small per byte.
     # Medians of interleaved rounds absorb a noisy machine.
     rounds = [(_window(env, None, ""), _window(env, body, "/sink-off/v1/chat/completions"),
                _window(env, body, "/sink/v1/chat/completions")) for _ in range(7)]
@@ -593,7 +595,7 @@ def test_hostile_prompt_stays_in_budget_and_spares_concurrent_requests(hostile_e
     assert own < len(body) * 30e-6, (kind, own, rounds)
     # (Scheduler noise on a loaded 2-core machine adds up to 3 ms to that.)
     ref = max(off_p99, idle)
-    assert on_p99 <= 2 * ref or on_p99 - ref < 3.0 + 2 * own, rounds
+    assert on_p99 <= 2 * ref or on_p99 - ref < 3.0 + 3 * own, rounds
     assert_vm_healthy(env)
 
 
