@@ -1278,17 +1278,7 @@ impl Deferred {
     /// dropped). The emptied entry stays until the next [`Deferred::drain`], so the
     /// refund this request leaves is added in place: no allocation per request.
     pub fn take(&mut self, key: &str, ws: u64) -> i64 {
-        if self.map.is_empty() {
-            return 0;
-        }
-        match self.entry(key) {
-            Some(e) => {
-                let held = if e.window_start == ws { e.delta } else { 0 };
-                e.delta = 0;
-                held
-            }
-            None => 0,
-        }
+        self.take_with_synced(key, ws).0
     }
 
     /// [`Deferred::take`] and [`Deferred::synced`] in one lookup.

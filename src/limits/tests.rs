@@ -677,32 +677,41 @@ fn held_refunds_never_mix_keys_whose_hashes_collide() {
 }
 
 #[test]
-fn taking_held_and_synced_together_equals_taking_them_apart() {
-    let setups: [fn(&mut Deferred); 4] = [
-        |_| {},
-        |d| {
-            d.defer("k", 60_000, -7);
-        },
-        |d| {
-            d.defer("k", 60_000, -7);
-            d.set_synced("k", 60_000, 40);
-        },
-        |d| {
-            d.set_synced("k", 0, 40);
-            d.defer("other", 60_000, -1);
-        },
+fn taking_held_and_synced_together_gives_both_and_empties_the_hold() {
+    // (setup, [(window, held, synced)]) — `take` is this call's first half.
+    type Case = (fn(&mut Deferred), [(u64, i64, Option<u64>); 2]);
+    let cases: [Case; 4] = [
+        (|_| {}, [(0, 0, None), (60_000, 0, None)]),
+        (
+            |d| {
+                d.defer("k", 60_000, -7);
+            },
+            [(0, 0, None), (60_000, -7, None)],
+        ),
+        (
+            |d| {
+                d.defer("k", 60_000, -7);
+                d.set_synced("k", 60_000, 40);
+            },
+            [(0, 0, None), (60_000, -7, Some(40))],
+        ),
+        (
+            |d| {
+                d.set_synced("k", 0, 40);
+                d.defer("other", 60_000, -1);
+            },
+            [(0, 0, Some(40)), (60_000, 0, None)],
+        ),
     ];
-    for setup in setups {
-        for ws in [0, 60_000] {
-            let (mut a, mut b) = (Deferred::default(), Deferred::default());
-            setup(&mut a);
-            setup(&mut b);
-            let apart = (a.take("k", ws), a.synced("k", ws));
-            assert_eq!(b.take_with_synced("k", ws), apart, "window {ws}");
-            let (mut da, mut db) = (a.drain(), b.drain());
-            da.sort();
-            db.sort();
-            assert_eq!(da, db);
+    for (setup, wants) in cases {
+        for (ws, held, synced) in wants {
+            let mut d = Deferred::default();
+            setup(&mut d);
+            assert_eq!(d.take_with_synced("k", ws), (held, synced), "window {ws}");
+            // Taken: nothing is held for the key any more, in any window, and the
+            // synced usage stays.
+            assert_eq!(d.take_with_synced("k", ws), (0, synced), "window {ws}");
+            assert!(d.drain().iter().all(|(k, _, _)| k != "k"), "window {ws}");
         }
     }
 }
