@@ -3,6 +3,15 @@
 //! machinery, a few hundred wasm operators per number, and tollgate writes a
 //! dozen numbers per exchange.
 
+/// The lower-case hex digit of a nibble (`n`'s low four bits), for `\u00XX`
+/// escapes and digests.
+pub fn hex_digit(n: u8) -> u8 {
+    match n & 15 {
+        d @ 0..=9 => b'0' + d,
+        d => b'a' + (d - 10),
+    }
+}
+
 /// Append `v` in decimal.
 pub fn push_u64(out: &mut String, v: u64) {
     let mut buf = [0u8; 20];

@@ -568,7 +568,7 @@ impl Limits {
         }
         for (i, p) in self.prices.iter().enumerate() {
             let at = |f: &str| format!("{path}.prices[{i}].{f}");
-            if self.prices[..i].iter().any(|o| o.model == p.model) {
+            if self.prices.iter().take(i).any(|o| o.model == p.model) {
                 return Err(ConfigError::at(
                     at("model"),
                     format!("duplicate price for model prefix {:?}", p.model),
@@ -603,7 +603,7 @@ impl Limits {
                     "expected 1 to 64 characters [A-Za-z0-9_-] (it becomes a metric label)",
                 ));
             }
-            if self.rules[..i].iter().any(|o| o.name == r.name) {
+            if self.rules.iter().take(i).any(|o| o.name == r.name) {
                 return Err(ConfigError::at(
                     at("name"),
                     format!("duplicate rule name {:?}", r.name),
@@ -645,7 +645,7 @@ impl Limits {
                 }
             }
             for (j, k) in r.key.iter().enumerate() {
-                if r.key[..j].contains(k) {
+                if r.key.iter().take(j).any(|o| o == k) {
                     return Err(ConfigError::at(
                         format!("{path}.rules[{i}].key[{j}]"),
                         "duplicate key part",
@@ -655,7 +655,7 @@ impl Limits {
             // Two rules counting the same thing over the same key and window: the
             // looser one could never refuse anything, which is almost surely a
             // mistake (e.g. a route re-listing a default rule under a new name).
-            if let Some(j) = self.rules[..i].iter().position(|o| {
+            if let Some((j, o)) = self.rules.iter().take(i).enumerate().find(|(_, o)| {
                 o.window() == r.window()
                     && o.count == r.count
                     && same_parts(&o.key, &r.key)
@@ -667,7 +667,7 @@ impl Limits {
                     at("name"),
                     format!(
                         "rule {:?} counts the same budget over the same key and window as rule {:?} ({path}.rules[{j}]): the looser one would never apply; merge them",
-                        r.name, self.rules[j].name
+                        r.name, o.name
                     ),
                 ));
             }

@@ -64,7 +64,7 @@ fn splice_include_usage(body: &[u8], options: Option<Node<'_>>) -> Option<Vec<u8
         }
         Some(o) if o.is_object() => {
             let m = find_member(body, b"stream_options")?;
-            let obj = &body[m.value.clone()];
+            let obj = body.get(m.value.clone())?;
             if o.get("include_usage").is_some() {
                 let inner = find_member(obj, b"include_usage")?;
                 let at = m.value.start + inner.value.start..m.value.start + inner.value.end;
@@ -89,10 +89,10 @@ fn splice_include_usage(body: &[u8], options: Option<Node<'_>>) -> Option<Vec<u8
 }
 
 fn splice(body: &[u8], at: Range<usize>, with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() - at.len() + with.len());
-    out.extend_from_slice(&body[..at.start]);
+    let mut out = Vec::with_capacity(body.len().saturating_sub(at.len()) + with.len());
+    out.extend_from_slice(body.get(..at.start).unwrap_or_default());
     out.extend_from_slice(with);
-    out.extend_from_slice(&body[at.end..]);
+    out.extend_from_slice(body.get(at.end..).unwrap_or_default());
     out
 }
 
@@ -108,7 +108,7 @@ pub(crate) struct Member {
 }
 
 fn skip_ws(s: &[u8], mut i: usize) -> usize {
-    while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = s.get(i) {
         i += 1;
     }
     i
@@ -117,8 +117,8 @@ fn skip_ws(s: &[u8], mut i: usize) -> usize {
 /// End (exclusive) of the string whose opening quote is at `i`.
 fn skip_string(s: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
-    while i < s.len() {
-        match s[i] {
+    while let Some(&b) = s.get(i) {
+        match b {
             b'"' => return Some(i + 1),
             b'\\' => i += 2,
             _ => i += 1,
@@ -135,8 +135,8 @@ fn skip_value(s: &[u8], i: usize) -> Option<usize> {
         b'{' | b'[' => {
             let mut depth = 0usize;
             let mut j = i;
-            while j < s.len() {
-                match s[j] {
+            while let Some(&b) = s.get(j) {
+                match b {
                     b'"' => {
                         j = skip_string(s, j)?;
                         continue;
@@ -156,7 +156,9 @@ fn skip_value(s: &[u8], i: usize) -> Option<usize> {
         }
         _ => {
             let mut j = i;
-            while j < s.len() && !matches!(s[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            while s
+                .get(j)
+                .is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
             {
                 j += 1;
             }
@@ -196,7 +198,7 @@ pub(crate) fn find_member(json: &[u8], key: &[u8]) -> Option<Member> {
         if comma {
             i += 1;
         }
-        if &json[key_start + 1..key_end - 1] == key {
+        if json.get(key_start + 1..key_end.saturating_sub(1)) == Some(key) {
             let removal = match prev_value_end {
                 Some(p) => p..value_end,
                 None if comma => key_start..skip_ws(json, i),

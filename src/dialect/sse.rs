@@ -88,10 +88,14 @@ impl<'a> SseEvent<'a> {
             }
             let (field, value) = match line.iter().position(|&b| b == b':') {
                 Some(c) => {
-                    let v = &line[c + 1..];
-                    (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
+                    let v = line.get(c + 1..).unwrap_or_default();
+                    (
+                        line.get(..c).unwrap_or(line),
+                        v.strip_prefix(b" ").unwrap_or(v),
+                    )
                 }
-                None => (line, &line[line.len()..]),
+                // Empty, but inside the line: callers locate values by address.
+                None => (line, line.get(line.len()..).unwrap_or_default()),
             };
             match field {
                 b"event" => name = Some(value),
@@ -212,7 +216,11 @@ impl SseFramer {
             match self.cr {
                 Cr::EndsBlock => {
                     self.cr = Cr::None;
-                    let end = if chunk[i] == b'\n' { i + 1 } else { i };
+                    let end = if chunk.get(i) == Some(&b'\n') {
+                        i + 1
+                    } else {
+                        i
+                    };
                     self.emit(chunk, chunk_pos, start, end, &mut on_event);
                     start = end;
                     i = end;
@@ -220,7 +228,7 @@ impl SseFramer {
                 }
                 Cr::EndsLine => {
                     self.cr = Cr::None;
-                    if chunk[i] == b'\n' {
+                    if chunk.get(i) == Some(&b'\n') {
                         i += 1;
                         continue;
                     }
@@ -229,13 +237,14 @@ impl SseFramer {
             }
             if !self.at_line_start {
                 // Fast path: skip the body of a line in one go.
-                match chunk[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
+                let rest = chunk.get(i..).unwrap_or_default();
+                match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
                     Some(n) => i += n,
                     None => break,
                 }
             }
-            match chunk[i] {
-                b'\n' => {
+            match chunk.get(i) {
+                Some(b'\n') => {
                     if self.at_line_start {
                         self.emit(chunk, chunk_pos, start, i + 1, &mut on_event);
                         start = i + 1;
@@ -243,7 +252,7 @@ impl SseFramer {
                         self.at_line_start = true;
                     }
                 }
-                b'\r' => {
+                Some(b'\r') => {
                     if self.at_line_start {
                         self.cr = Cr::EndsBlock;
                     } else {
@@ -255,7 +264,7 @@ impl SseFramer {
             }
             i += 1;
         }
-        let tail = &chunk[start..];
+        let tail = chunk.get(start..).unwrap_or_default();
         if self.carry.len() + tail.len() > self.max_event_bytes {
             // Keep `carry` for `take_held`: those bytes were never handed to the caller.
             self.gave_up = true;
@@ -275,10 +284,11 @@ impl SseFramer {
         on_event: &mut impl FnMut(SseEvent<'_>),
     ) {
         let offset = self.block_start;
+        let part = chunk.get(start..end).unwrap_or_default();
         if self.carry.is_empty() {
-            on_event(SseEvent::parse(&chunk[start..end], offset, true));
+            on_event(SseEvent::parse(part, offset, true));
         } else {
-            self.carry.extend_from_slice(&chunk[start..end]);
+            self.carry.extend_from_slice(part);
             on_event(SseEvent::parse(&self.carry, offset, true));
             self.carry.clear();
         }

@@ -227,7 +227,7 @@ impl PiiConfig {
                 ));
             }
             if Detectors::NAMES.contains(&c.name.as_str())
-                || self.custom[..i].iter().any(|o| o.name == c.name)
+                || self.custom.iter().take(i).any(|o| o.name == c.name)
             {
                 return Err((
                     format!("custom[{i}].name"),

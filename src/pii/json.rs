@@ -309,10 +309,9 @@ pub fn encode_into(text: &[u8], out: &mut Vec<u8>) {
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
             0..=0x1f => {
-                const H: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
-                out.push(H[usize::from(b >> 4)]);
-                out.push(H[usize::from(b & 15)]);
+                out.push(crate::decimal::hex_digit(b >> 4));
+                out.push(crate::decimal::hex_digit(b));
             }
             _ => out.push(b),
         }

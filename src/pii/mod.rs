@@ -113,7 +113,9 @@ impl PiiExchange {
             return Some(v);
         }
         if let Some(c) = self.counts.get_mut(hit.det) {
-            c[dir as usize] += 1;
+            if let Some(n) = c.get_mut(dir as usize) {
+                *n += 1;
+            }
         }
         if !self.enforce() {
             return None;

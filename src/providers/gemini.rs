@@ -362,7 +362,9 @@ pub fn gemini_body(r: &ChatRequest) -> Result<Value, TranslateError> {
                     let args = tool_call_args(c, &at)?;
                     let mut part = json!({"functionCall": {"name": c.name, "args": args}});
                     if let Some((_, sig)) = c.id.split_once(THOUGHT_MARK) {
-                        part["thoughtSignature"] = sig.into();
+                        if let Some(o) = part.as_object_mut() {
+                            o.insert("thoughtSignature".into(), sig.into());
+                        }
                     }
                     parts.push(part);
                 }

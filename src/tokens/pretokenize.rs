@@ -39,7 +39,7 @@ static UNICODE_BLOCKS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/unicode
 #[inline(always)]
 fn class_of(cp: u32) -> u8 {
     if cp < 128 {
-        return ASCII_CLASS[cp as usize];
+        return ASCII_CLASS.get(cp as usize).copied().unwrap_or(END);
     }
     let i = (cp >> 8) as usize * 2;
     let block = match UNICODE_INDEX.get(i..i + 2) {
@@ -61,7 +61,11 @@ fn at(b: &[u8], i: usize) -> (u32, usize, u8) {
         None => return (u32::MAX, 0, END),
     };
     if b0 < 0x80 {
-        return (u32::from(b0), 1, ASCII_CLASS[usize::from(b0)]);
+        return (
+            u32::from(b0),
+            1,
+            ASCII_CLASS.get(usize::from(b0)).copied().unwrap_or(END),
+        );
     }
     let c = |k: usize| b.get(i + k).map_or(0, |&x| u32::from(x & 0x3f));
     let (cp, len) = if b0 < 0xe0 {

@@ -945,10 +945,9 @@ fn write_str(t: &str, out: &mut String) {
             '\u{08}' => out.push_str("\\b"),
             '\u{0c}' => out.push_str("\\f"),
             c if (c as u32) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.push_str("\\u00");
-                out.push(char::from(HEX[((c as u32) >> 4) as usize & 15]));
-                out.push(char::from(HEX[(c as u32) as usize & 15]));
+                out.push(char::from(crate::decimal::hex_digit((c as u8) >> 4)));
+                out.push(char::from(crate::decimal::hex_digit(c as u8)));
             }
             c => out.push(c),
         }

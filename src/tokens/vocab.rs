@@ -159,7 +159,7 @@ impl Vocab {
     /// Rank of a single byte (every byte is a token in both vocabularies).
     #[inline(always)]
     pub fn byte_rank(&self, b: u8) -> u32 {
-        self.byte_rank[usize::from(b)]
+        self.byte_rank.get(usize::from(b)).copied().unwrap_or(0)
     }
 
     /// Rank of `bytes`, or `None` when it is not a token.

@@ -122,7 +122,7 @@ impl StreamMeter {
                     // No bytes were held, so this event lies within `chunk`.
                     let prefix = offset_in(ev.offset(), chunk_pos, chunk.len());
                     let mut o = Vec::with_capacity(chunk.len());
-                    o.extend_from_slice(&chunk[..prefix]);
+                    o.extend_from_slice(chunk.get(..prefix).unwrap_or_default());
                     out.insert(o)
                 }
             };
@@ -145,9 +145,10 @@ impl StreamMeter {
             return match out {
                 None if held.is_empty() => Rewrite::Unchanged,
                 out => {
-                    let mut o = out.unwrap_or_else(|| chunk[..pending].to_vec());
+                    let (before, after) = chunk.split_at_checked(pending).unwrap_or((chunk, &[]));
+                    let mut o = out.unwrap_or_else(|| before.to_vec());
                     o.extend_from_slice(&held);
-                    o.extend_from_slice(&chunk[pending..]);
+                    o.extend_from_slice(after);
                     Rewrite::Replace(o)
                 }
             };
@@ -155,7 +156,7 @@ impl StreamMeter {
         match out {
             Some(o) => Rewrite::Replace(o),
             None if pending >= chunk.len() => Rewrite::Unchanged,
-            None => Rewrite::Replace(chunk[..pending].to_vec()),
+            None => Rewrite::Replace(chunk.get(..pending).unwrap_or_default().to_vec()),
         }
     }
 
@@ -198,8 +199,8 @@ impl Action {
             Action::Keep => out.extend_from_slice(raw),
             Action::Drop => {}
             Action::Splice(r) => {
-                out.extend_from_slice(&raw[..r.start]);
-                out.extend_from_slice(&raw[r.end..]);
+                out.extend_from_slice(raw.get(..r.start).unwrap_or_default());
+                out.extend_from_slice(raw.get(r.end..).unwrap_or_default());
             }
             Action::Rebuild(v) => out.extend_from_slice(&v),
         }
@@ -376,8 +377,8 @@ impl Extract {
         {
             Action::Splice(at + m.removal.start..at + m.removal.end)
         } else {
-            let mut new = data[..m.removal.start].to_vec();
-            new.extend_from_slice(&data[m.removal.end..]);
+            let mut new = data.get(..m.removal.start).unwrap_or_default().to_vec();
+            new.extend_from_slice(data.get(m.removal.end..).unwrap_or_default());
             Action::Rebuild(rebuild_event(raw, &new))
         }
     }
