@@ -18,6 +18,7 @@ use crate::dialect::doc::{Doc, Node};
 use crate::dialect::{error_body, inject, Api, ErrorKind};
 use crate::limits::{self, Admission, Store, Subject};
 use crate::providers::stage::Stage;
+use crate::providers::Answer;
 use crate::tokens::prompt::{count_prompt, PromptCount, PromptOptions};
 use crate::tokens::{bpe, models, BudgetedCounter, Encoding, TextCounter};
 use crate::usage::stream::{Rewrite, StreamMeter};
@@ -610,6 +611,7 @@ impl Exchange {
                 .map(|(_, v)| *v)
         };
         let mut out_headers: Vec<(String, String)> = Vec::new();
+        let mut written = None;
         let (status, out) = if status == 0 {
             let who = self
                 .provider
@@ -633,17 +635,25 @@ impl Exchange {
             }
             (status, body.to_vec())
         } else {
-            let (status, out) = match self.provider.as_ref() {
+            let (status, answer) = match self.provider.as_ref() {
                 Some(p) if p.translates_response() => p.translate_body(status, body),
-                _ => (status, body.to_vec()),
+                _ => (
+                    status,
+                    Answer {
+                        body: body.to_vec(),
+                        written: None,
+                    },
+                ),
             };
             self.response_status = status;
+            written = answer.written;
+            let out = answer.body;
             (status, self.pii_response(&out).unwrap_or(out))
         };
         let report = if self.encoded_response {
             self.finish()
         } else {
-            self.on_response_complete(Some(&out))
+            self.complete_answer(&out, written)
         };
         if !out_headers.iter().any(|(k, _)| k == "content-type") {
             out_headers.push(("content-type".into(), "application/json".into()));
@@ -764,19 +774,37 @@ impl Exchange {
     /// The whole provider answer in [`ResponseMode::Translate`]: returns the body for
     /// the client (OpenAI JSON) and the report.
     pub fn on_translated_response(&mut self, body: &[u8]) -> (Vec<u8>, Option<Report>) {
-        let out = match self.provider.as_ref() {
+        let (out, written) = match self.provider.as_ref() {
             Some(p) => {
-                let (status, out) = p.translate_body(self.response_status, body);
+                let (status, answer) = p.translate_body(self.response_status, body);
                 // See [`Exchange::response_status`]: the adapter sends this status.
                 self.response_status = status;
-                out
+                (answer.body, answer.written)
             }
-            None => body.to_vec(),
+            None => (body.to_vec(), None),
         };
-        // PII restore/scan on the client-dialect answer.
+        // PII restore/scan on the client-dialect answer (text only: the usage and
+        // model written into it stay as they are).
         let out = self.pii_response(&out).unwrap_or(out);
-        let report = self.on_response_complete(Some(&out));
+        let report = self.complete_answer(&out, written);
         (out, report)
+    }
+
+    /// The end of a whole non-streaming answer: its usage and model as tollgate
+    /// wrote them into a translated answer (`written`), else read from `body`.
+    fn complete_answer(
+        &mut self,
+        body: &[u8],
+        written: Option<(Option<Usage>, String)>,
+    ) -> Option<Report> {
+        let Some((usage, model)) = written else {
+            return self.on_response_complete(Some(body));
+        };
+        self.api?;
+        self.copy = Vec::new();
+        self.response_usage = usage;
+        self.response_model = Some(model);
+        self.finish()
     }
 
     /// The status the client gets: the provider's, or 502 once a 2xx answer could

@@ -31,9 +31,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    openai_error_body, openai_error_type_for_status, push_json_str, ChatRequest, ChunkWriter,
-    Completion, FinishReason, Image, Part, RequestBody, RequestContext, ResponseContext, Role,
-    StreamTranslator, ToolCall, ToolChoice, TranslateError, Translator, UpstreamRequest,
+    openai_error_body, openai_error_type_for_status, push_json_str, Answer, ChatRequest,
+    ChunkWriter, Completion, FinishReason, Image, Part, RequestBody, RequestContext,
+    ResponseContext, Role, StreamTranslator, ToolCall, ToolChoice, TranslateError, Translator,
+    UpstreamRequest,
 };
 use crate::dialect::sse::{SseEvent, SseFramer, DEFAULT_MAX_EVENT_BYTES};
 use crate::usage::Usage;
@@ -79,11 +80,7 @@ impl Translator for Anthropic {
         Ok(req)
     }
 
-    fn translate_response(
-        &self,
-        ctx: &ResponseContext<'_>,
-        body: &[u8],
-    ) -> Result<Vec<u8>, TranslateError> {
+    fn answer(&self, ctx: &ResponseContext<'_>, body: &[u8]) -> Result<Answer, TranslateError> {
         let m: MessageResponse = serde_json::from_slice(body).map_err(|e| TranslateError {
             status: 502,
             message: format!("tollgate: the Anthropic response is not a Messages object: {e}"),
@@ -126,7 +123,7 @@ impl Translator for Anthropic {
             reasoning_content,
             message_extra,
         };
-        Ok(c.to_json())
+        Ok(Answer::from(c))
     }
 
     fn stream_translator(&self, ctx: &ResponseContext<'_>) -> Box<dyn StreamTranslator> {

@@ -28,7 +28,7 @@ use super::request::{
     push_turn, refuse_n, sampling_config, system_text_blocks, tool_call_args, tool_result_text,
 };
 use super::{
-    openai_error_body, openai_error_type_for_status, ChatRequest, ChunkWriter, Completion,
+    openai_error_body, openai_error_type_for_status, Answer, ChatRequest, ChunkWriter, Completion,
     FinishReason, Image, Part, RequestBody, RequestContext, ResponseContext, Role,
     StreamTranslator, ToolCall, ToolChoice, TranslateError, Translator, UpstreamRequest,
 };
@@ -98,11 +98,7 @@ impl Translator for Gemini {
         })
     }
 
-    fn translate_response(
-        &self,
-        ctx: &ResponseContext<'_>,
-        body: &[u8],
-    ) -> Result<Vec<u8>, TranslateError> {
+    fn answer(&self, ctx: &ResponseContext<'_>, body: &[u8]) -> Result<Answer, TranslateError> {
         let v: Value = serde_json::from_slice(body).map_err(|e| TranslateError {
             status: 502,
             message: format!("tollgate: Gemini answered with a body that is not JSON: {e}"),
@@ -155,7 +151,7 @@ impl Translator for Gemini {
             usage: v.get("usageMetadata").and_then(usage_of),
             ..Completion::default()
         };
-        Ok(c.to_json())
+        Ok(Answer::from(c))
     }
 
     fn stream_translator(&self, ctx: &ResponseContext<'_>) -> Box<dyn StreamTranslator> {

@@ -197,9 +197,11 @@ fn responses_text_thoughts_cache_tools_and_blocked() {
     ] {
         let f = fixture_json(name);
         let body = serde_json::to_vec(&f["gemini"]).unwrap();
-        let out = translator(ProviderKind::Gemini)
-            .translate_response(&rctx(&p, "gemini-2.5-flash"), &body)
-            .unwrap();
+        let out = crate::providers::written_as_read(
+            &translator(ProviderKind::Gemini)
+                .answer(&rctx(&p, "gemini-2.5-flash"), &body)
+                .unwrap(),
+        );
         let got: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(got, f["openai"], "{name}");
     }

@@ -58,12 +58,15 @@ pub mod config;
 /// so they cannot drift apart. Expands inside an `impl Translator for ...` block.
 macro_rules! pass_through_responses {
     () => {
-        fn translate_response(
+        fn answer(
             &self,
             _ctx: &$crate::providers::ResponseContext<'_>,
             body: &[u8],
-        ) -> Result<Vec<u8>, $crate::providers::TranslateError> {
-            Ok(body.to_vec())
+        ) -> Result<$crate::providers::Answer, $crate::providers::TranslateError> {
+            Ok($crate::providers::Answer {
+                body: body.to_vec(),
+                written: None,
+            })
         }
 
         fn stream_translator(
@@ -206,13 +209,19 @@ pub trait Translator: Sync {
         body: &RequestBody<'_>,
     ) -> Result<UpstreamRequest, TranslateError>;
 
-    /// A complete 2xx non-streaming provider body → OpenAI `chat.completion` JSON.
-    /// `Err` means the body was not the provider's shape (sent on as a 502 error).
+    /// A complete 2xx non-streaming provider body → OpenAI `chat.completion` JSON,
+    /// with the usage and model written into it. `Err` means the body was not the
+    /// provider's shape (sent on as a 502 error).
+    fn answer(&self, ctx: &ResponseContext<'_>, body: &[u8]) -> Result<Answer, TranslateError>;
+
+    /// [`Translator::answer`]'s body alone.
     fn translate_response(
         &self,
         ctx: &ResponseContext<'_>,
         body: &[u8],
-    ) -> Result<Vec<u8>, TranslateError>;
+    ) -> Result<Vec<u8>, TranslateError> {
+        self.answer(ctx, body).map(|a| a.body)
+    }
 
     /// A fresh translator for one 2xx streaming response.
     fn stream_translator(&self, ctx: &ResponseContext<'_>) -> Box<dyn StreamTranslator>;
@@ -225,6 +234,33 @@ pub trait Translator: Sync {
     /// upstreams, whose answers already are OpenAI's shape: zero cost).
     fn translates_response(&self) -> bool {
         true
+    }
+}
+
+/// A translated non-streaming answer: the client's `chat.completion` body and,
+/// when tollgate wrote it, the usage and model it carries, so metering need not
+/// parse the body it has just written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The body for the client.
+    pub body: Vec<u8>,
+    /// `(usage, model)` as written into `body`; `None` when `body` is the
+    /// provider's own (metering reads it then).
+    pub written: Option<(Option<Usage>, String)>,
+}
+
+impl From<Completion> for Answer {
+    fn from(c: Completion) -> Answer {
+        let body = c.to_json();
+        // The usage the client reads: OpenAI's object has no cache-creation field.
+        let usage = c.usage.map(|u| Usage {
+            cache_creation_tokens: 0,
+            ..u
+        });
+        Answer {
+            body,
+            written: Some((usage, c.model)),
+        }
     }
 }
 
@@ -1012,6 +1048,19 @@ pub fn generic_error(status: u32, body: &[u8]) -> Vec<u8> {
             }
         });
     openai_error_body(&msg, openai_error_type_for_status(status), None, None)
+}
+
+/// Test check: the usage and model an [`Answer`] says it wrote are what metering
+/// would read back from its body (and it wrote them, with usage, at all).
+#[cfg(test)]
+pub(crate) fn written_as_read(a: &Answer) -> Vec<u8> {
+    let (usage, model) = crate::usage::usage_and_model_from_response_json(
+        crate::dialect::Api::ChatCompletions,
+        &a.body,
+    );
+    assert!(usage.is_some(), "the answer carries usage");
+    assert_eq!(a.written, Some((usage, model.unwrap_or_default())));
+    a.body.clone()
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use super::{
-    translator, ProviderConfig, RequestBody, RequestContext, ResponseContext, StreamTranslator,
-    TranslateError, Translator, UpstreamRequest,
+    translator, Answer, ProviderConfig, RequestBody, RequestContext, ResponseContext,
+    StreamTranslator, TranslateError, Translator, UpstreamRequest,
 };
 use crate::dialect::Api;
 
@@ -147,19 +147,23 @@ impl Stage {
 
     /// A complete non-streaming answer (any status) → the status and OpenAI body
     /// to send the client.
-    pub fn translate_body(&self, status: u32, body: &[u8]) -> (u32, Vec<u8>) {
+    pub fn translate_body(&self, status: u32, body: &[u8]) -> (u32, Answer) {
+        let written = |body| Answer {
+            body,
+            written: None,
+        };
         if !(200..300).contains(&status) {
-            return (status, self.translator.translate_error(status, body));
+            return (
+                status,
+                written(self.translator.translate_error(status, body)),
+            );
         }
         let id = format!("chatcmpl-tg{}", self.now_unix_ms);
-        match self
-            .translator
-            .translate_response(&self.response_ctx(&id), body)
-        {
-            Ok(b) => (status, b),
+        match self.translator.answer(&self.response_ctx(&id), body) {
+            Ok(a) => (status, a),
             // A 2xx the translator cannot read is the provider's failure: the client
             // gets an OpenAI error with that status (502), not a 200 carrying one.
-            Err(e) => (e.status, e.body()),
+            Err(e) => (e.status, written(e.body())),
         }
     }
 

@@ -208,8 +208,18 @@ fn response_text_tool_use_and_cache_usage() {
       "stop_reason":"tool_use","stop_sequence":null,
       "usage":{"input_tokens":2095,"cache_creation_input_tokens":100,"cache_read_input_tokens":1500,
                "output_tokens":503,"service_tier":"standard"}}"#;
-    let out: Value =
-        serde_json::from_slice(&Anthropic.translate_response(&rctx(&p), body).unwrap()).unwrap();
+    let answer = Anthropic.answer(&rctx(&p), body).unwrap();
+    let out: Value = serde_json::from_slice(&crate::providers::written_as_read(&answer)).unwrap();
+    // Anthropic bills cache writes apart; OpenAI's usage has no field for them.
+    let written = answer.written.and_then(|(u, _)| u).unwrap();
+    assert_eq!(
+        (
+            written.prompt_tokens,
+            written.cached_tokens,
+            written.cache_creation_tokens
+        ),
+        (2095 + 100 + 1500, 1500, 0)
+    );
     assert_eq!(out["object"], "chat.completion");
     assert_eq!(out["id"], "msg_01Aq9w938a90dw8q");
     assert_eq!(out["model"], "claude-sonnet-4-5-20250929");

@@ -25,9 +25,9 @@ use super::request::{
     push_turn, refuse_n, sampling_config, system_text_blocks, tool_call_args, tool_result_text,
 };
 use super::{
-    generic_error, ChatRequest, Completion, FinishReason, Image, Part, RequestBody, RequestContext,
-    ResponseContext, Role, StreamTranslator, ToolCall, ToolChoice, TranslateError, Translator,
-    UpstreamRequest,
+    generic_error, Answer, ChatRequest, Completion, FinishReason, Image, Part, RequestBody,
+    RequestContext, ResponseContext, Role, StreamTranslator, ToolCall, ToolChoice, TranslateError,
+    Translator, UpstreamRequest,
 };
 use crate::usage::Usage;
 
@@ -139,11 +139,7 @@ impl Translator for Bedrock {
         })
     }
 
-    fn translate_response(
-        &self,
-        ctx: &ResponseContext<'_>,
-        body: &[u8],
-    ) -> Result<Vec<u8>, TranslateError> {
+    fn answer(&self, ctx: &ResponseContext<'_>, body: &[u8]) -> Result<Answer, TranslateError> {
         let v: Value = serde_json::from_slice(body).map_err(|e| bad_upstream(&e.to_string()))?;
         let content = v
             .pointer("/output/message/content")
@@ -184,7 +180,7 @@ impl Translator for Bedrock {
             usage: v.get("usage").and_then(usage_of),
             ..Completion::default()
         };
-        Ok(c.to_json())
+        Ok(Answer::from(c))
     }
 
     fn stream_translator(&self, ctx: &ResponseContext<'_>) -> Box<dyn StreamTranslator> {

@@ -263,12 +263,14 @@ fn responses_text_with_cache_usage_and_tool_calls() {
     for name in ["converse-text.response.json", "converse-tool.response.json"] {
         let f = fixture_json(name);
         let body = serde_json::to_vec(&f["converse"]).unwrap();
-        let out = translator(ProviderKind::Bedrock)
-            .translate_response(
-                &rctx(&p, "anthropic.claude-3-5-sonnet-20240620-v1:0"),
-                &body,
-            )
-            .unwrap();
+        let out = crate::providers::written_as_read(
+            &translator(ProviderKind::Bedrock)
+                .answer(
+                    &rctx(&p, "anthropic.claude-3-5-sonnet-20240620-v1:0"),
+                    &body,
+                )
+                .unwrap(),
+        );
         let got: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(got, f["openai"], "{name}");
     }
