@@ -323,7 +323,7 @@ pub fn usage_of(u: &Value) -> Option<Usage> {
     })
 }
 
-fn parts_of(content: &[Part], at: &str) -> Result<Vec<Value>, TranslateError> {
+fn parts_of(content: &[Part], at: &dyn std::fmt::Display) -> Result<Vec<Value>, TranslateError> {
     let mut out = Vec::with_capacity(content.len());
     for p in content {
         match p {
@@ -348,7 +348,7 @@ pub fn gemini_body(r: &ChatRequest) -> Result<Value, TranslateError> {
     // tool_call_id → function name, from the assistant turns seen so far.
     let mut call_names: HashMap<&str, &str> = HashMap::new();
     for (i, m) in r.messages.iter().enumerate() {
-        let at = format!("messages (non-system #{i})");
+        let at = super::lazy(move |f| write!(f, "messages (non-system #{i})"));
         let (role, parts) = match m.role {
             Role::User => ("user", parts_of(&m.content, &at)?),
             Role::Assistant => {

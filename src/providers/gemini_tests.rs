@@ -163,6 +163,11 @@ fn untranslatable_requests_are_400s_naming_the_field() {
     .unwrap_err();
     assert_eq!(e.status, 400);
     assert!(e.message.contains("\"nope\""), "{}", e.message);
+    assert!(
+        e.message.starts_with("messages (non-system #0): "),
+        "{}",
+        e.message
+    );
     let e = translate(
         &json!({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
@@ -172,6 +177,11 @@ fn untranslatable_requests_are_400s_naming_the_field() {
     )
     .unwrap_err();
     assert!(e.message.contains("data:image"), "{}", e.message);
+    assert!(
+        e.message.starts_with("messages (non-system #0): "),
+        "{}",
+        e.message
+    );
     let e = translate(&json!({"messages": []}), "../admin", false, &p).unwrap_err();
     assert!(e.message.contains("model"), "{}", e.message);
     let e = translate(&json!({"messages": []}), "", false, &p).unwrap_err();

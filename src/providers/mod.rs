@@ -91,7 +91,7 @@ pub mod openai_compat;
 pub(crate) mod request;
 pub mod stage;
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use serde_json::Value;
 
@@ -234,6 +234,22 @@ pub trait Translator: Sync {
     /// upstreams, whose answers already are OpenAI's shape: zero cost).
     fn translates_response(&self) -> bool {
         true
+    }
+}
+
+/// A place in the client's request for error messages (`messages[3].content`),
+/// written out only when an error is: a request that translates formats no
+/// paths (it used to build two strings per message).
+pub struct Lazy<F>(F);
+
+/// [`Lazy`] of a closure that writes the path.
+pub fn lazy<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result>(write: F) -> Lazy<F> {
+    Lazy(write)
+}
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Lazy<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
     }
 }
 
@@ -441,11 +457,12 @@ impl ChatRequest {
             .and_then(Value::as_array)
             .ok_or_else(|| TranslateError::bad_request("`messages` must be an array"))?;
         for (i, m) in msgs.iter().enumerate() {
-            let at = format!("messages[{i}]");
+            let at = lazy(move |f| write!(f, "messages[{i}]"));
+            let content_at = lazy(|f| write!(f, "{at}.content"));
             let role = m.get("role").and_then(Value::as_str).unwrap_or("");
             match role {
                 "system" | "developer" => {
-                    let parts = parts_of(m.get("content"), &format!("{at}.content"))?;
+                    let parts = parts_of(m.get("content"), &content_at)?;
                     let mut text = String::new();
                     for p in parts {
                         match p {
@@ -470,7 +487,7 @@ impl ChatRequest {
                         "assistant" => Role::Assistant,
                         _ => Role::Tool,
                     };
-                    let content = parts_of(m.get("content"), &format!("{at}.content"))?;
+                    let content = parts_of(m.get("content"), &content_at)?;
                     let mut tool_calls = Vec::new();
                     if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
                         for (j, c) in calls.iter().enumerate() {
@@ -604,7 +621,7 @@ fn str_of(v: Option<&Value>) -> String {
 }
 
 /// Content (string, array of parts, or null) → parts.
-fn parts_of(v: Option<&Value>, at: &str) -> Result<Vec<Part>, TranslateError> {
+fn parts_of(v: Option<&Value>, at: &dyn fmt::Display) -> Result<Vec<Part>, TranslateError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![Part::Text(s.clone())]),
@@ -623,7 +640,7 @@ fn parts_of(v: Option<&Value>, at: &str) -> Result<Vec<Part>, TranslateError> {
                             Some(o) => o.get("url").and_then(Value::as_str).unwrap_or(""),
                             None => "",
                         };
-                        out.push(Part::Image(image_of(url, &format!("{at}[{i}]"))?));
+                        out.push(Part::Image(image_of(url, &lazy(|f| write!(f, "{at}[{i}]")))?));
                     }
                     other => {
                         return Err(TranslateError::bad_request(format!(
@@ -641,7 +658,7 @@ fn parts_of(v: Option<&Value>, at: &str) -> Result<Vec<Part>, TranslateError> {
 }
 
 /// `data:image/png;base64,...` → [`Image::Base64`]; `http(s)://` → [`Image::Url`].
-pub fn image_of(url: &str, at: &str) -> Result<Image, TranslateError> {
+pub fn image_of(url: &str, at: &dyn fmt::Display) -> Result<Image, TranslateError> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest.split_once(',').ok_or_else(|| {
             TranslateError::bad_request(format!("{at}.image_url.url: malformed data URL"))

@@ -23,7 +23,10 @@ pub(crate) fn refuse_n(body: &Value, provider: &str) -> Result<(), TranslateErro
 
 /// An assistant tool call's `arguments` (a JSON string) as a JSON value; blank
 /// arguments read as `{}`. `at` names the message in the error.
-pub(crate) fn tool_call_args(c: &ToolCall, at: &str) -> Result<Value, TranslateError> {
+pub(crate) fn tool_call_args(
+    c: &ToolCall,
+    at: &dyn std::fmt::Display,
+) -> Result<Value, TranslateError> {
     if c.arguments.trim().is_empty() {
         return Ok(json!({}));
     }
@@ -39,7 +42,7 @@ pub(crate) fn tool_call_args(c: &ToolCall, at: &str) -> Result<Value, TranslateE
 /// tool result, so they are refused naming `provider`.
 pub(crate) fn tool_result_text(
     parts: &[Part],
-    at: &str,
+    at: &dyn std::fmt::Display,
     provider: &str,
 ) -> Result<String, TranslateError> {
     let mut text = String::new();

@@ -243,7 +243,10 @@ fn image_format(media_type: &str) -> Option<&'static str> {
     }
 }
 
-fn content_blocks(parts: &[Part], at: &str) -> Result<Vec<Value>, TranslateError> {
+fn content_blocks(
+    parts: &[Part],
+    at: &dyn std::fmt::Display,
+) -> Result<Vec<Value>, TranslateError> {
     let mut out = Vec::with_capacity(parts.len());
     for p in parts {
         match p {
@@ -273,7 +276,7 @@ pub fn converse_body(r: &ChatRequest) -> Result<Value, TranslateError> {
     let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::with_capacity(r.messages.len());
     let mut tool_history = false;
     for (i, m) in r.messages.iter().enumerate() {
-        let at = format!("messages (non-system #{i})");
+        let at = super::lazy(move |f| write!(f, "messages (non-system #{i})"));
         let (role, blocks) = match m.role {
             Role::User => ("user", content_blocks(&m.content, &at)?),
             Role::Assistant => {
