@@ -10,8 +10,6 @@ pub mod report;
 
 use std::rc::Rc;
 
-use serde_json::Value;
-
 use crate::config::LimitMode;
 use crate::config::{InvalidBody, RouteSettings};
 use crate::dialect::doc::{Doc, Node};
@@ -411,19 +409,7 @@ impl Exchange {
             BodyDecision::Replace(b) => Some(b),
             BodyDecision::Respond(r) => return BodyDecision::Respond(r),
         };
-        // The translators build the provider's body from a serde_json tree; only
-        // provider routes pay for one.
-        let parsed: Value = match serde_json::from_slice(original) {
-            Ok(v) => v,
-            Err(e) => {
-                // Refused before forwarding: nothing was used, nothing to report.
-                // (A provider route never passes an invalid body on.)
-                self.reported = true;
-                let api = self.api.unwrap_or(Api::ChatCompletions);
-                return self.invalid_body(api, &format!("the request body is not valid JSON: {e}"));
-            }
-        };
-        if let Err(reply) = self.rewrite_for_provider(original, &parsed, &mut new_body) {
+        if let Err(reply) = self.rewrite_for_provider(original, &mut new_body) {
             return BodyDecision::Respond(reply);
         }
         match new_body {
@@ -457,14 +443,31 @@ impl Exchange {
     fn rewrite_for_provider(
         &mut self,
         original: &[u8],
-        parsed: &Value,
         new_body: &mut Option<Vec<u8>>,
     ) -> Result<(), LocalReply> {
+        if self.provider.is_none() {
+            return Ok(());
+        }
         let streaming = self.streaming;
+        let current = new_body.as_deref().unwrap_or(original);
+        // The translators read the body as it will be sent (after the PII, clamp
+        // and usage edits) from the flat document; no JSON tree is built.
+        let doc = match Doc::parse(current) {
+            Ok(d) => d,
+            Err(e) => {
+                // Refused before forwarding: nothing was used, nothing to report.
+                // (A provider route never passes an invalid body on.)
+                self.reported = true;
+                let api = self.api.unwrap_or(Api::ChatCompletions);
+                return Err(invalid_reply(
+                    api,
+                    &format!("the request body is not valid JSON: {e}"),
+                ));
+            }
+        };
         let Some(stage) = self.provider.as_mut() else {
             return Ok(());
         };
-        let current = new_body.as_deref().unwrap_or(original);
         if stage.config().fallback.is_some() && !self.provider_calls {
             static WARNED: std::sync::atomic::AtomicBool =
                 std::sync::atomic::AtomicBool::new(false);
@@ -478,7 +481,7 @@ impl Exchange {
                 used: None,
             });
         }
-        let result = stage.on_request_body(current, parsed, new_body.is_some(), streaming);
+        let result = stage.on_request_body(current, doc.root(), streaming);
         if result.is_ok()
             && !stage.model().is_empty()
             && self.model.as_deref() != Some(stage.model())
@@ -566,11 +569,11 @@ impl Exchange {
         let cfg = Rc::new((**stage.config().fallback.as_ref()?).clone());
         let path = stage.client_path().to_string();
         let state = self.fallback.as_mut()?;
-        let parsed: Value = serde_json::from_slice(&state.client_body).ok()?;
+        let doc = Doc::parse(&state.client_body).ok()?;
         let mut next = Stage::new(cfg);
         next.set_clock(self.clock_ms);
         let translated = match next.on_request_headers(api, &path) {
-            Ok(true) => next.on_request_body(&state.client_body, &parsed, false, false),
+            Ok(true) => next.on_request_body(&state.client_body, doc.root(), false),
             Ok(false) => Ok(None),
             Err(e) => Err(e),
         };
@@ -851,11 +854,7 @@ impl Exchange {
                 self.api = None;
                 BodyDecision::Forward
             }
-            InvalidBody::Reject => BodyDecision::Respond(LocalReply {
-                status: ErrorKind::InvalidRequest.status(),
-                body: error_body(api.family(), ErrorKind::InvalidRequest, why),
-                headers: Vec::new(),
-            }),
+            InvalidBody::Reject => BodyDecision::Respond(invalid_reply(api, why)),
         }
     }
 
@@ -1376,6 +1375,15 @@ fn starts_with_ignore_case(value: &str, prefix: &str) -> bool {
         .as_bytes()
         .get(..prefix.len())
         .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
+/// The 400 for a body tollgate cannot read, in the client's dialect.
+fn invalid_reply(api: Api, why: &str) -> LocalReply {
+    LocalReply {
+        status: ErrorKind::InvalidRequest.status(),
+        body: error_body(api.family(), ErrorKind::InvalidRequest, why),
+        headers: Vec::new(),
+    }
 }
 
 #[cfg(test)]

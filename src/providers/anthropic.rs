@@ -27,6 +27,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use crate::dialect::doc::{Node, View};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -53,10 +54,10 @@ impl Translator for Anthropic {
         body: &RequestBody<'_>,
     ) -> Result<UpstreamRequest, TranslateError> {
         let p = ctx.provider;
-        refuse_logprobs(body.value)?;
-        super::request::refuse_n(body.value, "Anthropic")?;
-        let chat = ChatRequest::from_value(body.value)?;
-        let thinking = thinking_param(body.value, &p.anthropic.thinking_budgets)?;
+        refuse_logprobs(body.root)?;
+        super::request::refuse_n(body.root, "Anthropic")?;
+        let chat = ChatRequest::from_node(body.root)?;
+        let thinking = thinking_param(body.root, &p.anthropic.thinking_budgets)?;
         let out = request_body(
             &chat,
             ctx.model,
@@ -277,11 +278,11 @@ pub fn error_body(status: u32, body: &[u8]) -> Vec<u8> {
 /// rather than an answer whose `logprobs` is silently `null` (code reading
 /// `choice.logprobs.content` would fail later, far from the cause).
 /// `logprobs: false` and `top_logprobs: 0` ask for nothing and pass.
-fn refuse_logprobs(body: &Value) -> Result<(), TranslateError> {
-    let asked = body.get("logprobs").and_then(Value::as_bool) == Some(true);
+fn refuse_logprobs(body: Node<'_>) -> Result<(), TranslateError> {
+    let asked = body.get("logprobs").and_then(Node::as_bool) == Some(true);
     let top = body
         .get("top_logprobs")
-        .and_then(Value::as_u64)
+        .and_then(Node::as_u64)
         .filter(|n| *n > 0);
     if asked || top.is_some() {
         let field = if asked { "logprobs" } else { "top_logprobs" };
@@ -305,28 +306,29 @@ pub struct Thinking {
 }
 
 fn thinking_param(
-    body: &Value,
+    body: Node<'_>,
     budgets: &crate::providers::config::ThinkingBudgets,
 ) -> Result<Option<Thinking>, TranslateError> {
     match body.get("thinking") {
-        None | Some(Value::Null) => {}
+        None => {}
+        Some(t) if t.is_null() => {}
         Some(t) => {
-            let ty = t.get("type").and_then(Value::as_str);
+            let ty = t.get("type").and_then(Node::as_str);
             let Some(ty) = ty.filter(|_| t.is_object()) else {
                 return Err(TranslateError::bad_request(
                     "thinking: expected Anthropic's object, e.g. {\"type\": \"enabled\", \"budget_tokens\": 2048}",
                 ));
             };
-            let budget = t.get("budget_tokens").and_then(Value::as_u64);
+            let budget = t.get("budget_tokens").and_then(Node::as_u64);
             return Ok(Some(Thinking {
-                json: t.to_string(),
+                json: super::node_value(t).to_string(),
                 budget: budget.filter(|_| ty == "enabled"),
             }));
         }
     }
-    let effort = match body.get("reasoning_effort") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(e)) => e.as_str(),
+    let effort = match body.get("reasoning_effort").map(Node::view) {
+        None | Some(View::Null) => return Ok(None),
+        Some(View::String(e)) => e,
         Some(_) => {
             return Err(TranslateError::bad_request(
                 "reasoning_effort: expected a string",

@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 
+use crate::dialect::doc::Node;
 use serde_json::{json, Map, Value};
 
 use super::request::{
@@ -64,10 +65,10 @@ impl Translator for Gemini {
                 ctx.model
             )));
         }
-        refuse_n(body.value, "Gemini")?;
-        let chat = ChatRequest::from_value(body.value)?;
+        refuse_n(body.root, "Gemini")?;
+        let chat = ChatRequest::from_node(body.root)?;
         let mut v = gemini_body(&chat)?;
-        extra_generation_config(body.value, &mut v)?;
+        extra_generation_config(body.root, &mut v)?;
         let new_body = serde_json::to_vec(&v).map_err(|e| TranslateError {
             status: 500,
             message: format!("tollgate: could not serialise the Gemini body: {e}"),
@@ -199,35 +200,40 @@ pub fn error_body(status: u32, body: &[u8]) -> Vec<u8> {
 /// also has: `seed`, `presence_penalty`, `frequency_penalty`, and `response_format`
 /// (`json_object` → `responseMimeType: application/json`; `json_schema` → plus
 /// `responseJsonSchema`).
-fn extra_generation_config(openai: &Value, body: &mut Value) -> Result<(), TranslateError> {
+fn extra_generation_config(openai: Node<'_>, body: &mut Value) -> Result<(), TranslateError> {
     let mut extra = Map::new();
-    if let Some(s) = openai.get("seed").and_then(Value::as_i64) {
+    if let Some(s) = openai
+        .get("seed")
+        .and_then(Node::raw_number)
+        .and_then(|n| n.parse::<i64>().ok())
+    {
         extra.insert("seed".into(), s.into());
     }
     for (from, to) in [
         ("presence_penalty", "presencePenalty"),
         ("frequency_penalty", "frequencyPenalty"),
     ] {
-        if let Some(x) = openai.get(from).and_then(Value::as_f64) {
+        if let Some(x) = openai.get(from).and_then(super::node_f64) {
             extra.insert(to.into(), x.into());
         }
     }
     match openai.get("response_format") {
-        None | Some(Value::Null) => {}
-        Some(rf) => match rf.get("type").and_then(Value::as_str) {
+        None => {}
+        Some(rf) if rf.is_null() => {}
+        Some(rf) => match rf.get("type").and_then(Node::as_str) {
             Some("text") => {}
             Some("json_object") => {
                 extra.insert("responseMimeType".into(), "application/json".into());
             }
             Some("json_schema") => {
-                let Some(schema) = rf.pointer("/json_schema/schema").filter(|s| s.is_object())
-                else {
+                let schema = rf.get("json_schema").and_then(|j| j.get("schema"));
+                let Some(schema) = schema.filter(|s| s.is_object()) else {
                     return Err(TranslateError::bad_request(
                         "response_format.json_schema.schema: expected a JSON Schema object",
                     ));
                 };
                 extra.insert("responseMimeType".into(), "application/json".into());
-                extra.insert("responseJsonSchema".into(), schema.clone());
+                extra.insert("responseJsonSchema".into(), super::node_value(schema));
             }
             other => {
                 return Err(TranslateError::bad_request(format!(

@@ -42,7 +42,7 @@ fn translate(
         },
         &RequestBody {
             bytes: &bytes,
-            value: openai,
+            root: crate::dialect::doc::Doc::parse(&bytes).unwrap().root(),
         },
     )
 }

@@ -16,7 +16,7 @@
 //! mapped through the route's model map) → [`UpstreamRequest`] (path, authority,
 //! headers to set/remove, new body). The [`RequestContext`] carries the provider
 //! config (endpoint, credentials) and the host clock for signing (SigV4).
-//! [`ChatRequest::from_value`] gives a typed, normalised view of the body so each
+//! [`ChatRequest::from_node`] gives a typed, normalised view of the body so each
 //! translator does not re-walk OpenAI's many content shapes.
 //!
 //! Response direction, 2xx non-streaming ([`Translator::translate_response`]):
@@ -97,6 +97,7 @@ use serde_json::Value;
 
 pub use config::{ProviderConfig, ProviderKind, Secret};
 
+use crate::dialect::doc::{Doc, Node, View};
 use crate::usage::Usage;
 
 /// The translator for a provider kind: the registry. Gemini and Bedrock plug in here
@@ -133,8 +134,10 @@ pub struct RequestContext<'a> {
 pub struct RequestBody<'a> {
     /// Current body bytes (after earlier stages such as PII redaction).
     pub bytes: &'a [u8],
-    /// The same body, parsed.
-    pub value: &'a Value,
+    /// The same body, parsed into the flat document (no JSON tree: translators
+    /// read what they need and build [`node_value`] trees only for what they pass
+    /// on whole).
+    pub root: Node<'a>,
 }
 
 /// The request to send upstream instead of the client's.
@@ -448,18 +451,29 @@ pub enum ToolChoice {
 impl ChatRequest {
     /// Read a Chat Completions body. Errors name the JSON path of what is wrong.
     pub fn from_value(v: &Value) -> Result<ChatRequest, TranslateError> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| TranslateError::bad_request("the request body must be a JSON object"))?;
+        let bytes = serde_json::to_vec(v).unwrap_or_default();
+        let doc = Doc::parse(&bytes)
+            .map_err(|e| TranslateError::bad_request(format!("the request body: {e}")))?;
+        ChatRequest::from_node(doc.root())
+    }
+
+    /// [`ChatRequest::from_value`] on the flat document the metering stage reads
+    /// too: strings are taken as parsed, no JSON tree is built.
+    pub fn from_node(v: Node<'_>) -> Result<ChatRequest, TranslateError> {
+        if !v.is_object() {
+            return Err(TranslateError::bad_request(
+                "the request body must be a JSON object",
+            ));
+        }
         let mut r = ChatRequest::default();
-        let msgs = obj
+        let msgs = v
             .get("messages")
-            .and_then(Value::as_array)
+            .and_then(Node::as_array)
             .ok_or_else(|| TranslateError::bad_request("`messages` must be an array"))?;
         for (i, m) in msgs.iter().enumerate() {
             let at = lazy(move |f| write!(f, "messages[{i}]"));
             let content_at = lazy(|f| write!(f, "{at}.content"));
-            let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+            let role = m.get("role").and_then(Node::as_str).unwrap_or("");
             match role {
                 "system" | "developer" => {
                     let parts = parts_of(m.get("content"), &content_at)?;
@@ -489,22 +503,23 @@ impl ChatRequest {
                     };
                     let content = parts_of(m.get("content"), &content_at)?;
                     let mut tool_calls = Vec::new();
-                    if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                    if let Some(calls) = m.get("tool_calls").and_then(Node::as_array) {
                         for (j, c) in calls.iter().enumerate() {
                             let f = c.get("function");
-                            let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+                            let name = f.and_then(|f| f.get("name")).and_then(Node::as_str);
                             let Some(name) = name else {
                                 return Err(TranslateError::bad_request(format!(
                                     "{at}.tool_calls[{j}].function.name is required"
                                 )));
                             };
+                            let arguments = f.and_then(|f| f.get("arguments"));
                             tool_calls.push(ToolCall {
                                 id: str_of(c.get("id")),
                                 name: name.to_string(),
-                                arguments: match f.and_then(|f| f.get("arguments")) {
-                                    Some(Value::String(s)) => s.clone(),
-                                    Some(Value::Null) | None => "{}".to_string(),
-                                    Some(other) => other.to_string(),
+                                arguments: match arguments.map(|a| (a, a.view())) {
+                                    Some((_, View::String(s))) => s.to_string(),
+                                    Some((_, View::Null)) | None => "{}".to_string(),
+                                    Some((a, _)) => node_value(a).to_string(),
                                 },
                             });
                         }
@@ -512,15 +527,15 @@ impl ChatRequest {
                     let tool_call_id = m
                         .get("tool_call_id")
                         .or_else(|| m.get("name").filter(|_| role == Role::Tool))
-                        .and_then(Value::as_str)
+                        .and_then(Node::as_str)
                         .map(str::to_string);
                     if role == Role::Tool && tool_call_id.is_none() {
                         return Err(TranslateError::bad_request(format!(
                             "{at}.tool_call_id is required for tool messages"
                         )));
                     }
-                    let thinking_blocks = match m.get("thinking_blocks") {
-                        Some(Value::Array(a)) if role == Role::Assistant => a.clone(),
+                    let thinking_blocks = match m.get("thinking_blocks").and_then(Node::as_array) {
+                        Some(a) if role == Role::Assistant => a.iter().map(node_value).collect(),
                         _ => Vec::new(),
                     };
                     r.messages.push(Message {
@@ -538,10 +553,10 @@ impl ChatRequest {
                 }
             }
         }
-        if let Some(tools) = obj.get("tools").and_then(Value::as_array) {
+        if let Some(tools) = v.get("tools").and_then(Node::as_array) {
             for (i, t) in tools.iter().enumerate() {
                 let f = t.get("function");
-                let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+                let name = f.and_then(|f| f.get("name")).and_then(Node::as_str);
                 let Some(name) = name else {
                     return Err(TranslateError::bad_request(format!(
                         "tools[{i}].function.name is required"
@@ -551,19 +566,19 @@ impl ChatRequest {
                     name: name.to_string(),
                     description: f
                         .and_then(|f| f.get("description"))
-                        .and_then(Value::as_str)
+                        .and_then(Node::as_str)
                         .map(str::to_string),
                     parameters: f
                         .and_then(|f| f.get("parameters"))
                         .filter(|p| p.is_object())
-                        .cloned()
+                        .map(node_value)
                         .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
                 });
             }
         }
-        r.tool_choice = match obj.get("tool_choice") {
-            None | Some(Value::Null) => ToolChoice::Unset,
-            Some(Value::String(s)) => match s.as_str() {
+        r.tool_choice = match v.get("tool_choice").map(|c| (c, c.view())) {
+            None | Some((_, View::Null)) => ToolChoice::Unset,
+            Some((_, View::String(s))) => match s {
                 "auto" => ToolChoice::Auto,
                 "none" => ToolChoice::None,
                 "required" => ToolChoice::Required,
@@ -573,10 +588,10 @@ impl ChatRequest {
                     )))
                 }
             },
-            Some(v) => match v
+            Some((c, _)) => match c
                 .get("function")
                 .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
+                .and_then(Node::as_str)
             {
                 Some(n) => ToolChoice::Function(n.to_string()),
                 None => {
@@ -586,58 +601,83 @@ impl ChatRequest {
                 }
             },
         };
-        r.max_tokens = obj
+        r.max_tokens = v
             .get("max_completion_tokens")
-            .and_then(Value::as_u64)
-            .or_else(|| obj.get("max_tokens").and_then(Value::as_u64));
-        r.temperature = obj.get("temperature").and_then(Value::as_f64);
-        r.top_p = obj.get("top_p").and_then(Value::as_f64);
-        match obj.get("stop") {
-            Some(Value::String(s)) => r.stop.push(s.clone()),
-            Some(Value::Array(a)) => {
+            .and_then(Node::as_u64)
+            .or_else(|| v.get("max_tokens").and_then(Node::as_u64));
+        r.temperature = v.get("temperature").and_then(node_f64);
+        r.top_p = v.get("top_p").and_then(node_f64);
+        match v.get("stop").map(|s| (s, s.view())) {
+            Some((_, View::String(s))) => r.stop.push(s.to_string()),
+            Some((_, View::Array(a))) => {
                 r.stop = a
                     .iter()
-                    .filter_map(Value::as_str)
+                    .filter_map(Node::as_str)
                     .map(str::to_string)
                     .collect()
             }
             _ => {}
         }
-        r.stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        r.include_usage = obj
+        r.stream = v.get("stream").and_then(Node::as_bool).unwrap_or(false);
+        r.include_usage = v
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
+            .and_then(Node::as_bool)
             .unwrap_or(false);
-        r.user = obj.get("user").and_then(Value::as_str).map(str::to_string);
+        r.user = v.get("user").and_then(Node::as_str).map(str::to_string);
         r.parallel_tool_calls_disabled =
-            obj.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false);
+            v.get("parallel_tool_calls").and_then(Node::as_bool) == Some(false);
         Ok(r)
     }
 }
 
-fn str_of(v: Option<&Value>) -> String {
-    v.and_then(Value::as_str).unwrap_or("").to_string()
+fn str_of(v: Option<Node<'_>>) -> String {
+    v.and_then(Node::as_str).unwrap_or("").to_string()
+}
+
+/// A number as `f64` (serde_json's `as_f64` of it).
+pub(crate) fn node_f64(n: Node<'_>) -> Option<f64> {
+    n.raw_number()?.parse().ok()
+}
+
+/// A JSON tree of a node, for the few values translators pass on whole (tool
+/// schemas, thinking blocks): built only for them, not for the whole body.
+pub fn node_value(n: Node<'_>) -> Value {
+    match n.view() {
+        View::Null => Value::Null,
+        View::Bool(b) => Value::Bool(b),
+        View::Number(raw) => serde_json::from_str(raw).unwrap_or(Value::Null),
+        View::String(s) => Value::String(s.to_string()),
+        View::Array(a) => Value::Array(a.iter().map(node_value).collect()),
+        View::Object(m) => {
+            let mut o = serde_json::Map::new();
+            for (k, v) in m {
+                o.insert(k.to_string(), node_value(v));
+            }
+            Value::Object(o)
+        }
+    }
 }
 
 /// Content (string, array of parts, or null) → parts.
-fn parts_of(v: Option<&Value>, at: &dyn fmt::Display) -> Result<Vec<Part>, TranslateError> {
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![Part::Text(s.clone())]),
-        Some(Value::Array(a)) => {
+fn parts_of(v: Option<Node<'_>>, at: &dyn fmt::Display) -> Result<Vec<Part>, TranslateError> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    match v.view() {
+        View::Null => Ok(Vec::new()),
+        View::String(s) => Ok(vec![Part::Text(s.to_string())]),
+        View::Array(a) => {
             let mut out = Vec::with_capacity(a.len());
             for (i, p) in a.iter().enumerate() {
-                let ty = p.get("type").and_then(Value::as_str).unwrap_or("");
+                let ty = p.get("type").and_then(Node::as_str).unwrap_or("");
                 match ty {
                     "text" | "input_text" | "output_text" | "refusal" => {
                         let key = if ty == "refusal" { "refusal" } else { "text" };
                         out.push(Part::Text(str_of(p.get(key))));
                     }
                     "image_url" => {
-                        let url = match p.get("image_url") {
-                            Some(Value::String(s)) => s.as_str(),
-                            Some(o) => o.get("url").and_then(Value::as_str).unwrap_or(""),
+                        let url = match p.get("image_url").map(|u| (u, u.view())) {
+                            Some((_, View::String(s))) => s,
+                            Some((o, _)) => o.get("url").and_then(Node::as_str).unwrap_or(""),
                             None => "",
                         };
                         out.push(Part::Image(image_of(url, &lazy(|f| write!(f, "{at}[{i}]")))?));
@@ -651,7 +691,7 @@ fn parts_of(v: Option<&Value>, at: &dyn fmt::Display) -> Result<Vec<Part>, Trans
             }
             Ok(out)
         }
-        Some(_) => Err(TranslateError::bad_request(format!(
+        _ => Err(TranslateError::bad_request(format!(
             "{at}: expected a string or an array of content parts"
         ))),
     }

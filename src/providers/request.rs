@@ -6,14 +6,15 @@
 //! to text, merging neighbouring turns of one role, and the system prompt as text
 //! blocks. What a provider names its blocks and fields stays in its own module.
 
+use crate::dialect::doc::Node;
 use serde_json::{json, Map, Value};
 
 use super::{ChatRequest, Part, ToolCall, TranslateError};
 
 /// `n` > 1 asks for several choices; the translators answer with one, so say so
 /// instead of silently returning fewer.
-pub(crate) fn refuse_n(body: &Value, provider: &str) -> Result<(), TranslateError> {
-    match body.get("n").and_then(Value::as_u64) {
+pub(crate) fn refuse_n(body: Node<'_>, provider: &str) -> Result<(), TranslateError> {
+    match body.get("n").and_then(Node::as_u64) {
         Some(n) if n > 1 => Err(TranslateError::bad_request(format!(
             "n: {provider} routes return one choice; n = {n} is not supported"
         ))),

@@ -4,12 +4,11 @@
 
 use std::rc::Rc;
 
-use serde_json::Value;
-
 use super::{
     translator, Answer, ProviderConfig, RequestBody, RequestContext, ResponseContext,
     StreamTranslator, TranslateError, Translator, UpstreamRequest,
 };
+use crate::dialect::doc::Node;
 use crate::dialect::Api;
 
 /// Request header naming the Envoy cluster the provider's endpoint lives in; an
@@ -80,28 +79,16 @@ impl Stage {
         self.active && self.translator.translates_response()
     }
 
-    /// The complete request body (after earlier stages). `parsed` is the client's
-    /// original parse; `changed` says whether `body` differs from it (then it is
-    /// re-parsed for translators that read the tree). Returns the new body, if any.
+    /// The complete request body as it will be sent (after earlier stages), and
+    /// its parse. Returns the new body, if any.
     pub fn on_request_body(
         &mut self,
         body: &[u8],
-        parsed: &Value,
-        changed: bool,
+        root: Node<'_>,
         streaming: bool,
     ) -> Result<Option<Vec<u8>>, TranslateError> {
-        let client_model = parsed.get("model").and_then(Value::as_str).unwrap_or("");
+        let client_model = root.get("model").and_then(Node::as_str).unwrap_or("");
         self.model = self.config.map_model(client_model).to_string();
-        let reparsed;
-        let value = if changed && self.translator.translates_response() {
-            reparsed = serde_json::from_slice::<Value>(body).map_err(|e| TranslateError {
-                status: 500,
-                message: format!("tollgate: the rewritten request body is not JSON: {e}"),
-            })?;
-            &reparsed
-        } else {
-            parsed
-        };
         let ctx = RequestContext {
             provider: &self.config,
             model: &self.model,
@@ -111,7 +98,7 @@ impl Stage {
         };
         let mut req = self
             .translator
-            .translate_request(&ctx, &RequestBody { bytes: body, value })?;
+            .translate_request(&ctx, &RequestBody { bytes: body, root })?;
         if let Some(c) = &self.config.endpoint.cluster {
             req.set_headers.push((CLUSTER_HEADER.into(), c.clone()));
         }

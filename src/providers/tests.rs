@@ -225,13 +225,12 @@ fn openai_compatible_rewrites_path_auth_and_splices_the_model() {
     p.endpoint.base_path = Some("/openai/v1".into());
     p.api_key = Some(Secret::inline("gsk_1"));
     let body = br#"{ "model" : "fast", "messages":[{"role":"user","content":"hi \"model\""}]}"#;
-    let v: Value = serde_json::from_slice(body).unwrap();
     let r = openai_compat::OpenAiCompat
         .translate_request(
             &ctx(&p, "llama-3.1-8b-instant", "/gw/v1/chat/completions?x=1"),
             &RequestBody {
                 bytes: body,
-                value: &v,
+                root: crate::dialect::doc::Doc::parse(body).unwrap().root(),
             },
         )
         .unwrap();
@@ -252,7 +251,7 @@ fn openai_compatible_rewrites_path_auth_and_splices_the_model() {
             &ctx(&p, "fast", "/v1/embeddings"),
             &RequestBody {
                 bytes: body,
-                value: &v,
+                root: crate::dialect::doc::Doc::parse(body).unwrap().root(),
             },
         )
         .unwrap();
@@ -265,13 +264,12 @@ fn azure_puts_deployment_and_api_version_in_the_path() {
     let mut p = ProviderConfig::new(ProviderKind::AzureOpenAi);
     p.endpoint.authority = Some("res.openai.azure.com".into());
     p.api_key = Some(Secret::inline("k"));
-    let v = json!({"model": "gpt-4o", "messages": []});
     let r = azure::AzureOpenAi
         .translate_request(
             &ctx(&p, "gpt-4o-prod", "/v1/chat/completions"),
             &RequestBody {
                 bytes: b"{}",
-                value: &v,
+                root: crate::dialect::doc::Doc::parse(b"{}").unwrap().root(),
             },
         )
         .unwrap();
@@ -289,7 +287,7 @@ fn azure_puts_deployment_and_api_version_in_the_path() {
             &ctx(&p, "../x", "/v1/chat/completions"),
             &RequestBody {
                 bytes: b"{}",
-                value: &v,
+                root: crate::dialect::doc::Doc::parse(b"{}").unwrap().root(),
             },
         )
         .unwrap_err();
@@ -562,5 +560,19 @@ fn json_strings_are_written_as_serde_json_reads_them() {
                 assert_eq!(back, s, "{out}");
             }
         }
+    }
+}
+
+#[test]
+fn node_value_is_the_tree_serde_json_reads() {
+    for body in [
+        r#"{"type":"object","properties":{"q":{"type":"string","enum":["a","b\"c"]}},"required":["q"]}"#,
+        r#"{"n":[0,-0,1.50,1e3,-2.5E-3,18446744073709551615,-9223372036854775808,12345678901234567890123]}"#,
+        r#"{"k\u0065y":"v\u00e9\n","dup":1,"dup":2,"nested":[[[]],{},null,true,false]}"#,
+        r#"["top", "level", {"array": 1}]"#,
+    ] {
+        let doc = crate::dialect::doc::Doc::parse(body.as_bytes()).unwrap();
+        let want: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(node_value(doc.root()), want, "{body}");
     }
 }

@@ -27,7 +27,7 @@ fn translate(p: &ProviderConfig, body: &Value, model: &str) -> UpstreamRequest {
             &ctx,
             &RequestBody {
                 bytes: &bytes,
-                value: body,
+                root: crate::dialect::doc::Doc::parse(&bytes).unwrap().root(),
             },
         )
         .unwrap()
@@ -176,7 +176,7 @@ fn request_errors_name_the_field() {
                 &ctx,
                 &RequestBody {
                     bytes: &bytes,
-                    value: &body,
+                    root: crate::dialect::doc::Doc::parse(&bytes).unwrap().root(),
                 },
             )
             .unwrap_err();
@@ -585,7 +585,7 @@ fn translate_err(p: &ProviderConfig, body: &Value) -> TranslateError {
             &ctx,
             &RequestBody {
                 bytes: &bytes,
-                value: body,
+                root: crate::dialect::doc::Doc::parse(&bytes).unwrap().root(),
             },
         )
         .unwrap_err()

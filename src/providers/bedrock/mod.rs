@@ -59,8 +59,8 @@ impl Translator for Bedrock {
                 message: "tollgate: the host gave no wall clock, so the Bedrock request cannot be SigV4-signed".into(),
             });
         }
-        refuse_n(body.value, "Bedrock")?;
-        let chat = ChatRequest::from_value(body.value)?;
+        refuse_n(body.root, "Bedrock")?;
+        let chat = ChatRequest::from_node(body.root)?;
         let converse = converse_body(&chat)?;
         let new_body = serde_json::to_vec(&converse).map_err(|e| TranslateError {
             status: 500,

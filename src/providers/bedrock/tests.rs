@@ -42,7 +42,7 @@ fn translate(openai: &Value, model: &str, streaming: bool, p: &ProviderConfig) -
             &ctx,
             &RequestBody {
                 bytes: &bytes,
-                value: openai,
+                root: crate::dialect::doc::Doc::parse(&bytes).unwrap().root(),
             },
         )
         .unwrap()
@@ -193,7 +193,7 @@ fn untranslatable_requests_are_400s_naming_the_field() {
             &ctx,
             &RequestBody {
                 bytes: &bytes,
-                value: &body,
+                root: crate::dialect::doc::Doc::parse(&bytes).unwrap().root(),
             },
         )
         .unwrap_err()
@@ -221,7 +221,7 @@ fn untranslatable_requests_are_400s_naming_the_field() {
             &no_model,
             &RequestBody {
                 bytes: &bytes,
-                value: &body,
+                root: crate::dialect::doc::Doc::parse(&bytes).unwrap().root(),
             },
         )
         .unwrap_err();
@@ -240,7 +240,7 @@ fn untranslatable_requests_are_400s_naming_the_field() {
             &no_clock,
             &RequestBody {
                 bytes: &bytes,
-                value: &body,
+                root: crate::dialect::doc::Doc::parse(&bytes).unwrap().root(),
             },
         )
         .unwrap_err();
