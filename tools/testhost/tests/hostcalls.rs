@@ -234,9 +234,14 @@ fn perf_loop() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20000);
     let b = body(1);
+    let ans = if cfg.contains("translate") {
+        anthropic_answer()
+    } else {
+        answer()
+    };
     let t = std::time::Instant::now();
     for i in 0..n {
-        let o = gw.send(0, "r", &Request::post_json(CHAT, &b), &answer());
+        let o = gw.send(0, "r", &Request::post_json(CHAT, &b), &ans);
         assert_eq!(o.status, 200);
         if i % 1000 == 0 {
             gw.vms[0].advance_ms(1000);
