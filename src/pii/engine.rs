@@ -269,17 +269,34 @@ impl Engine {
                 Some((vs, ve)) if s + ve <= end => (s + vs, s + ve),
                 _ => (s, end),
             };
+            let (vs, ve) = whole_chars(hay, vs, ve);
             if ve > vs {
                 return Some(Hit {
                     start: vs,
                     end: ve,
                     det,
-                    from: s,
+                    from: s.min(vs),
                 });
             }
         }
         None
     }
+}
+
+/// `start..end` widened to whole characters. The patterns match bytes, so a
+/// bounded run such as `[^\s"']{4,128}` can stop inside a multi-byte character;
+/// replacing half of one would leave invalid UTF-8 (a request body the provider
+/// refuses, an answer the client cannot decode). Widening also takes the rest of
+/// the character that held the value's edge, never less of the value.
+fn whole_chars(hay: &[u8], mut start: usize, mut end: usize) -> (usize, usize) {
+    let inside = |i: usize| hay.get(i).is_some_and(|&b| b & 0xC0 == 0x80);
+    while start > 0 && inside(start) {
+        start -= 1;
+    }
+    while inside(end) {
+        end += 1;
+    }
+    (start, end)
 }
 
 fn compile(dets: &[Det], which: &[usize]) -> Result<Automaton, regex::Error> {

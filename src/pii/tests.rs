@@ -1000,3 +1000,48 @@ fn answers_with_escaped_keys_are_scanned_whole_and_in_chunks() {
         assert!(!got.contains("@example.com"), "cut {cut}: {got}");
     }
 }
+
+#[test]
+fn a_value_cut_off_inside_a_multibyte_character_is_widened_to_whole_characters() {
+    // The assignment value is at most 128 bytes: 126 ASCII bytes then `é` (2 bytes)
+    // or `€` (3 bytes) put that bound inside a character.
+    for (action, tail) in [
+        ("redact", "é"),
+        ("redact", "€"),
+        ("mask", "€"),
+        ("hash", "é"),
+    ] {
+        let value = format!("{}{}", "a".repeat(126), tail.repeat(4));
+        let text = format!("password = {value} end");
+        let mut ex = exchange(all(action), Api::ChatCompletions);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "messages": [{"role": "user", "content": &text}]
+        }))
+        .unwrap();
+        let RequestOutcome::Replace(out) = ex.on_request(&body) else {
+            panic!("{action} {tail}: nothing redacted")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{action} {tail}: {e}: {}", String::from_utf8_lossy(&out)));
+        let got = v["messages"][0]["content"].as_str().unwrap();
+        // The character that held the 128th byte went with the value.
+        assert!(
+            got.starts_with("password = ") && got.ends_with(&format!("{} end", tail.repeat(3))),
+            "{action} {tail}: {got:?}"
+        );
+        assert!(!got.contains("aaaa"), "{action} {tail}: {got:?}");
+        // In a stream, cut anywhere, the output stays valid UTF-8 and the same.
+        let e = engine(all(action));
+        let whole = {
+            let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+            chat_text(&run_stream(&mut ex, &[&chat_stream(&[&text])]))
+        };
+        assert!(!whole.contains("aaaa"), "{action} {tail}: {whole:?}");
+        let wire = chat_stream(&[&text]);
+        for w in (0..wire.len()).step_by(5) {
+            let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+            let out = run_stream(&mut ex, &[&wire[..w], &wire[w..]]);
+            assert_eq!(chat_text(&out), whole, "{action} {tail} wire cut {w}");
+        }
+    }
+}
