@@ -19,8 +19,10 @@
 //! [`ChatRequest::from_node`] gives a typed, normalised view of the body so each
 //! translator does not re-walk OpenAI's many content shapes.
 //!
-//! Response direction, 2xx non-streaming ([`Translator::translate_response`]):
-//! provider JSON → OpenAI `chat.completion` JSON (build it with [`Completion`]).
+//! Response direction, 2xx non-streaming ([`Translator::answer`]): provider JSON →
+//! OpenAI `chat.completion` JSON, built with [`Completion`] and returned as an
+//! [`Answer`] that also carries the usage and model written into it (metering
+//! takes them from there instead of parsing the answer again).
 //!
 //! Response direction, 2xx streaming ([`Translator::stream_translator`]): a
 //! [`StreamTranslator`] is fed every body chunk as it arrives and appends OpenAI SSE
