@@ -28,20 +28,5 @@ impl XorShift {
 /// can compare the document with serde_json's reading of the same bytes. A
 /// number serde_json cannot read becomes `null`, which then differs.
 pub fn json_value(n: crate::dialect::doc::Node<'_>) -> serde_json::Value {
-    use crate::dialect::doc::View;
-    use serde_json::Value;
-    match n.view() {
-        View::Null => Value::Null,
-        View::Bool(b) => Value::Bool(b),
-        View::Number(raw) => serde_json::from_str(raw).unwrap_or(Value::Null),
-        View::String(s) => Value::String(s.to_string()),
-        View::Array(a) => Value::Array(a.iter().map(json_value).collect()),
-        View::Object(members) => {
-            let mut m = serde_json::Map::new();
-            for (k, v) in members {
-                m.insert(k.to_string(), json_value(v));
-            }
-            Value::Object(m)
-        }
-    }
+    crate::providers::node_value(n)
 }

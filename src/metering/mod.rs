@@ -458,6 +458,18 @@ impl Exchange {
                 // Refused before forwarding: nothing was used, nothing to report.
                 // (A provider route never passes an invalid body on.)
                 self.reported = true;
+                if new_body.is_some() {
+                    // tollgate's own edit broke the body: its fault, not the client's.
+                    let e = crate::providers::TranslateError {
+                        status: 500,
+                        message: format!("tollgate: the rewritten request body is not JSON: {e}"),
+                    };
+                    return Err(LocalReply {
+                        status: e.status,
+                        body: e.body(),
+                        headers: Vec::new(),
+                    });
+                }
                 let api = self.api.unwrap_or(Api::ChatCompletions);
                 return Err(invalid_reply(
                     api,

@@ -644,6 +644,8 @@ pub(crate) fn node_f64(n: Node<'_>) -> Option<f64> {
 
 /// A JSON tree of a node, for the few values translators pass on whole (tool
 /// schemas, thinking blocks): built only for them, not for the whole body.
+/// Objects keep the last of a repeated key, as serde_json does; numbers are read
+/// by serde_json (the document accepts only numbers it reads).
 pub fn node_value(n: Node<'_>) -> Value {
     match n.view() {
         View::Null => Value::Null,
