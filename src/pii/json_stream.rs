@@ -6,14 +6,14 @@
 //! the contents of completion-text strings ([`paths::response_text`], the same
 //! strings a whole answer is rewritten in). Those are decoded as they arrive
 //! (escapes split across chunks wait for their last byte) and run through the
-//! same bounded hold-back as stream deltas ([`stream::plan`]): what can no longer
+//! same bounded hold-back as stream deltas (`stream::plan`): what can no longer
 //! begin a value is released in the same chunk, rewritten, and the raw bytes of
 //! everything not replaced go out exactly as the provider sent them (no
 //! re-serialisation). What is held at a chunk's end is bounded like a stream's
 //! (`holdback`, or an unfinished token / private-key block up to
 //! `max_stream_hold_bytes`), plus at most one unfinished escape.
 //!
-//! Bytes that are not well-formed JSON (or nesting deeper than [`MAX_DEPTH`])
+//! Bytes that are not well-formed JSON (or nesting deeper than `MAX_DEPTH`)
 //! end the scan: held text is released (scanned) and the rest passes unread,
 //! as the whole-answer walker leaves such a body after the point it fails.
 

@@ -6,7 +6,7 @@
 //! buffer. When a delta arrives it is appended and everything that can no longer
 //! be the beginning of a value is released into the same event, rewritten; the
 //! rest waits for the next delta. What waits is bounded:
-//! - the last [`Engine::holdback`] bytes (the longest match that contains a
+//! - the last [`holdback`](super::engine::Engine::holdback) bytes (the longest match that contains a
 //!   separator, e.g. `4111 1111 1111 1111` or `password = hunter2`, or a placeholder);
 //! - an unfinished token run (key, JWT, e-mail, IP: letters, digits and `_-.+/=@%:<>`)
 //!   and an unfinished `-----BEGIN … PRIVATE KEY-----` block, up to
@@ -18,7 +18,7 @@
 //! the rest is flushed, in an event of the same kind synthesised for it if the
 //! closing event carries no text of its own. Work per event is proportional to
 //! the event plus the bounded pending text. An event too big to frame (over
-//! 1 MiB) is not held: its JSON is scanned as it passes ([`BigEvent`]).
+//! 1 MiB) is not held: its JSON is scanned as it passes (`BigEvent`).
 
 use std::borrow::Cow;
 use std::ops::Range;
