@@ -454,22 +454,17 @@ impl Exchange {
         // and usage edits) from the flat document; no JSON tree is built.
         let doc = match Doc::parse(current) {
             Ok(d) => d,
+            // tollgate's own edit broke the body: its fault, not the client's.
+            Err(e) if new_body.is_some() => {
+                return Err(self.refuse(crate::providers::TranslateError {
+                    status: 500,
+                    message: format!("tollgate: the rewritten request body is not JSON: {e}"),
+                }))
+            }
             Err(e) => {
                 // Refused before forwarding: nothing was used, nothing to report.
                 // (A provider route never passes an invalid body on.)
                 self.reported = true;
-                if new_body.is_some() {
-                    // tollgate's own edit broke the body: its fault, not the client's.
-                    let e = crate::providers::TranslateError {
-                        status: 500,
-                        message: format!("tollgate: the rewritten request body is not JSON: {e}"),
-                    };
-                    return Err(LocalReply {
-                        status: e.status,
-                        body: e.body(),
-                        headers: Vec::new(),
-                    });
-                }
                 let api = self.api.unwrap_or(Api::ChatCompletions);
                 return Err(invalid_reply(
                     api,
@@ -507,16 +502,19 @@ impl Exchange {
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(e) => {
-                // Refused before forwarding: nothing was used, nothing to report.
-                self.reported = true;
-                self.fallback = None;
-                Err(LocalReply {
-                    status: e.status,
-                    body: e.body(),
-                    headers: Vec::new(),
-                })
-            }
+            Err(e) => Err(self.refuse(e)),
+        }
+    }
+
+    /// The provider stage's refusal as the reply to send. Refused before
+    /// forwarding: nothing was used, nothing to report, nothing to fall back to.
+    fn refuse(&mut self, e: crate::providers::TranslateError) -> LocalReply {
+        self.reported = true;
+        self.fallback = None;
+        LocalReply {
+            status: e.status,
+            body: e.body(),
+            headers: Vec::new(),
         }
     }
 
@@ -652,13 +650,7 @@ impl Exchange {
         } else {
             let (status, answer) = match self.provider.as_ref() {
                 Some(p) if p.translates_response() => p.translate_body(status, body),
-                _ => (
-                    status,
-                    Answer {
-                        body: body.to_vec(),
-                        written: None,
-                    },
-                ),
+                _ => (status, Answer::without_usage(body.to_vec())),
             };
             self.response_status = status;
             written = answer.written;
@@ -812,14 +804,10 @@ impl Exchange {
         body: &[u8],
         written: Option<(Option<Usage>, String)>,
     ) -> Option<Report> {
-        let Some((usage, model)) = written else {
-            return self.on_response_complete(Some(body));
-        };
-        self.api?;
-        self.copy = Vec::new();
-        self.response_usage = usage;
-        self.response_model = Some(model);
-        self.finish()
+        match written {
+            Some((usage, model)) => self.complete_with(usage, Some(model)),
+            None => self.on_response_complete(Some(body)),
+        }
     }
 
     /// The status the client gets: the provider's, or 502 once a 2xx answer could
@@ -1213,7 +1201,14 @@ impl Exchange {
         let copy = std::mem::take(&mut self.copy);
         let body = body.unwrap_or(&copy);
         let (u, model) = usage::usage_and_model_from_response_json(api, body);
-        self.response_usage = u;
+        self.complete_with(u, model)
+    }
+
+    /// The end of a whole non-streaming answer whose usage and model are known.
+    fn complete_with(&mut self, usage: Option<Usage>, model: Option<String>) -> Option<Report> {
+        self.api?;
+        self.copy = Vec::new();
+        self.response_usage = usage;
         self.response_model = model;
         self.finish()
     }

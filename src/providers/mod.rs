@@ -65,10 +65,7 @@ macro_rules! pass_through_responses {
             _ctx: &$crate::providers::ResponseContext<'_>,
             body: &[u8],
         ) -> Result<$crate::providers::Answer, $crate::providers::TranslateError> {
-            Ok($crate::providers::Answer {
-                body: body.to_vec(),
-                written: None,
-            })
+            Ok($crate::providers::Answer::without_usage(body.to_vec()))
         }
 
         fn stream_translator(
@@ -99,7 +96,7 @@ use serde_json::Value;
 
 pub use config::{ProviderConfig, ProviderKind, Secret};
 
-use crate::dialect::doc::{Doc, Node, View};
+use crate::dialect::doc::{Node, View};
 use crate::usage::Usage;
 
 /// The translator for a provider kind: the registry. Gemini and Bedrock plug in here
@@ -268,6 +265,17 @@ pub struct Answer {
     /// `(usage, model)` as written into `body`; `None` when `body` is the
     /// provider's own (metering reads it then).
     pub written: Option<(Option<Usage>, String)>,
+}
+
+impl Answer {
+    /// A body tollgate did not write usage into (the provider's own, an error):
+    /// metering reads whatever it carries.
+    pub fn without_usage(body: Vec<u8>) -> Answer {
+        Answer {
+            body,
+            written: None,
+        }
+    }
 }
 
 impl From<Completion> for Answer {
@@ -451,16 +459,9 @@ pub enum ToolChoice {
 }
 
 impl ChatRequest {
-    /// Read a Chat Completions body. Errors name the JSON path of what is wrong.
-    pub fn from_value(v: &Value) -> Result<ChatRequest, TranslateError> {
-        let bytes = serde_json::to_vec(v).unwrap_or_default();
-        let doc = Doc::parse(&bytes)
-            .map_err(|e| TranslateError::bad_request(format!("the request body: {e}")))?;
-        ChatRequest::from_node(doc.root())
-    }
-
-    /// [`ChatRequest::from_value`] on the flat document the metering stage reads
-    /// too: strings are taken as parsed, no JSON tree is built.
+    /// Read a Chat Completions body from the flat document the metering stage
+    /// reads too (strings are taken as parsed, no JSON tree is built). Errors name
+    /// the JSON path of what is wrong.
     pub fn from_node(v: Node<'_>) -> Result<ChatRequest, TranslateError> {
         if !v.is_object() {
             return Err(TranslateError::bad_request(

@@ -135,22 +135,16 @@ impl Stage {
     /// A complete non-streaming answer (any status) → the status and OpenAI body
     /// to send the client.
     pub fn translate_body(&self, status: u32, body: &[u8]) -> (u32, Answer) {
-        let written = |body| Answer {
-            body,
-            written: None,
-        };
         if !(200..300).contains(&status) {
-            return (
-                status,
-                written(self.translator.translate_error(status, body)),
-            );
+            let error = self.translator.translate_error(status, body);
+            return (status, Answer::without_usage(error));
         }
         let id = format!("chatcmpl-tg{}", self.now_unix_ms);
         match self.translator.answer(&self.response_ctx(&id), body) {
             Ok(a) => (status, a),
             // A 2xx the translator cannot read is the provider's failure: the client
             // gets an OpenAI error with that status (502), not a 200 carrying one.
-            Err(e) => (e.status, written(e.body())),
+            Err(e) => (e.status, Answer::without_usage(e.body())),
         }
     }
 

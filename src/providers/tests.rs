@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::config::Config;
+use crate::dialect::doc::Doc;
 
 fn route(cfg: &str) -> std::rc::Rc<crate::config::RouteSettings> {
     Config::parse(cfg.as_bytes()).unwrap().route(Some("r"))
@@ -131,7 +132,8 @@ fn chat_request_normalises_content_shapes() {
         {"role": "tool", "tool_call_id": "c1", "content": "ok"}],
         "stop": ["x", "y"], "max_tokens": 5, "max_completion_tokens": 7,
         "stream": true, "stream_options": {"include_usage": true}, "tool_choice": "auto"});
-    let r = ChatRequest::from_value(&v).unwrap();
+    let bytes = serde_json::to_vec(&v).unwrap();
+    let r = ChatRequest::from_node(Doc::parse(&bytes).unwrap().root()).unwrap();
     assert_eq!(r.system, vec!["a\nb".to_string()]);
     assert_eq!(r.messages.len(), 3);
     assert_eq!(
@@ -147,12 +149,14 @@ fn chat_request_normalises_content_shapes() {
     assert_eq!(r.stop, vec!["x", "y"]);
     assert!(r.stream && r.include_usage);
     assert_eq!(r.tool_choice, ToolChoice::Auto);
-    assert!(
-        ChatRequest::from_value(&json!({"messages": [{"role": "wizard"}]}))
-            .unwrap_err()
-            .message
-            .contains("messages[0].role")
-    );
+    assert!(ChatRequest::from_node(
+        Doc::parse(br#"{"messages": [{"role": "wizard"}]}"#)
+            .unwrap()
+            .root()
+    )
+    .unwrap_err()
+    .message
+    .contains("messages[0].role"));
 }
 
 #[test]
@@ -230,7 +234,7 @@ fn openai_compatible_rewrites_path_auth_and_splices_the_model() {
             &ctx(&p, "llama-3.1-8b-instant", "/gw/v1/chat/completions?x=1"),
             &RequestBody {
                 bytes: body,
-                root: crate::dialect::doc::Doc::parse(body).unwrap().root(),
+                root: Doc::parse(body).unwrap().root(),
             },
         )
         .unwrap();
@@ -251,7 +255,7 @@ fn openai_compatible_rewrites_path_auth_and_splices_the_model() {
             &ctx(&p, "fast", "/v1/embeddings"),
             &RequestBody {
                 bytes: body,
-                root: crate::dialect::doc::Doc::parse(body).unwrap().root(),
+                root: Doc::parse(body).unwrap().root(),
             },
         )
         .unwrap();
@@ -269,7 +273,7 @@ fn azure_puts_deployment_and_api_version_in_the_path() {
             &ctx(&p, "gpt-4o-prod", "/v1/chat/completions"),
             &RequestBody {
                 bytes: b"{}",
-                root: crate::dialect::doc::Doc::parse(b"{}").unwrap().root(),
+                root: Doc::parse(b"{}").unwrap().root(),
             },
         )
         .unwrap();
@@ -287,7 +291,7 @@ fn azure_puts_deployment_and_api_version_in_the_path() {
             &ctx(&p, "../x", "/v1/chat/completions"),
             &RequestBody {
                 bytes: b"{}",
-                root: crate::dialect::doc::Doc::parse(b"{}").unwrap().root(),
+                root: Doc::parse(b"{}").unwrap().root(),
             },
         )
         .unwrap_err();
@@ -571,7 +575,7 @@ fn node_value_is_the_tree_serde_json_reads() {
         r#"{"k\u0065y":"v\u00e9\n","dup":1,"dup":2,"nested":[[[]],{},null,true,false]}"#,
         r#"["top", "level", {"array": 1}]"#,
     ] {
-        let doc = crate::dialect::doc::Doc::parse(body.as_bytes()).unwrap();
+        let doc = Doc::parse(body.as_bytes()).unwrap();
         let want: Value = serde_json::from_str(body).unwrap();
         assert_eq!(node_value(doc.root()), want, "{body}");
     }
