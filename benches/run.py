@@ -100,6 +100,26 @@ VARIANTS: list[dict] = [
         "config": "{}",
         "ttft": True,
     },
+    {
+        # Issues 4 and 5 on a route that only redacts (or only rewrites): metering
+        # off and no limits, so nothing is tokenized or reported. Run when named.
+        "name": "pii-only",
+        "desc": "tollgate wasm, PII redaction alone (metering off)",
+        "wasm": "tollgate.wasm",
+        "package": "tollgate",
+        "config_file": "benches/configs/tollgate-pii-only.json",
+        "config": "{}",
+        "optional": True,
+    },
+    {
+        "name": "translate-only",
+        "desc": "tollgate wasm, OpenAI→Anthropic translation alone (metering off)",
+        "wasm": "tollgate.wasm",
+        "package": "tollgate",
+        "config_file": "benches/configs/tollgate-translate-only.json",
+        "config": "{}",
+        "optional": True,
+    },
 ]
 # Hostcall price probes: the no-op filter plus N calls of one kind per request (see
 # tools/noop-filter). Run only when named (`--variants noop,probe-time,...`); the report
@@ -1322,12 +1342,12 @@ def phase_fuel(args) -> dict:
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "note": "fuel_per_exchange did not finish in 1800 s"}
     ops = {}
-    for m in re.finditer(r"^tollgate-(\w+)\.json: (\d+) wasm operators per exchange", r.stderr + r.stdout, re.M):
+    for m in re.finditer(r"^tollgate-([\w-]+)\.json: (\d+) wasm operators per exchange", r.stderr + r.stdout, re.M):
         ops[m.group(1)] = int(m.group(2))
     if r.returncode != 0 or not ops:
         return {"status": f"exit {r.returncode}", "note": (r.stderr or r.stdout)[-1500:]}
     for k, v in ops.items():
-        log(f"fuel: {k:>9}: {v:,} wasm operators per exchange")
+        log(f"fuel: {k:>14}: {v:,} wasm operators per exchange")
     return {"status": "ok", "ops": ops}
 
 
@@ -1511,6 +1531,7 @@ def evaluate_targets(R: dict) -> list[dict]:
         ok = r >= TARGETS["translate_rps_vs_plain_1k"] and not tp["per_variant"]["translate"]["error_rounds"]
         row("translate throughput @1 KB", "OpenAI→Anthropic ≥ 85% of plain rps", f"{r:.1%} of plain", ok,
             f"rounds {rng[0]:.2f}–{rng[1]:.2f}" if rng else "")
+    alone_rows(tp, row, "translate-only", "translation alone (metering off)", "translate_rps_vs_plain_1k", None)
     tt = R.get("ttft", {}).get("translate")
     if tt:
         row("translate added TTFT p99", "≤ 1 ms", f"{tt['added_p99_ms']:.3f} ms",
@@ -1535,6 +1556,23 @@ def evaluate_targets(R: dict) -> list[dict]:
     return T
 
 
+def alone_rows(tp: dict | None, row, name: str, what: str, plain_key: str, noop_key: str | None) -> None:
+    """A feature on a route of its own (metering off), against the same target, when
+    its optional variant was run."""
+    if not tp or f"{name}/plain" not in tp.get("ratios", {}):
+        return
+    r_plain = tp["ratios"][f"{name}/plain"]["median"]["rps"]
+    r_noop = tp["ratios"].get(f"{name}/noop", {}).get("median", {}).get("rps")
+    ok = r_plain >= TARGETS[plain_key] or (
+        noop_key is not None and r_noop is not None and r_noop >= TARGETS[noop_key])
+    if tp["per_variant"].get(name, {}).get("error_rounds"):
+        ok = False
+    target = f"{name} ≥ {TARGETS[plain_key]:.0%} of plain rps" + (
+        f", or ≥ {TARGETS[noop_key]:.0%} of noop" if noop_key else "")
+    row(f"throughput @1 KB, {what}", target,
+        f"{r_plain:.1%} of plain" + (f", {r_noop:.1%} of noop" if r_noop is not None else ""), ok)
+
+
 def pii_rows(R: dict, tp: dict | None, row) -> None:
     """Issue 4: the `pii` variant's throughput and the wasm PII scan rate."""
     if tp and "pii/plain" in tp.get("ratios", {}):
@@ -1548,6 +1586,8 @@ def pii_rows(R: dict, tp: dict | None, row) -> None:
             f"{r_plain:.1%} of plain" + (f", {r_noop:.1%} of noop" if r_noop is not None else ""), ok)
     else:
         row("throughput @1 KB, PII redaction on", "pii ≥ 85% of plain rps", "n/a", None, "pii variant not run")
+    alone_rows(tp, row, "pii-only", "PII redaction alone (metering off)", "pii_rps_vs_plain_1k",
+               "pii_rps_vs_noop_1k")
     ps = R.get("tokbench", {}).get("pii_scan", {})
     if ps.get("typical_mb_s") is not None:
         by = ", ".join(f"{k} {v:.0f}" for k, v in ps.get("by_input", {}).items())

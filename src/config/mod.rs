@@ -67,8 +67,9 @@ pub enum InvalidBody {
 #[serde(default, deny_unknown_fields)]
 pub struct Metering {
     /// Count and report tokens on this route. Off where the route only redacts PII or
-    /// rewrites for a provider: tokens are still counted for limits, but no `x-llm-*`
-    /// header, `llm.*` filter state, token metric or debug line is written.
+    /// rewrites for a provider: no `x-llm-*` header, `llm.*` filter state, token
+    /// metric or debug line is written, and the prompt is tokenized only when the
+    /// route has limits (which charge it).
     pub enabled: bool,
     /// Add `stream_options.include_usage` to OpenAI streaming requests so the provider
     /// reports exact usage; the extra usage chunk is removed again for clients that

@@ -213,10 +213,17 @@ impl Exchange {
 
     /// Whether this route reports usage (metering on): the `x-llm-*` headers, the
     /// `llm.*` filter state, the token metrics and the debug line. A route that
-    /// only redacts or rewrites still counts (limits need the count) but says
-    /// nothing of it.
+    /// only redacts or rewrites says nothing of tokens (and counts them only for
+    /// its limits, see [`Exchange::counts_tokens`]).
     pub fn reports_usage(&self) -> bool {
         self.settings.metering.enabled
+    }
+
+    /// Whether anything on this route reads token counts: metering reports them,
+    /// limits charge them. A route that only redacts or rewrites counts nothing.
+    pub fn counts_tokens(&self) -> bool {
+        let s = &self.settings;
+        s.metering.enabled || s.limits.active() || s.limits.global.active()
     }
 
     /// Whether a held answer gets the `x-llm-*` headers.
@@ -244,9 +251,7 @@ impl Exchange {
         let rewrites =
             self.settings.upstream.is_some() || !self.settings.upstreams_by_model.is_empty();
         if !self.settings.enabled
-            || (!self.settings.metering.enabled
-                && !rewrites
-                && self.settings.pii.engine().is_none())
+            || (!self.counts_tokens() && !rewrites && self.settings.pii.engine().is_none())
         {
             return HeadersDecision::PassThrough;
         }
@@ -354,7 +359,11 @@ impl Exchange {
             image_estimate_tokens: m.image_estimate_tokens,
             bytes_per_token: m.estimate_bytes_per_token,
         };
-        let mut count = count_prompt(api, parsed, &profile, &mut counter, &opts);
+        let mut count = if self.counts_tokens() {
+            count_prompt(api, parsed, &profile, &mut counter, &opts)
+        } else {
+            PromptCount::UNCOUNTED
+        };
         count.estimated |= counter.estimated();
         self.prompt = Some(count);
 
@@ -374,6 +383,7 @@ impl Exchange {
             self.stream = Some(self.stream_meter(api, !asked));
         } else if self.streaming
             && m.inject_stream_usage
+            && self.counts_tokens()
             && matches!(api, Api::ChatCompletions | Api::Completions)
         {
             let inj = inject::ensure_stream_usage(body, parsed);
@@ -389,8 +399,19 @@ impl Exchange {
             None => {}
         }
         if self.provider.is_some() {
-            // The provider stage runs after admission and the clamp (see `provider_stage`).
-            self.parsed = true;
+            let l = &self.settings.limits;
+            if new_body.is_none() && !l.active() && !l.global.active() {
+                // Nothing can edit the body before the provider stage (no earlier
+                // edit, no admission, no clamp): translate from this parse.
+                match self.translate_parsed(body, parsed) {
+                    Ok(b) => new_body = b,
+                    Err(reply) => return BodyDecision::Respond(reply),
+                }
+            } else {
+                // The provider stage runs after admission and the clamp (see
+                // `provider_stage`).
+                self.parsed = true;
+            }
         }
         match new_body {
             Some(b) => BodyDecision::Replace(b),
@@ -448,7 +469,6 @@ impl Exchange {
         if self.provider.is_none() {
             return Ok(());
         }
-        let streaming = self.streaming;
         let current = new_body.as_deref().unwrap_or(original);
         // The translators read the body as it will be sent (after the PII, clamp
         // and usage edits) from the flat document; no JSON tree is built.
@@ -472,8 +492,22 @@ impl Exchange {
                 ));
             }
         };
+        if let Some(b) = self.translate_parsed(current, doc.root())? {
+            *new_body = Some(b);
+        }
+        Ok(())
+    }
+
+    /// The provider stage on a parsed body (`root` is `current`'s document): the
+    /// translated body, if it changed.
+    fn translate_parsed(
+        &mut self,
+        current: &[u8],
+        root: Node<'_>,
+    ) -> Result<Option<Vec<u8>>, LocalReply> {
+        let streaming = self.streaming;
         let Some(stage) = self.provider.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         if stage.config().fallback.is_some() && !self.provider_calls {
             static WARNED: std::sync::atomic::AtomicBool =
@@ -488,7 +522,7 @@ impl Exchange {
                 used: None,
             });
         }
-        let result = stage.on_request_body(current, doc.root(), streaming);
+        let result = stage.on_request_body(current, root, streaming);
         if result.is_ok()
             && !stage.model().is_empty()
             && self.model.as_deref() != Some(stage.model())
@@ -496,14 +530,7 @@ impl Exchange {
             // Metrics, logs and limits name the model the provider was asked for.
             self.model = Some(stage.model().to_string());
         }
-        match result {
-            Ok(Some(b)) => {
-                *new_body = Some(b);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => Err(self.refuse(e)),
-        }
+        result.map_err(|e| self.refuse(e))
     }
 
     /// The provider stage's refusal as the reply to send. Refused before
@@ -1103,9 +1130,18 @@ impl Exchange {
         }
         let ct = content_type.unwrap_or("");
         let pii_reads = self.pii.as_ref().is_some_and(|p| p.wants_response());
+        // A route that neither counts tokens nor reads answers for PII leaves the
+        // answer alone (a stream meter set up for the request still runs: it
+        // strips what tollgate injected).
+        let counts = self.counts_tokens();
         if starts_with_ignore_case(ct, "text/event-stream") {
             if self.stream.is_none() {
-                self.stream = Some(self.stream_meter(api, false));
+                if !counts && !pii_reads {
+                    return ResponseMode::PassThrough;
+                }
+                if counts {
+                    self.stream = Some(self.stream_meter(api, false));
+                }
             }
             self.cut = self.stream_cut(api);
             return ResponseMode::Stream;
@@ -1113,6 +1149,9 @@ impl Exchange {
         // A stream we prepared for came back as JSON (e.g. the provider ignored
         // `stream`): nothing will need stripping.
         self.stream = None;
+        if !counts && !pii_reads {
+            return ResponseMode::PassThrough;
+        }
         if starts_with_ignore_case(ct, "application/json") || ct.is_empty() {
             let small = content_length.is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
             // PII restore/scan: an answer declared small is held and rewritten
@@ -1200,7 +1239,11 @@ impl Exchange {
         let api = self.api?;
         let copy = std::mem::take(&mut self.copy);
         let body = body.unwrap_or(&copy);
-        let (u, model) = usage::usage_and_model_from_response_json(api, body);
+        let (u, model) = if self.counts_tokens() {
+            usage::usage_and_model_from_response_json(api, body)
+        } else {
+            (None, None)
+        };
         self.complete_with(u, model)
     }
 

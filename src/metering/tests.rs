@@ -675,6 +675,88 @@ fn pii_answers_are_held_when_declared_small_and_scanned_as_they_pass_otherwise()
     assert_eq!(ex.pii_response_chunk(answer, true), Rewrite::Unchanged);
 }
 
+#[test]
+fn limits_count_on_a_route_with_metering_off() {
+    // Metering off and nothing else: tollgate has nothing to do.
+    let r = recording("chat-basic");
+    let mut ex = exchange(
+        r#"{"defaults": {"metering": {"enabled": false}}}"#,
+        "openai",
+    );
+    assert!(!ex.counts_tokens());
+    assert_eq!(
+        ex.on_request_headers("POST", &r.path, Some(r.request.len() as u64), false),
+        HeadersDecision::PassThrough
+    );
+    // A limit on the same route needs the exact count (and used to be skipped).
+    let limited = r#"{"defaults": {"metering": {"enabled": false}, "limits": {"rules": [
+        {"name": "m", "key": ["consumer"], "window": "1h", "tokens": 1000000}]}}}"#;
+    let mut ex = exchange(limited, "openai");
+    assert!(ex.counts_tokens());
+    start(&mut ex, &r.path, &r.request);
+    assert!(ex.limits_active());
+    let counted = ex.prompt.unwrap();
+    assert_eq!(counted.tokens, billed_prompt(&r));
+    assert!(!counted.estimated);
+}
+
+#[test]
+fn a_redacting_route_without_counts_still_scans_answers() {
+    let cfg = r#"{"defaults": {"metering": {"enabled": false},
+        "pii": {"enabled": true, "detectors": {"email": "restore"}}}}"#;
+    let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Mail jane.doe@example.com"}],"stream":true}"#;
+    let mut ex = exchange(cfg, "openai");
+    let BodyDecision::Replace(sent) = start(&mut ex, "/v1/chat/completions", body) else {
+        panic!("redacted body expected")
+    };
+    let sent: Value = serde_json::from_slice(&sent).unwrap();
+    assert!(sent.get("stream_options").is_none(), "nothing injected");
+    assert_eq!(ex.prompt, Some(PromptCount::UNCOUNTED), "nothing tokenized");
+    assert_eq!(
+        ex.on_response_headers(200, Some("text/event-stream"), None),
+        ResponseMode::Stream
+    );
+    let answer = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"To <EMAIL_1>.\"}}]}\n\ndata: [DONE]\n\n";
+    let out = String::from_utf8(stream_through(&mut ex, answer, 5)).unwrap();
+    assert!(out.contains("To jane.doe@example.com."), "{out}");
+}
+
+#[test]
+fn translation_from_the_first_parse_sends_what_the_provider_stage_would() {
+    // Without limits the request is translated from the body's first parse;
+    // with a limit (admission and the clamp run first) in the provider stage.
+    // Both must send the same bytes.
+    let provider = r#""provider": {"kind": "anthropic", "api_key": {"inline": "sk-ant"},
+        "model_map": {"fast": "claude-haiku-4-5"}}"#;
+    let plain = format!(r#"{{"defaults": {{{provider}}}}}"#);
+    let limited = format!(
+        r#"{{"defaults": {{{provider}, "limits": {{"rules": [
+        {{"name": "m", "key": ["consumer"], "window": "1h", "tokens": 1000000}}]}}}}}}"#
+    );
+    for body in [
+        &br#"{"model":"fast","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":64}"#[..],
+        br#"{"model":"fast","messages":[{"role":"user","content":"Hi"}],"stream":true,"temperature":0.3}"#,
+    ] {
+        let mut early = exchange(&plain, "claude");
+        let d = start(&mut early, "/v1/chat/completions", body);
+        let d = early.provider_stage(d, body);
+        let mut late = exchange(&limited, "claude");
+        let l = start(&mut late, "/v1/chat/completions", body);
+        assert_eq!(l, BodyDecision::Forward, "translated after admission");
+        let l = late.provider_stage(l, body);
+        let (BodyDecision::Replace(a), BodyDecision::Replace(b)) = (&d, &l) else {
+            panic!("translated bodies expected: {d:?} {l:?}")
+        };
+        assert_eq!(a, b);
+        assert_eq!(early.model.as_deref(), Some("claude-haiku-4-5"));
+        assert_eq!(late.model.as_deref(), Some("claude-haiku-4-5"));
+        assert_eq!(
+            early.take_upstream_headers().map(|u| format!("{u:?}")),
+            late.take_upstream_headers().map(|u| format!("{u:?}"))
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Fallback through tollgate's own provider calls (Kong)
 // ---------------------------------------------------------------------------

@@ -48,6 +48,15 @@ pub struct PromptCount {
     pub estimated: bool,
 }
 
+impl PromptCount {
+    /// Stands for the count on a route where nothing reads it (no metering, no
+    /// limits): tokenizing a prompt nobody bills would be wasted work.
+    pub const UNCOUNTED: PromptCount = PromptCount {
+        tokens: 0,
+        estimated: true,
+    };
+}
+
 /// Harmony (gpt-5): tokens added whenever function tools are present, on top of the
 /// rendered `# Tools` section. Fitted, not derived: `chat-tools`/`chat-parallel-tools`
 /// (no system prompt) and `chat-text-to-image-tool` (system prompt, forced

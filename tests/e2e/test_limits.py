@@ -334,6 +334,22 @@ def test_request_budgets_send_the_openai_request_headers_and_refuse_in_dialect(e
         list(s.parse())
 
 
+def test_limits_hold_on_a_route_with_metering_off(envoy_with):
+    """`metering.enabled: false` only silences reporting: the route's limits still
+    count (and refuse), and no x-llm-* header is written."""
+    fresh_minute()
+    cfg = {"defaults": {"metering": {"enabled": False}, "limits": {"rules": [
+        {"name": "rpm", "key": ["consumer"], "window": "1m", "requests": 2, "tokens": 100000}]}}}
+    env = envoy_with(cfg, name="limits-unmetered")
+    client = oai(env, "c-unmetered")
+    for left in ("1", "0"):
+        raw = chat(client, max_tokens=20)
+        assert raw.headers["x-ratelimit-remaining-requests"] == left
+        assert not [h for h in raw.headers if h.lower().startswith("x-llm-")], dict(raw.headers)
+    e = refused(client, max_tokens=20)
+    assert e.status_code == 429 and "'rpm'" in e.response.json()["error"]["message"]
+
+
 JWT_SECRET = b"tollgate-e2e-hs256-secret-0123456789"
 
 

@@ -190,6 +190,8 @@ fn fuel_per_exchange() {
         "tollgate-limits.json",
         "tollgate-pii.json",
         "tollgate-translate.json",
+        "tollgate-pii-only.json",
+        "tollgate-translate-only.json",
     ] {
         let answer = if name.contains("translate") {
             anthropic_answer()
