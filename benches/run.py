@@ -837,6 +837,22 @@ def cargo_build(package: str, target: str = "wasm32-wasip1") -> tuple[bool, str]
     return True, ""
 
 
+_SNAPSHOTS: dict[str, Path] = {}
+
+
+def snapshot(path: Path) -> Path:
+    """A copy of a .wasm taken when the run starts. Envoy reads the file at every
+    (re)start, so a rebuild during a run would otherwise change what later rounds
+    measure."""
+    if str(path) not in _SNAPSHOTS:
+        d = Path(tempfile.mkdtemp(prefix="tollgate-bench-wasm-"))
+        atexit.register(shutil.rmtree, d, True)
+        copy = d / path.name
+        shutil.copyfile(path, copy)
+        _SNAPSHOTS[str(path)] = copy
+    return _SNAPSHOTS[str(path)]
+
+
 def sha256_short(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()[:12]
 
@@ -880,6 +896,7 @@ def prepare_variants(args) -> list[dict]:
             if v["available"] and not path.exists():
                 v["available"], v["reason"] = False, f"{path.relative_to(REPO)} not found"
             if v["available"]:
+                path = snapshot(path)
                 v["wasm_path"] = str(path)
                 v["wasm_bytes"] = path.stat().st_size
                 v["wasm_sha256"] = sha256_short(path)

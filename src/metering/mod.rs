@@ -351,7 +351,7 @@ impl Exchange {
             .find_map(|k| parsed.get(k).and_then(Node::as_u64));
         self.choices = choices(api, parsed);
 
-        let profile = models::profile(model);
+        let profile = self.billing_profile(model);
         self.encoding = profile.encoding;
         let mut counter = self.counter();
         let m = &self.settings.metering;
@@ -845,6 +845,27 @@ impl Exchange {
 
     /// A counter for this exchange's model with the route's full byte budget: one
     /// for the prompt, and one for streamed text when the provider reports no usage.
+    /// The tokenizer and framing the prompt is billed by: the provider's model
+    /// (after the route's model map), so a prompt translated for Claude is not
+    /// counted with OpenAI's tokenizer. OpenAI and Azure keep the client's model
+    /// when the mapped name is not a model (an Azure deployment name).
+    fn billing_profile(&self, client_model: &str) -> models::ModelProfile {
+        use crate::providers::config::ProviderKind;
+        let Some(p) = self.provider.as_ref() else {
+            return models::profile(client_model);
+        };
+        let cfg = p.config();
+        let mapped = models::profile(cfg.map_model(client_model));
+        match cfg.kind {
+            ProviderKind::OpenAi | ProviderKind::AzureOpenAi
+                if mapped.family == models::ModelFamily::Unknown =>
+            {
+                models::profile(client_model)
+            }
+            _ => mapped,
+        }
+    }
+
     fn counter(&self) -> BudgetedCounter<'static> {
         let m = &self.settings.metering;
         let budget = usize::try_from(m.tokenize_byte_budget).unwrap_or(usize::MAX);

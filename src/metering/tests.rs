@@ -757,6 +757,40 @@ fn translation_from_the_first_parse_sends_what_the_provider_stage_would() {
     }
 }
 
+#[test]
+fn a_translated_prompt_is_counted_for_the_providers_model() {
+    // gpt-4o-mini mapped to Claude: Anthropic's tokenizer is not public, so the
+    // prompt is estimated from its size, not counted with OpenAI's o200k.
+    let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"How high should a mirror hang above a dresser?"}]}"#;
+    let count = |cfg: &str| {
+        let mut ex = exchange(cfg, "r");
+        start(&mut ex, "/v1/chat/completions", body);
+        ex.prompt.unwrap()
+    };
+    let openai = count("{}");
+    assert!(!openai.estimated);
+    let claude = count(
+        r#"{"defaults": {"provider": {"kind": "anthropic", "api_key": {"inline": "k"},
+        "model_map": {"gpt-4o-mini": "claude-haiku-4-5"}}}}"#,
+    );
+    assert!(claude.estimated);
+    assert_ne!(claude.tokens, openai.tokens);
+    // Azure maps models to deployment names, which are not models: the client's
+    // model still picks the tokenizer.
+    let azure = count(
+        r#"{"defaults": {"provider": {"kind": "azure_openai", "api_key": {"inline": "k"},
+        "endpoint": {"authority": "res.openai.azure.com"}, "azure": {"api_version": "2024-10-21"},
+        "model_map": {"gpt-4o-mini": "prod-small"}}}}"#,
+    );
+    assert_eq!(azure, openai);
+    // An OpenAI-compatible server bills by its own model's tokenizer.
+    let mistral = count(
+        r#"{"defaults": {"provider": {"kind": "openai_compatible", "name": "mistral",
+        "endpoint": {"authority": "api.mistral.ai"}, "model_map": {"gpt-4o-mini": "mistral-small-latest"}}}}"#,
+    );
+    assert!(mistral.estimated);
+}
+
 // ---------------------------------------------------------------------------
 // Fallback through tollgate's own provider calls (Kong)
 // ---------------------------------------------------------------------------
