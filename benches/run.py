@@ -155,7 +155,9 @@ VARIANTS.append({
 # response headers, five filter-state keys), with no logic between them.
 for _flow, _desc in (("hold_response", "hold the response until its end"),
                      ("read_bodies", "read both bodies"),
-                     ("mimic", "tollgate's metering hostcalls, no logic")):
+                     ("mimic", "tollgate's metering hostcalls, no logic"),
+                     ("pii_alone", "a PII-only route's hostcalls, no logic"),
+                     ("translate_alone", "an OpenAI→Anthropic route's hostcalls (metering off), no logic")):
     VARIANTS.append({
         "name": f"probe-{_flow}",
         "desc": f"noop-filter + {_desc}",

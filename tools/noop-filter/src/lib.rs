@@ -18,7 +18,9 @@
 //! Three flow probes (`NAME:0`) price steps of tollgate's request flow instead:
 //! `hold_response` (pause the response until its end), `read_bodies` (copy both
 //! bodies into the VM) and `mimic` (tollgate's metering hostcalls in its order,
-//! with no logic between them).
+//! with no logic between them); `pii_alone` and `translate_alone` do the same for a
+//! route that only redacts, or only rewrites for Anthropic (metering off): the
+//! floor of those features in the host, whatever their own code costs.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -61,6 +63,15 @@ enum Probe {
     ReadBodies,
     /// A metering exchange's hostcalls, as tollgate makes them (N unused).
     Mimic,
+    /// The hostcalls of a PII-only exchange (metering off, nothing found): route,
+    /// both header maps, `accept-encoding` dropped, both bodies read, the answer
+    /// held to its end (N unused).
+    PiiAlone,
+    /// The hostcalls of an OpenAI->Anthropic exchange with metering off: as
+    /// `PiiAlone`, plus the clock, both bodies written, four request headers set,
+    /// `content-length` dropped, the route cache cleared and two response headers
+    /// set (N unused).
+    TranslateAlone,
 }
 
 impl Probe {
@@ -80,6 +91,8 @@ impl Probe {
             "hold_response" => Probe::HoldResponse,
             "read_bodies" => Probe::ReadBodies,
             "mimic" => Probe::Mimic,
+            "pii_alone" => Probe::PiiAlone,
+            "translate_alone" => Probe::TranslateAlone,
             _ => return None,
         };
         Some((probe, n.parse().ok()?))
@@ -181,7 +194,10 @@ impl Context for ProbeHttp {}
 
 impl HttpContext for ProbeHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if self.probe == Probe::Mimic {
+        if matches!(
+            self.probe,
+            Probe::Mimic | Probe::PiiAlone | Probe::TranslateAlone
+        ) {
             let _ = hostcalls::get_property(vec!["xds", "route_name"]);
             let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "accept-encoding", None);
@@ -197,8 +213,30 @@ impl HttpContext for ProbeHttp {
         if !end_of_stream {
             return Action::Pause;
         }
-        if matches!(self.probe, Probe::ReadBodies | Probe::Mimic) {
-            let _ = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, _body_size);
+        if matches!(
+            self.probe,
+            Probe::ReadBodies | Probe::Mimic | Probe::PiiAlone | Probe::TranslateAlone
+        ) {
+            let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, _body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            if self.probe == Probe::TranslateAlone {
+                let _ = hostcalls::get_current_time();
+                // The same bytes back: the host's side of a rewritten body.
+                let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, _body_size, &body);
+                for (k, v) in [
+                    (":path", "/v1/messages"),
+                    (":authority", "api.anthropic.com"),
+                    ("x-api-key", "sk-ant-probe"),
+                    ("anthropic-version", "2023-06-01"),
+                ] {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, k, Some(v));
+                }
+                let _ =
+                    hostcalls::set_map_value(MapType::HttpRequestHeaders, "content-length", None);
+                let _ = hostcalls::call_foreign_function("clear_route_cache", Some(&[]));
+            }
         }
         for i in 0..self.n {
             match self.probe {
@@ -227,7 +265,9 @@ impl HttpContext for ProbeHttp {
                 | Probe::ResponseHeaderMapWrite
                 | Probe::HoldResponse
                 | Probe::ReadBodies
-                | Probe::Mimic => {}
+                | Probe::Mimic
+                | Probe::PiiAlone
+                | Probe::TranslateAlone => {}
             }
         }
         Action::Continue
@@ -237,7 +277,7 @@ impl HttpContext for ProbeHttp {
         let n = self.n as usize;
         match self.probe {
             Probe::HoldResponse if !end_of_stream => return Action::Pause,
-            Probe::Mimic => {
+            Probe::Mimic | Probe::PiiAlone | Probe::TranslateAlone => {
                 let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
                 if !end_of_stream {
                     return Action::Pause;
@@ -283,9 +323,32 @@ impl HttpContext for ProbeHttp {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.probe {
-            Probe::HoldResponse | Probe::Mimic if !end_of_stream => Action::Pause,
-            Probe::ReadBodies | Probe::Mimic if end_of_stream => {
-                let _ = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size);
+            Probe::HoldResponse | Probe::Mimic | Probe::PiiAlone | Probe::TranslateAlone
+                if !end_of_stream =>
+            {
+                Action::Pause
+            }
+            Probe::ReadBodies | Probe::Mimic | Probe::PiiAlone | Probe::TranslateAlone
+                if end_of_stream =>
+            {
+                let body = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                if self.probe == Probe::TranslateAlone {
+                    let _ =
+                        hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &body);
+                    let _ = hostcalls::set_map_value(
+                        MapType::HttpResponseHeaders,
+                        "content-type",
+                        Some("application/json"),
+                    );
+                    let _ = hostcalls::set_map_value(
+                        MapType::HttpResponseHeaders,
+                        "content-length",
+                        None,
+                    );
+                }
                 if self.probe == Probe::Mimic {
                     for name in [
                         "x-llm-prompt-tokens",
