@@ -351,21 +351,22 @@ impl Exchange {
             .find_map(|k| parsed.get(k).and_then(Node::as_u64));
         self.choices = choices(api, parsed);
 
-        let profile = self.billing_profile(model);
-        self.encoding = profile.encoding;
-        let mut counter = self.counter();
-        let m = &self.settings.metering;
-        let opts = PromptOptions {
-            image_estimate_tokens: m.image_estimate_tokens,
-            bytes_per_token: m.estimate_bytes_per_token,
-        };
-        let mut count = if self.counts_tokens() {
-            count_prompt(api, parsed, &profile, &mut counter, &opts)
+        self.prompt = Some(if self.counts_tokens() {
+            let profile = self.billing_profile(model);
+            self.encoding = profile.encoding;
+            let mut counter = self.counter();
+            let m = &self.settings.metering;
+            let opts = PromptOptions {
+                image_estimate_tokens: m.image_estimate_tokens,
+                bytes_per_token: m.estimate_bytes_per_token,
+            };
+            let mut count = count_prompt(api, parsed, &profile, &mut counter, &opts);
+            count.estimated |= counter.estimated();
+            count
         } else {
             PromptCount::UNCOUNTED
-        };
-        count.estimated |= counter.estimated();
-        self.prompt = Some(count);
+        });
+        let m = &self.settings.metering;
 
         let mut new_body = None;
         let translated = self
