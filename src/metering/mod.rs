@@ -844,8 +844,6 @@ impl Exchange {
         self.response_status
     }
 
-    /// A counter for this exchange's model with the route's full byte budget: one
-    /// for the prompt, and one for streamed text when the provider reports no usage.
     /// The tokenizer and framing the prompt is billed by: the provider's model
     /// (after the route's model map), so a prompt translated for Claude is not
     /// counted with OpenAI's tokenizer. OpenAI and Azure keep the client's model
@@ -867,6 +865,8 @@ impl Exchange {
         }
     }
 
+    /// A counter for this exchange's model with the route's full byte budget: one
+    /// for the prompt, and one for streamed text when the provider reports no usage.
     fn counter(&self) -> BudgetedCounter<'static> {
         let m = &self.settings.metering;
         let budget = usize::try_from(m.tokenize_byte_budget).unwrap_or(usize::MAX);
@@ -1153,8 +1153,7 @@ impl Exchange {
         let ct = content_type.unwrap_or("");
         let pii_reads = self.pii.as_ref().is_some_and(|p| p.wants_response());
         // A route that neither counts tokens nor reads answers for PII leaves the
-        // answer alone (a stream meter set up for the request still runs: it
-        // strips what tollgate injected).
+        // answer alone.
         let counts = self.counts_tokens();
         if starts_with_ignore_case(ct, "text/event-stream") {
             if self.stream.is_none() {

@@ -15,7 +15,7 @@
 //! `get_shared_data:10`) makes N calls of that kind per request at the end of the
 //! request body (see [`Probe`]); the bench's `probe-*` variants compare it with the
 //! plain no-op (configuration `{}`), so the difference divided by N is one call.
-//! Three flow probes (`NAME:0`) price steps of tollgate's request flow instead:
+//! Flow probes (`NAME:0`) price steps of tollgate's request flow instead:
 //! `hold_response` (pause the response until its end), `read_bodies` (copy both
 //! bodies into the VM) and `mimic` (tollgate's metering hostcalls in its order,
 //! with no logic between them); `pii_alone` and `translate_alone` do the same for a
