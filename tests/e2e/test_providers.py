@@ -224,6 +224,33 @@ def test_anthropic_streaming_tool_call(env):
     assert chunks[-1].usage.completion_tokens > 0
 
 
+def test_anthropic_route_with_metering_off_translates_both_ways(envoy_with, wasm):
+    """A route that only rewrites (metering off, no limits): tollgate counts nothing,
+    but the translation is unchanged, the client still gets OpenAI usage from the
+    provider's, and a stream hides or keeps the usage chunk as the client asked."""
+    cfg = {"defaults": {"metering": {"enabled": False}},
+           "routes": {"claude": CONFIG["routes"]["claude"]}}
+    env = envoy_with(cfg, name="providers-unmetered", mutate=mutate)
+    c = client(env, "claude")
+    r = c.chat.completions.with_raw_response.create(model="fast", messages=MESSAGES)
+    resp = r.parse()
+    sent = env.mock.last_body()
+    assert (sent["model"], sent["system"], sent["max_tokens"]) == ("claude-haiku-4-5", "Answer briefly.", 256)
+    raw = mock_direct(env, "/v1/messages", sent)
+    assert resp.choices[0].message.content == raw["content"][0]["text"]
+    assert resp.usage.completion_tokens == raw["usage"]["output_tokens"]
+    assert resp.usage.prompt_tokens == raw["usage"]["input_tokens"]
+    assert not [h for h in r.headers if h.lower().startswith("x-llm-")], dict(r.headers)
+
+    chunks = list(c.chat.completions.create(model="fast", messages=MESSAGES, stream=True))
+    assert all(ch.usage is None for ch in chunks), "no usage chunk for a client that did not ask"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == raw["content"][0]["text"]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    chunks = list(c.chat.completions.create(model="fast", messages=MESSAGES, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == raw["usage"]["output_tokens"]
+
+
 def test_anthropic_images_reach_the_provider_as_sources(env):
     c = client(env, "claude")
     c.chat.completions.create(model="fast", max_tokens=50, messages=[{"role": "user", "content": [
