@@ -85,6 +85,11 @@ pub struct Engine {
     pub max_hold: usize,
     /// Restore placeholders in answers (some detector restores).
     pub restores: bool,
+    /// A JSON body without escapes and without a candidate anywhere in its bytes
+    /// has none in its text either (see [`Engine::may_find_in_request`]).
+    /// False when a custom pattern may use anchors, which a whole-body search
+    /// would not honour the way a per-text search does.
+    whole_body_check: bool,
 }
 
 impl Engine {
@@ -169,6 +174,14 @@ impl Engine {
                 )
             })
         };
+        // A custom pattern with `^`, `$`, `\A` or `\z` (or a negated class, which
+        // cannot be told apart from them this cheaply) keeps the per-text scan only.
+        let whole_body_check = cfg.custom.iter().all(|c| {
+            c.action == Action::Off
+                || !(c.pattern.contains(['^', '$'])
+                    || c.pattern.contains(r"\A")
+                    || c.pattern.contains(r"\z"))
+        });
         let request = compile(&request)?;
         let response = compile(&response)?;
         Ok(Engine {
@@ -180,7 +193,37 @@ impl Engine {
             holdback: holdback + 1,
             max_hold: usize::try_from(cfg.max_stream_hold_bytes).unwrap_or(8192),
             restores,
+            whole_body_check,
         })
+    }
+
+    /// False only when no request detector can match in `body`'s model text: the
+    /// body has no JSON escape (so every string's text is its raw bytes) and the
+    /// automaton finds no candidate in the whole body. Each string sits between
+    /// quotes, which a word boundary treats like the edge of a text, so a match in
+    /// a string is a match in the body; keys and structure can only add
+    /// candidates, which send the body to the full scan. One pass over the bytes
+    /// instead of a walk and a search per string, for the common clean prompt.
+    pub fn may_find_in_request(&self, body: &[u8]) -> bool {
+        self.may_find(body, false)
+    }
+
+    /// [`Engine::may_find_in_request`] for a whole JSON answer (placeholders to
+    /// restore included).
+    pub fn may_find_in_answer(&self, body: &[u8]) -> bool {
+        self.may_find(body, true)
+    }
+
+    fn may_find(&self, body: &[u8], response: bool) -> bool {
+        let auto = if response {
+            self.response.as_ref()
+        } else {
+            self.request.as_ref()
+        };
+        let Some(a) = auto else {
+            return false;
+        };
+        !self.whole_body_check || body.contains(&b'\\') || a.re.is_match(body)
     }
 
     /// True when completions need looking at (restore or scanning).

@@ -202,6 +202,9 @@ impl PiiExchange {
 
     /// The complete request body (client dialect JSON): redact, or block.
     pub fn on_request(&mut self, body: &[u8]) -> RequestOutcome {
+        if !self.engine.may_find_in_request(body) {
+            return RequestOutcome::Unchanged;
+        }
         let out = self.rewrite_json(body, Direction::Request);
         if !self.blocked.is_empty() {
             let names: Vec<&str> = self
@@ -233,7 +236,7 @@ impl PiiExchange {
 
     /// A whole non-streaming JSON answer: restore placeholders, scan completions.
     pub fn on_response_json(&mut self, body: &[u8]) -> Option<Vec<u8>> {
-        if !self.wants_response() {
+        if !self.wants_response() || !self.engine.may_find_in_answer(body) {
             return None;
         }
         self.rewrite_json(body, Direction::Response)

@@ -324,6 +324,109 @@ fn custom_detectors_and_config_errors() {
     }
 }
 
+/// A plain chat request with `text` as its last user turn (no other PII).
+fn plain_chat(text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o", "temperature": 0.2, "max_tokens": 512,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": text}
+        ]
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_whole_body_check_never_skips_what_the_full_scan_finds() {
+    let e = engine(all("redact"));
+    // Every value, alone, at each edge of the text and inside it, in prose and in
+    // tool arguments: where the full scan finds it, the whole-body check must too.
+    let mut bodies = Vec::new();
+    for (_, v) in POSITIVES {
+        for text in [
+            v.to_string(),
+            format!("x {v}"),
+            format!("{v}."),
+            format!("a:{v}:b"),
+        ] {
+            bodies.push(plain_chat(&text));
+            bodies.push(chat(&text));
+        }
+    }
+    for n in NEGATIVES {
+        bodies.push(plain_chat(n));
+    }
+    let mut checked = 0;
+    for b in &bodies {
+        let mut full = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        let found = full.rewrite_json(b, Direction::Request).is_some();
+        if found {
+            checked += 1;
+            assert!(e.may_find_in_request(b), "{}", String::from_utf8_lossy(b));
+        }
+    }
+    assert!(checked >= POSITIVES.len() * 4);
+    // A clean prompt is settled by the one pass, and a hard negative changes nothing.
+    assert!(!e.may_find_in_request(&plain_chat(
+        "How high should a mirror hang above a dresser?"
+    )));
+    for n in NEGATIVES {
+        let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        assert_eq!(ex.on_request(&plain_chat(n)), RequestOutcome::Unchanged);
+    }
+    // An escape can hide a value from the raw bytes: such a body takes the full scan.
+    let hidden = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"mail jane\u0040example.com"}]}"#;
+    assert!(e.may_find_in_request(hidden));
+    let mut ex = PiiExchange::new(e.clone(), Api::ChatCompletions);
+    assert!(matches!(ex.on_request(hidden), RequestOutcome::Replace(_)));
+}
+
+#[test]
+fn the_whole_body_check_of_answers_never_skips_what_the_full_scan_finds() {
+    let mut cfg = all("restore");
+    cfg["scan_responses"] = true.into();
+    let e = engine(cfg);
+    let answer = |text: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1733600000, "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 180, "completion_tokens": 12, "total_tokens": 192}
+        }))
+        .unwrap()
+    };
+    let mut texts: Vec<String> = POSITIVES
+        .iter()
+        .map(|(_, v)| format!("It is {v}."))
+        .collect();
+    texts.push("Mail <EMAIL_1> today.".into());
+    for t in &texts {
+        let b = answer(t);
+        let mut full = PiiExchange::new(e.clone(), Api::ChatCompletions);
+        full.vault
+            .restore
+            .insert(b"<EMAIL_1>".to_vec(), b"jane@example.com".to_vec());
+        if full.rewrite_json(&b, Direction::Response).is_some() {
+            assert!(e.may_find_in_answer(&b), "{t}");
+        } else {
+            panic!("the full scan found nothing in {t}");
+        }
+    }
+    assert!(!e.may_find_in_answer(&answer("About 8 to 10 inches above it.")));
+}
+
+#[test]
+fn an_anchored_custom_pattern_keeps_the_per_text_scan() {
+    // `^...$` matches a whole text, which a search over the whole body never sees.
+    let p = serde_json::json!({"enabled": true, "custom": [
+        {"name": "employee_id", "pattern": "^EMP-[0-9]{6}$", "action": "redact"}]});
+    let mut ex = exchange(p, Api::ChatCompletions);
+    let RequestOutcome::Replace(out) = ex.on_request(&plain_chat("EMP-123456")) else {
+        panic!("the anchored value was not redacted")
+    };
+    assert!(String::from_utf8_lossy(&out).contains(r#""content":"<EMPLOYEE_ID_1>""#));
+}
+
 /// Chat chunks carrying `pieces` as content deltas, then finish and [DONE].
 fn chat_stream(pieces: &[&str]) -> Vec<u8> {
     let mut s = Vec::new();
