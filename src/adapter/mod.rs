@@ -832,7 +832,7 @@ impl HttpContext for Http {
         let path = text(":path").unwrap_or("");
         let len = text("content-length").and_then(|v| v.trim().parse().ok());
         let has_accept_encoding = find_header(&headers, "accept-encoding").is_some();
-        if ex.settings().limits.active() || ex.settings().limits.global.active() {
+        if ex.settings().limits.any_active() {
             // A header is trusted only because the edge strips client copies; a
             // property (jwt_authn metadata) cannot be set by clients (docs/limits.md).
             let source = &ex.settings().limits.consumer;

@@ -515,6 +515,12 @@ impl Limits {
         !self.rules.is_empty()
     }
 
+    /// True when the route admits requests against any budget, local rules or a
+    /// shared limit: then the prompt is counted and the consumer read.
+    pub fn any_active(&self) -> bool {
+        self.active() || self.global.active()
+    }
+
     /// The price entry for a model: the longest matching `model` prefix.
     pub fn price_for(&self, model: &str) -> Option<&ModelPrice> {
         self.prices

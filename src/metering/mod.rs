@@ -222,8 +222,7 @@ impl Exchange {
     /// Whether anything on this route reads token counts: metering reports them,
     /// limits charge them. A route that only redacts or rewrites counts nothing.
     pub fn counts_tokens(&self) -> bool {
-        let s = &self.settings;
-        s.metering.enabled || s.limits.active() || s.limits.global.active()
+        self.settings.metering.enabled || self.settings.limits.any_active()
     }
 
     /// Whether a held answer gets the `x-llm-*` headers.
@@ -351,11 +350,11 @@ impl Exchange {
             .find_map(|k| parsed.get(k).and_then(Node::as_u64));
         self.choices = choices(api, parsed);
 
+        let m = &self.settings.metering;
         self.prompt = Some(if self.counts_tokens() {
             let profile = self.billing_profile(model);
             self.encoding = profile.encoding;
             let mut counter = self.counter();
-            let m = &self.settings.metering;
             let opts = PromptOptions {
                 image_estimate_tokens: m.image_estimate_tokens,
                 bytes_per_token: m.estimate_bytes_per_token,
@@ -366,7 +365,6 @@ impl Exchange {
         } else {
             PromptCount::UNCOUNTED
         });
-        let m = &self.settings.metering;
 
         let mut new_body = None;
         let translated = self
@@ -400,8 +398,7 @@ impl Exchange {
             None => {}
         }
         if self.provider.is_some() {
-            let l = &self.settings.limits;
-            if new_body.is_none() && !l.active() && !l.global.active() {
+            if new_body.is_none() && !self.settings.limits.any_active() {
                 // Nothing can edit the body before the provider stage (no earlier
                 // edit, no admission, no clamp): translate from this parse.
                 match self.translate_parsed(body, parsed) {
@@ -1153,16 +1150,14 @@ impl Exchange {
         let ct = content_type.unwrap_or("");
         let pii_reads = self.pii.as_ref().is_some_and(|p| p.wants_response());
         // A route that neither counts tokens nor reads answers for PII leaves the
-        // answer alone.
+        // answer alone (it set up no stream meter and no cut-off either).
         let counts = self.counts_tokens();
+        if !counts && !pii_reads {
+            return ResponseMode::PassThrough;
+        }
         if starts_with_ignore_case(ct, "text/event-stream") {
-            if self.stream.is_none() {
-                if !counts && !pii_reads {
-                    return ResponseMode::PassThrough;
-                }
-                if counts {
-                    self.stream = Some(self.stream_meter(api, false));
-                }
+            if self.stream.is_none() && counts {
+                self.stream = Some(self.stream_meter(api, false));
             }
             self.cut = self.stream_cut(api);
             return ResponseMode::Stream;
@@ -1170,9 +1165,6 @@ impl Exchange {
         // A stream we prepared for came back as JSON (e.g. the provider ignored
         // `stream`): nothing will need stripping.
         self.stream = None;
-        if !counts && !pii_reads {
-            return ResponseMode::PassThrough;
-        }
         if starts_with_ignore_case(ct, "application/json") || ct.is_empty() {
             let small = content_length.is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
             // PII restore/scan: an answer declared small is held and rewritten
