@@ -3,6 +3,10 @@
 //! wire encoding of header maps. The adapter does the calls; this is the part
 //! that can be unit-tested natively.
 
+mod header_list;
+
+pub use header_list::HeaderList;
+
 /// The proxy-wasm host, detected at start-up from the properties it answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostKind {

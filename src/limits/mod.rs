@@ -21,7 +21,8 @@
 
 use std::rc::Rc;
 
-use crate::decimal::{push_u64, u64_string};
+use crate::decimal::push_u64;
+use crate::host::HeaderList;
 
 use crate::config::{LimitCount, LimitKeyPart, LimitMode, LimitRule, Limits, StreamCutoff, Window};
 
@@ -98,6 +99,14 @@ pub trait Store {
     /// (the credit path needs both; a store can answer them with one lookup).
     fn take_held(&mut self, key: &str, ws: u64) -> (i64, Option<u64>) {
         (self.take_deferred(key, ws), self.synced_used(key, ws))
+    }
+    /// Take `want` from this worker's credit for `key` in window `ws`, in one
+    /// step (the credit path's only store work): the counter's usage as this
+    /// worker last wrote it and the held delta before, when the credit covers
+    /// `want`; `None`, with nothing changed, otherwise. The default holds no
+    /// credit ([`Deferred::spend`] is the leasing stores' answer).
+    fn spend_credit(&mut self, _key: &str, _ws: u64, _want: u64) -> Option<(u64, i64)> {
+        None
     }
 }
 
@@ -394,6 +403,22 @@ pub fn window_bounds(w: Window, now_ms: u64) -> (u64, u64) {
     }
 }
 
+/// Until when (ms since the epoch) a clock reading taken at `read_ms`, on a timer
+/// that ticks every `period_ms`, may stand in for the clock when admitting from
+/// credits (see [`admit_from_credits`]): while the reading is at least two
+/// periods before the end of the window it falls in, for each of `windows`, the
+/// clock (at most one period, plus the timer's lateness, ahead of the reading)
+/// is in the same windows, so the reading picks the same counters. Windows of
+/// two periods or less leave the reading unusable (but at a window's very start).
+pub fn recent_time_usable_until(windows: &[Window], read_ms: u64, period_ms: u64) -> u64 {
+    let margin = period_ms.saturating_mul(2);
+    windows
+        .iter()
+        .map(|w| window_bounds(*w, read_ms).1.saturating_sub(margin))
+        .min()
+        .unwrap_or(0)
+}
+
 /// The state of one budget, for headers and messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateState {
@@ -412,7 +437,7 @@ pub struct RateState {
 impl RateState {
     /// `x-ratelimit-{limit,remaining,reset}-{tokens,requests}` as OpenAI sends
     /// them (`-usd` for cost budgets, in dollars: tollgate's own extension).
-    pub fn push_headers(&self, out: &mut Vec<(&'static str, String)>) {
+    pub fn push_headers(&self, out: &mut HeaderList) {
         let names = match self.unit {
             Unit::Tokens => [
                 "x-ratelimit-limit-tokens",
@@ -430,13 +455,18 @@ impl RateState {
                 "x-ratelimit-reset-usd",
             ],
         };
-        let amount = |v: u64| match self.unit {
-            Unit::MicroUsd => format!("{}.{:06}", v / 1_000_000, v % 1_000_000),
-            _ => u64_string(v),
+        let usd = self.unit == Unit::MicroUsd;
+        let amount = |t: &mut String, v: u64| {
+            if usd {
+                push_micros_as_units(t, v);
+            } else {
+                push_u64(t, v);
+            }
         };
-        out.push((names[0], amount(self.limit)));
-        out.push((names[1], amount(self.remaining)));
-        out.push((names[2], format_duration(self.reset_ms)));
+        let [limit, remaining, reset] = names;
+        out.push_with(limit, |t| amount(t, self.limit));
+        out.push_with(remaining, |t| amount(t, self.remaining));
+        out.push_with(reset, |t| push_duration(t, self.reset_ms));
     }
 
     /// What the budget counts, for messages.
@@ -449,27 +479,44 @@ impl RateState {
     }
 }
 
+/// `micros` millionths as a decimal with six places (`1.000250` for 1,000,250).
+fn push_micros_as_units(out: &mut String, micros: u64) {
+    push_u64(out, micros / 1_000_000);
+    out.push('.');
+    let frac = micros % 1_000_000;
+    let mut div = 100_000;
+    while div > 0 {
+        out.push(char::from(b'0' + ((frac / div) % 10) as u8));
+        div /= 10;
+    }
+}
+
 /// A duration the way OpenAI writes `x-ratelimit-reset-*` (`250ms`, `12s`, `6m0s`, `1h2m3s`).
 pub fn format_duration(ms: u64) -> String {
     let mut out = String::with_capacity(16);
+    push_duration(&mut out, ms);
+    out
+}
+
+/// [`format_duration`], appended to `out`.
+pub fn push_duration(out: &mut String, ms: u64) {
     if ms < 1000 {
-        push_u64(&mut out, ms);
+        push_u64(out, ms);
         out.push_str("ms");
-        return out;
+        return;
     }
     let s = ms.div_ceil(1000);
     let (h, m, s) = (s / 3600, (s % 3600) / 60, s % 60);
     if h > 0 {
-        push_u64(&mut out, h);
+        push_u64(out, h);
         out.push('h');
     }
     if h > 0 || m > 0 {
-        push_u64(&mut out, m);
+        push_u64(out, m);
         out.push('m');
     }
-    push_u64(&mut out, s);
+    push_u64(out, s);
     out.push('s');
-    out
 }
 
 /// One counter charged at admission, remembered for the true-up.
@@ -534,18 +581,18 @@ impl Admission {
 
     /// The `x-ratelimit-*` headers, one set per unit with budgets.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::with_capacity(self.states.len() * 3 + 1);
+        let mut out = HeaderList::with_capacity(self.states.len() * 3 + 1);
         self.push_headers(&mut out);
-        out
+        out.to_vec()
     }
 
     /// [`Admission::headers`], appended to a list of the caller's.
-    pub fn push_headers(&self, out: &mut Vec<(&'static str, String)>) {
+    pub fn push_headers(&self, out: &mut HeaderList) {
         for s in &self.states {
             s.push_headers(out);
         }
         if let Some(n) = self.clamped_to {
-            out.push(("x-tollgate-max-tokens-clamped", u64_string(n)));
+            out.push_u64("x-tollgate-max-tokens-clamped", n);
         }
     }
 }
@@ -1017,6 +1064,32 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
     }
 }
 
+/// Admit from this worker's credits alone, with no store call and no refusal:
+/// `None` when the route cannot take credits (report-only, clamp or mid-stream
+/// cut, a store that does not lease) or a budget lacks credit; then call
+/// [`admit`]. `now_ms` may be a recent reading of the clock rather than the clock
+/// (see [`recent_time_usable_until`]): it picks the windows and the reset shown
+/// in the headers, which is then late by at most the reading's age (so never
+/// tells a client to come back too early).
+pub fn admit_from_credits(
+    cfg: &Limits,
+    store: &mut dyn Store,
+    now_ms: u64,
+    s: &Subject,
+) -> Option<Admission> {
+    let lease = cfg.mode == LimitMode::Enforce
+        && store.leases()
+        && !cfg.clamp_max_tokens
+        && cfg.stream_cutoff != StreamCutoff::Cut;
+    if !lease {
+        return None;
+    }
+    let price = (cfg.rules.iter().any(|r| r.usd.is_some()))
+        .then(|| cfg.price_for(s.model).map(|p| p.nano_per_token()))
+        .flatten();
+    admit_from_credit(cfg, store, now_ms, s, price)
+}
+
 /// Admit from this worker's credits alone when every budget of every rule holds
 /// enough for this request's charge: no store call. `None` (nothing changed): go
 /// to the store. The charge is taken from the credit; the usage shown in the
@@ -1033,35 +1106,33 @@ fn admit_from_credit(
     'rules: for r in &cfg.rules {
         let (start, end) = window_bounds(r.window(), now_ms);
         for (unit, limit) in budgets(r) {
+            let Some(want) = charge_of(unit, r.count, price, s.prompt_tokens, 0, s.reserve_tokens)
+            else {
+                enough = false;
+                break 'rules;
+            };
             let key = counter_key(r, unit, s);
-            let want = charge_of(unit, r.count, price, s.prompt_tokens, 0, s.reserve_tokens);
-            let (held, synced) = store.take_held(&key, start);
-            let seen = synced.map(|used| {
-                (
-                    Counter {
-                        window_start: start,
-                        used,
-                    },
-                    0,
-                )
-            });
-            let mut p = Planned::new(r, unit, limit, key, (start, end), seen, held);
-            let credit = u64::try_from(-i128::from(held)).unwrap_or(0);
-            match (want, synced) {
-                (Some(w), Some(_)) if credit >= w => {
-                    p.want = w;
-                    plan.push(p);
-                }
-                _ => {
-                    plan.push(p);
-                    enough = false;
-                    break 'rules;
-                }
-            }
+            let Some((synced, held)) = store.spend_credit(&key, start, want) else {
+                enough = false;
+                break 'rules;
+            };
+            let seen = Counter {
+                window_start: start,
+                used: synced,
+            };
+            let mut p = Planned::new(r, unit, limit, key, (start, end), Some((seen, 0)), held);
+            p.want = want;
+            plan.push(p);
         }
     }
     if !enough || plan.is_empty() {
-        restore_deferred(store, &plan);
+        // Give back what the budgets before the one short of credit took.
+        for p in &plan {
+            let back = -i64::try_from(p.want).unwrap_or(i64::MAX);
+            if !store.defer(&p.key, p.start, back) {
+                let _ = add(store, &p.key, p.start, i128::from(back), None, None);
+            }
+        }
         return None;
     }
     let output_allowance = plan
@@ -1071,15 +1142,8 @@ fn admit_from_credit(
     let mut charges = Vec::with_capacity(plan.len());
     for p in plan.iter_mut() {
         let want = p.want;
-        let left = p
-            .deferred
-            .saturating_add(i64::try_from(want).unwrap_or(i64::MAX));
         let used = p.used().map_or(0, |u| u.saturating_add(want));
         p.after = Some((used, used > p.limit));
-        if left != 0 && !store.defer(&p.key, p.start, left) {
-            // Not held after all: the unspent credit goes back to the counter.
-            let _ = add(store, &p.key, p.start, i128::from(left), None, None);
-        }
         charges.push(p.take_charge(want, 0));
     }
     Some(Admission {
@@ -1294,6 +1358,24 @@ impl Deferred {
             }
             None => (0, None),
         }
+    }
+
+    /// [`Store::spend_credit`] in one lookup: the credit is the held delta when
+    /// negative; a held refund for an older window is left to the next
+    /// [`Deferred::take`].
+    pub fn spend(&mut self, key: &str, ws: u64, want: u64) -> Option<(u64, i64)> {
+        if self.map.is_empty() {
+            return None;
+        }
+        let e = self.entry(key).filter(|e| e.window_start == ws)?;
+        let synced = e.synced?;
+        let credit = u64::try_from(-i128::from(e.delta)).unwrap_or(0);
+        if credit < want {
+            return None;
+        }
+        let before = e.delta;
+        e.delta = before.saturating_add(i64::try_from(want).unwrap_or(i64::MAX));
+        Some((synced, before))
     }
 
     /// Test hook: an entry for `other` stored where `key` hashes, as a hash

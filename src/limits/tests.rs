@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{Config, LimitCount, LimitKeyPart, LimitRule, Limits};
+use crate::config::{Config, LimitCount, LimitKeyPart, LimitRule, Limits, Window};
 
 fn limits(json: &str) -> Limits {
     let c = Config::parse(format!(r#"{{"defaults":{{"limits":{json}}}}}"#).as_bytes()).unwrap();
@@ -508,6 +508,9 @@ impl Store for Worker {
     fn take_held(&mut self, key: &str, ws: u64) -> (i64, Option<u64>) {
         self.held.take_with_synced(key, ws)
     }
+    fn spend_credit(&mut self, key: &str, ws: u64, want: u64) -> Option<(u64, i64)> {
+        self.held.spend(key, ws, want)
+    }
 }
 
 fn shared_store() -> std::rc::Rc<std::cell::RefCell<MemoryStore>> {
@@ -713,5 +716,101 @@ fn taking_held_and_synced_together_gives_both_and_empties_the_hold() {
             assert_eq!(d.take_with_synced("k", ws), (0, synced), "window {ws}");
             assert!(d.drain().iter().all(|(k, _, _)| k != "k"), "window {ws}");
         }
+    }
+}
+
+#[test]
+fn a_budget_short_of_credit_gives_back_what_the_others_took() {
+    // Two budgets: tokens (credit for 16 requests) and requests (a limit so small
+    // that its credit is soon spent). Once the requests credit runs out, the
+    // credit path must leave the tokens credit as it found it.
+    // 50 requests an hour: a credit of (50 - 1) / 8 = 6 requests, against 16
+    // requests' worth of tokens.
+    let l = limits(r#"{"rules":[{"name":"m","window":"1h","tokens":1000000,"requests":50}]}"#);
+    let shared = shared_store();
+    let mut w = Worker::new(&shared, true);
+    let s = subject(None, 10, 90);
+    let tokens_key = counter_key("m", 3_600_000, &[], &s);
+    let held = |w: &mut Worker| {
+        let d = w.held.take(&tokens_key, T0);
+        w.held.defer(&tokens_key, T0, d);
+        d
+    };
+    assert!(admit(&l, &mut w, T0, &s).allowed);
+    let mut n = 1;
+    loop {
+        let before = held(&mut w);
+        let taken = admit_from_credits(&l, &mut w, T0 + n, &s);
+        n += 1;
+        if taken.is_none() {
+            // The tokens budget had credit and was spent from first: given back.
+            assert!(before <= -100, "tokens credit left: {before}");
+            assert_eq!(held(&mut w), before);
+            break;
+        }
+        assert_eq!(held(&mut w), before + 100);
+        assert!(n < 100, "credits never ran out");
+    }
+    assert_eq!(n, 8, "the first request and six from the requests credit");
+    // The store path then admits, and the counters stay exact after the flush.
+    let calls = w.calls;
+    let a = admit(&l, &mut w, T0 + n, &s);
+    assert!(a.allowed);
+    assert!(w.calls > calls);
+    flush_deferred(&mut w);
+    assert_eq!(used_in_store(&shared, &tokens_key), n * 100);
+}
+
+#[test]
+fn a_recent_clock_reading_stands_in_only_well_inside_every_window() {
+    let minute = Window::Fixed(60_000);
+    let hour = Window::Fixed(3_600_000);
+    // T0 is on an hour boundary: the minute window ends at T0 + 60 s.
+    assert_eq!(
+        recent_time_usable_until(&[minute, hour], T0 + 1_000, 1_000),
+        T0 + 58_000
+    );
+    // Two periods before the end: the clock, up to a period later, is still inside.
+    assert!(T0 + 58_000 <= recent_time_usable_until(&[minute], T0 + 58_000, 1_000));
+    assert!(T0 + 58_001 > recent_time_usable_until(&[minute], T0 + 58_001, 1_000));
+    // A window of two periods takes it only at its first millisecond.
+    let two_s = Window::Fixed(2_000);
+    assert_eq!(recent_time_usable_until(&[two_s], T0, 1_000), T0);
+    for t in [T0 + 1, T0 + 999, T0 + 1_999] {
+        assert!(recent_time_usable_until(&[minute, two_s], t, 1_000) < t.max(1));
+    }
+    // A month: usable up to two periods before its last millisecond.
+    let m = recent_time_usable_until(&[Window::Month], T0, 1_000);
+    let (_, end) = window_bounds(Window::Month, T0);
+    assert_eq!(m, end - 2_000);
+}
+
+#[test]
+fn admission_from_credits_at_a_recent_reading_matches_the_clock() {
+    // The same request admitted from credit at the tick's reading or at the clock
+    // a moment later charges the same counter and shows the same figures, but
+    // for the reset, which is late by at most the reading's age.
+    let l = limits(r#"{"rules":[{"name":"m","window":"1m","tokens":100000}]}"#);
+    let shared = shared_store();
+    let mut w = Worker::new(&shared, true);
+    let s = subject(None, 10, 90);
+    assert!(admit(&l, &mut w, T0, &s).allowed);
+    let read = T0 + 10_000;
+    let by_reading = admit_from_credits(&l, &mut w, read, &s).expect("credit");
+    let by_clock = admit_from_credits(&l, &mut w, read + 900, &s).expect("credit");
+    let (r, c) = (by_reading.state().unwrap(), by_clock.state().unwrap());
+    assert_eq!(r.remaining, c.remaining + 100);
+    assert_eq!(r.reset_ms, c.reset_ms + 900);
+    assert_eq!(by_reading.charges.len(), 1);
+    assert_eq!(
+        by_reading.charges[0].window_start,
+        by_clock.charges[0].window_start
+    );
+    // Report-only, clamp and cut-off routes never take credits.
+    for json in [
+        r#"{"mode":"report_only","rules":[{"name":"m","window":"1m","tokens":100000}]}"#,
+        r#"{"clamp_max_tokens":true,"rules":[{"name":"m","window":"1m","tokens":100000}]}"#,
+    ] {
+        assert!(admit_from_credits(&limits(json), &mut w, read, &s).is_none());
     }
 }

@@ -14,6 +14,7 @@ use crate::config::LimitMode;
 use crate::config::{InvalidBody, RouteSettings};
 use crate::dialect::doc::{Doc, Node};
 use crate::dialect::{error_body, inject, Api, ErrorKind};
+use crate::host::HeaderList;
 use crate::limits::{self, Admission, Store, Subject};
 use crate::providers::stage::Stage;
 use crate::providers::Answer;
@@ -942,16 +943,8 @@ impl Exchange {
         if !self.limits_active() {
             return None;
         }
-        let prompt = self.prompt.map_or(0, |p| p.tokens);
-        let subject = Subject {
-            consumer: self.consumer.as_deref(),
-            route: &self.route,
-            model: self.model.as_deref().unwrap_or(""),
-            provider: self.provider_label(),
-            prompt_tokens: prompt,
-            reserve_tokens: self.reservation(),
-            choices: self.choices,
-        };
+        let subject = self.subject();
+        let prompt = subject.prompt_tokens;
         let a = limits::admit(&self.settings.limits, store, now_ms, &subject);
         let reply = (!a.allowed).then(|| {
             let family = self
@@ -988,6 +981,37 @@ impl Exchange {
         reply
     }
 
+    /// Admission from this worker's credits alone (no store call, never a refusal)
+    /// at `now_ms`, which may be a recent reading of the clock (see
+    /// [`limits::admit_from_credits`]). `false`: nothing was done; call
+    /// [`Exchange::admit`] with the clock.
+    pub fn admit_from_credits(&mut self, store: &mut dyn Store, now_ms: u64) -> bool {
+        if !self.limits_active() {
+            return false;
+        }
+        let subject = self.subject();
+        match limits::admit_from_credits(&self.settings.limits, store, now_ms, &subject) {
+            Some(a) => {
+                self.admission = Some(a);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What admission knows about this request.
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            consumer: self.consumer.as_deref(),
+            route: &self.route,
+            model: self.model.as_deref().unwrap_or(""),
+            provider: self.provider_label(),
+            prompt_tokens: self.prompt.map_or(0, |p| p.tokens),
+            reserve_tokens: self.reservation(),
+            choices: self.choices,
+        }
+    }
+
     /// The admission outcome, for the adapter's metric and log line.
     pub fn admission(&self) -> Option<&Admission> {
         self.admission.as_ref()
@@ -1001,14 +1025,14 @@ impl Exchange {
     /// `x-ratelimit-*-tokens` headers for an admitted request's response (empty
     /// when no limits apply); the tighter of the local and the shared limits.
     pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
+        let mut out = HeaderList::with_capacity(4);
         self.push_rate_limit_headers(&mut out);
-        out
+        out.to_vec()
     }
 
     /// [`Exchange::rate_limit_headers`], appended to a list of the caller's (the
     /// x-llm-* headers of a held response: one list, no copy).
-    pub fn push_rate_limit_headers(&self, out: &mut Vec<(&'static str, String)>) {
+    pub fn push_rate_limit_headers(&self, out: &mut HeaderList) {
         let Some(shared) = self.global.state.as_ref() else {
             if let Some(a) = self.admission.as_ref() {
                 a.push_headers(out);
@@ -1030,15 +1054,11 @@ impl Exchange {
             }
             None => states.push(shared),
         }
-        out.reserve(states.len() * 3 + 1);
         for s in states {
             s.push_headers(out);
         }
         if let Some(n) = self.admission.as_ref().and_then(|a| a.clamped_to) {
-            out.push((
-                "x-tollgate-max-tokens-clamped",
-                crate::decimal::u64_string(n),
-            ));
+            out.push_u64("x-tollgate-max-tokens-clamped", n);
         }
     }
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::config::FilterStateKey;
 use crate::decimal::u64_string;
 use crate::dialect::Api;
+use crate::host::HeaderList;
 use crate::usage::Usage;
 
 /// Where the reported numbers come from.
@@ -61,21 +62,20 @@ impl Report {
 
     /// `x-llm-*` response headers for non-streaming responses.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        // Room for the x-ratelimit-* headers the adapter adds to the same list.
-        let mut h = Vec::with_capacity(8);
-        h.extend([
-            ("x-llm-prompt-tokens", u64_string(self.usage.prompt_tokens)),
-            (
-                "x-llm-completion-tokens",
-                u64_string(self.usage.completion_tokens),
-            ),
-            ("x-llm-total-tokens", u64_string(self.usage.total())),
-            ("x-llm-model", self.model().to_string()),
-        ]);
+        let mut h = HeaderList::with_capacity(5);
+        self.push_headers(&mut h);
+        h.to_vec()
+    }
+
+    /// [`Report::headers`], appended to the caller's list (no allocation per value).
+    pub fn push_headers(&self, h: &mut HeaderList) {
+        h.push_u64("x-llm-prompt-tokens", self.usage.prompt_tokens);
+        h.push_u64("x-llm-completion-tokens", self.usage.completion_tokens);
+        h.push_u64("x-llm-total-tokens", self.usage.total());
+        h.push("x-llm-model", self.model());
         if self.estimated {
-            h.push(("x-llm-tokens-estimated", "true".to_string()));
+            h.push("x-llm-tokens-estimated", "true");
         }
-        h
     }
 
     /// Filter-state entries for `keys`; Envoy exposes `llm.x` as

@@ -334,6 +334,50 @@ def test_request_budgets_send_the_openai_request_headers_and_refuse_in_dialect(e
         list(s.parse())
 
 
+def reset_seconds(v: str) -> int:
+    """OpenAI's `x-ratelimit-reset-*` text ("12s", "1m0s", "250ms") in whole seconds, rounded up."""
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(\d+)s", v)
+    if m:
+        h, mi, s = (int(x or 0) for x in m.groups())
+        return h * 3600 + mi * 60 + s
+    ms = re.fullmatch(r"(\d+)ms", v)
+    assert ms, v
+    return 1 if int(ms.group(1)) else 0
+
+
+def test_credit_admissions_keep_exact_counts_and_a_reset_never_early(envoy_with):
+    """After the first request a worker admits from its credit, on the clock reading
+    its 1 s timer took (no clock hostcall per request). Over a few seconds of
+    traffic the remaining count must stay exact, request by request, and the reset
+    shown must never be earlier than the window's real end, nor more than the
+    reading's age (a timer period) plus rounding later."""
+    fresh_minute(margin=20)
+    cfg = {"defaults": {"limits": {"consumer": {"header": "x-consumer-id"}, "rules": [
+        {"name": "tpm", "key": ["consumer"], "window": "1m", "tokens": 1_000_000}]}}}
+    env = envoy_with(cfg, name="limits-credit")
+    client = oai(env, "c-credit")
+    expected_remaining = 1_000_000
+    deadline = time.time() + 3.5
+    n = 0
+    while time.time() < deadline and n < 200:
+        before = time.time()
+        raw = chat(client, max_tokens=50, words=3)
+        after = time.time()
+        usage = raw.parse().usage
+        h = raw.headers
+        # Charged at admission: prompt + the 50 reserved; trued up to real usage after.
+        expected_remaining -= usage.prompt_tokens + 50
+        assert int(h["x-ratelimit-remaining-tokens"]) == expected_remaining, (n, dict(h))
+        expected_remaining += 50 - usage.completion_tokens
+        shown = reset_seconds(h["x-ratelimit-reset-tokens"])
+        real_latest = 60 - before % 60  # the window's real end, seen before the request
+        real_earliest = 60 - after % 60
+        assert shown >= int(real_earliest), (shown, real_earliest, n)
+        assert shown <= real_latest + 2.5, (shown, real_latest, n)
+        n += 1
+    assert n >= 20, f"only {n} requests in 3.5 s"
+
+
 def test_limits_hold_on_a_route_with_metering_off(envoy_with):
     """`metering.enabled: false` only silences reporting: the route's limits still
     count (and refuse), and no x-llm-* header is written."""

@@ -448,9 +448,9 @@ pub fn refusal(
     };
     let mut headers: Vec<(&'static str, String)> = match (&t.state, decision) {
         (Some(s), Decision::Refused) => {
-            let mut h = Vec::with_capacity(6);
+            let mut h = crate::host::HeaderList::with_capacity(3);
             s.push_headers(&mut h);
-            h
+            h.to_vec()
         }
         _ => Vec::new(),
     };

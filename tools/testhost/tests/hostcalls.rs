@@ -129,15 +129,46 @@ fn limits_from_credit_make_no_shared_data_calls() {
     let first = gw.send(0, "r", &Request::post_json(CHAT, &body(0)), &answer());
     assert!(count(&first, ":proxy_set_shared_data") >= 1);
     // The next requests of the same consumer on this worker are admitted from
-    // the credit the first one took: the clock, no shared data, the headers.
+    // the credit the first one took, on the clock reading the tick took: no clock
+    // call, no shared data, the headers.
+    let reset = |o: &testhost::Outcome| o.header("x-ratelimit-reset-tokens").map(str::to_string);
     for turn in 1..4 {
         let o = gw.send(0, "r", &Request::post_json(CHAT, &body(turn)), &answer());
         assert_eq!(o.status, 200, "{:?}", o.violations);
         assert!(o.header("x-ratelimit-remaining-tokens").is_some());
-        assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 1);
+        assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 0);
         assert_eq!(count(&o, ":proxy_get_shared_data"), 0);
         assert_eq!(count(&o, ":proxy_set_shared_data"), 0);
+        // The host clock starts 20 s into a minute; the tick read it at 21 s.
+        assert_eq!(reset(&o).as_deref(), Some("39s"));
     }
+    // Within two tick periods of the window's end the reading no longer stands
+    // in. The tick returned the credit, so the first request goes to the counter
+    // (clock and shared data); the next is admitted from the new credit, but
+    // reads the clock.
+    gw.vms[0].advance_ms(37_500);
+    gw.vms[0].tick().unwrap();
+    let o = gw.send(0, "r", &Request::post_json(CHAT, &body(4)), &answer());
+    assert_eq!(count(&o, ":proxy_get_shared_data"), 1);
+    let o = gw.send(0, "r", &Request::post_json(CHAT, &body(5)), &answer());
+    assert_eq!(o.status, 200, "{:?}", o.violations);
+    assert_eq!(count(&o, ":proxy_get_shared_data"), 0);
+    assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 1);
+    assert_eq!(reset(&o).as_deref(), Some("2s"));
+    // Half a second into the next window a tick's reading stands in again.
+    gw.vms[0].advance_ms(2_000);
+    gw.vms[0].tick().unwrap();
+    let o = gw.send(0, "r", &Request::post_json(CHAT, &body(6)), &answer());
+    assert_eq!(
+        count(&o, ":proxy_get_shared_data"),
+        1,
+        "a new window's counter"
+    );
+    assert_eq!(reset(&o).as_deref(), Some("1m0s"));
+    let o = gw.send(0, "r", &Request::post_json(CHAT, &body(7)), &answer());
+    assert_eq!(count(&o, ":proxy_get_shared_data"), 0);
+    assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 0);
+    assert_eq!(reset(&o).as_deref(), Some("1m0s"));
 }
 
 #[test]

@@ -50,6 +50,9 @@ impl Store for Deferring {
     fn take_held(&mut self, key: &str, window_start: u64) -> (i64, Option<u64>) {
         self.deferred.take_with_synced(key, window_start)
     }
+    fn spend_credit(&mut self, key: &str, ws: u64, want: u64) -> Option<(u64, i64)> {
+        self.deferred.spend(key, ws, want)
+    }
     fn drain_deferred(&mut self) -> Vec<(String, u64, i64)> {
         self.deferred.drain()
     }
