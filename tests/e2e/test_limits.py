@@ -357,9 +357,9 @@ def test_credit_admissions_keep_exact_counts_and_a_reset_never_early(envoy_with)
     env = envoy_with(cfg, name="limits-credit")
     client = oai(env, "c-credit")
     expected_remaining = 1_000_000
-    deadline = time.time() + 3.5
+    deadline = time.time() + 5
     n = 0
-    while time.time() < deadline and n < 200:
+    while time.time() < deadline and n < 300:
         before = time.time()
         raw = chat(client, max_tokens=50, words=3)
         after = time.time()
@@ -373,9 +373,12 @@ def test_credit_admissions_keep_exact_counts_and_a_reset_never_early(envoy_with)
         real_latest = 60 - before % 60  # the window's real end, seen before the request
         real_earliest = 60 - after % 60
         assert shown >= int(real_earliest), (shown, real_earliest, n)
-        assert shown <= real_latest + 2.5, (shown, real_latest, n)
+        # The reading is at most a timer period (plus its lateness) old, and the
+        # header rounds up to whole seconds: a reading that stopped moving would be
+        # 5 s late by the end.
+        assert shown <= real_latest + 3, (shown, real_latest, n)
         n += 1
-    assert n >= 20, f"only {n} requests in 3.5 s"
+    assert n >= 20, f"only {n} requests in 5 s"
 
 
 def test_limits_hold_on_a_route_with_metering_off(envoy_with):
