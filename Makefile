@@ -8,6 +8,7 @@
 #   make e2e     pytest only (after make build mock)
 #   make rls     redis-server + rls-limitador for the shared-limit e2e tests (cached in .cache/)
 #   make bench   benches/run.py (BENCH_ARGS="--quick" for a smoke run)
+#   make bench-limits  the local-limit vs metering figure: 20 rounds, --restart
 #   make testhost tollgate.wasm on the wasmtime host, Envoy and Kong modes, + import check
 #   make oci     target/oci/tollgate: OCI image layout for Istio / Envoy Gateway
 #   make fuzz    cargo-fuzz (nightly) on every fuzz/ target, FUZZ_SECONDS each
@@ -29,10 +30,10 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' fuzz/Cargo.toml | grep -v '^tollgate-fuzz$$')
 SOAK_ARGS ?=
 
-.PHONY: help toolchain build mock venv run test lint e2e bench clean-venv rls testhost oci fuzz soak
+.PHONY: help toolchain build mock venv run test lint e2e bench bench-limits clean-venv rls testhost oci fuzz soak
 
 help:
-	@sed -n '3,14p' Makefile | sed 's/^# *//'
+	@sed -n '3,15p' Makefile | sed 's/^# *//'
 
 toolchain:
 	@rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
@@ -91,6 +92,13 @@ oci: build
 
 bench: venv
 	$(VENV)/bin/python benches/run.py $(BENCH_ARGS)
+
+# Issue 3's "local limit within 5% of metering": a figure finer than this host's
+# noise, so 20 paired rounds with a fresh Envoy per variant and round (about 8 min);
+# run it a few times and take the median of the runs' limits/tollgate CPU ratios.
+bench-limits: venv
+	$(VENV)/bin/python benches/run.py --variants plain,tollgate,limits --sizes 1k --rounds 20 \
+		--restart --skip ttft,rss,startup,tokbench,fuel $(BENCH_ARGS)
 
 # Coverage-guided fuzzing (nightly + cargo-fuzz, installed on demand). Each target
 # starts from its committed seeds (fuzz/seeds/) and keeps what it finds in
