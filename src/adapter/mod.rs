@@ -767,11 +767,14 @@ impl Http {
                 .exchange
                 .as_ref()
                 .map_or(&[][..], |ex| ex.settings().metering.filter_state.as_slice());
-            for (k, v) in report.filter_state(keys) {
-                if let Err(s) = ffi::set_property(&[k], v.as_bytes()) {
-                    debug!("tollgate: cannot set filter state {k}: {s:?}");
+            with_list(&self.headers, |state| {
+                report.push_filter_state(keys, state);
+                for (k, v) in state.iter() {
+                    if let Err(s) = ffi::set_property(&[k], v.as_bytes()) {
+                        debug!("tollgate: cannot set filter state {k}: {s:?}");
+                    }
                 }
-            }
+            });
         }
         if reports {
             self.metrics.borrow_mut().exchange(report);

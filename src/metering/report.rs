@@ -6,7 +6,6 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use crate::config::FilterStateKey;
-use crate::decimal::u64_string;
 use crate::dialect::Api;
 use crate::host::HeaderList;
 use crate::usage::Usage;
@@ -82,32 +81,45 @@ impl Report {
     /// `%FILTER_STATE(wasm.llm.x:PLAIN)%`. Each entry is a hostcall (~1.5 µs in
     /// Envoy's V8), which is why the route config picks the keys.
     pub fn filter_state(&self, keys: &[FilterStateKey]) -> Vec<(&'static str, String)> {
-        keys.iter()
-            .map(|k| {
-                let v = match k {
-                    FilterStateKey::PromptTokens => u64_string(self.usage.prompt_tokens),
-                    FilterStateKey::CompletionTokens => u64_string(self.usage.completion_tokens),
-                    FilterStateKey::TotalTokens => u64_string(self.usage.total()),
-                    FilterStateKey::CachedTokens => u64_string(self.usage.cached_tokens),
-                    FilterStateKey::ReasoningTokens => u64_string(self.usage.reasoning_tokens),
-                    FilterStateKey::CountedPromptTokens => u64_string(self.counted_prompt_tokens),
-                    FilterStateKey::Model => self.model().to_string(),
-                    FilterStateKey::ResponseModel => {
-                        self.response_model.clone().unwrap_or_default()
-                    }
-                    FilterStateKey::Provider => self.provider.clone(),
-                    FilterStateKey::Route => self.route.to_string(),
-                    FilterStateKey::Api => self.api.name().to_string(),
-                    FilterStateKey::Estimated => self.estimated.to_string(),
-                    FilterStateKey::UsageSource => match self.source {
+        let mut out = HeaderList::with_capacity(keys.len());
+        self.push_filter_state(keys, &mut out);
+        out.to_vec()
+    }
+
+    /// [`Report::filter_state`], appended to the caller's list (no allocation per value).
+    pub fn push_filter_state(&self, keys: &[FilterStateKey], out: &mut HeaderList) {
+        for k in keys {
+            let name = k.property();
+            match k {
+                FilterStateKey::PromptTokens => out.push_u64(name, self.usage.prompt_tokens),
+                FilterStateKey::CompletionTokens => {
+                    out.push_u64(name, self.usage.completion_tokens)
+                }
+                FilterStateKey::TotalTokens => out.push_u64(name, self.usage.total()),
+                FilterStateKey::CachedTokens => out.push_u64(name, self.usage.cached_tokens),
+                FilterStateKey::ReasoningTokens => out.push_u64(name, self.usage.reasoning_tokens),
+                FilterStateKey::CountedPromptTokens => {
+                    out.push_u64(name, self.counted_prompt_tokens)
+                }
+                FilterStateKey::Model => out.push(name, self.model()),
+                FilterStateKey::ResponseModel => {
+                    out.push(name, self.response_model.as_deref().unwrap_or(""))
+                }
+                FilterStateKey::Provider => out.push(name, &self.provider),
+                FilterStateKey::Route => out.push(name, &self.route),
+                FilterStateKey::Api => out.push(name, self.api.name()),
+                FilterStateKey::Estimated => {
+                    out.push(name, if self.estimated { "true" } else { "false" })
+                }
+                FilterStateKey::UsageSource => out.push(
+                    name,
+                    match self.source {
                         UsageSource::Provider => "provider",
                         UsageSource::Counted => "counted",
-                    }
-                    .to_string(),
-                };
-                (k.property(), v)
-            })
-            .collect()
+                    },
+                ),
+            }
+        }
     }
 
     /// One JSON line per request for debug logs: everything, no prompt content.
