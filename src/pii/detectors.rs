@@ -247,8 +247,9 @@ const PHONE: &str = concat!(
     r"(?:\+|(?-u:\b)00)[1-9][0-9]{0,2}(?:[ .\-/]?(?:\(0\)|\([0-9]{1,4}\))?[ .\-/]?[0-9]{1,5}){1,6}",
     // North American 3-3-4, optionally 1- / 001- prefixed, optional extension.
     r"|(?:(?:(?-u:\b)(?:00)?1[ .\-])?\([2-9][0-9]{2}\) ?|(?:(?-u:\b)(?:00)?1[ .\-])?(?-u:\b)[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}",
-    // National trunk-prefix formats (EU/UK: 0…), with at least one separator.
-    r"|(?:\(0[1-9][0-9]{0,4}\)|(?-u:\b)0[1-9][0-9]{0,4})[ .\-/][0-9]{2,8}(?:[ .\-][0-9]{2,8}){0,3}",
+    // National trunk-prefix formats (EU/UK: 0…), with at least one separator; an
+    // area code in parentheses is one (`(0117)4960211`).
+    r"|(?:\(0[1-9][0-9]{0,4}\)[ .\-/]?|(?-u:\b)0[1-9][0-9]{0,4}[ .\-/])[0-9]{2,8}(?:[ .\-][0-9]{2,8}){0,3}",
     // National 10/11 digits written without separators (0… trunk prefix).
     r"|(?-u:\b)0[1-9][0-9]{8,9}",
     r")(?:[ ]?(?:x|ext\.?|#)[ ]?[0-9]{1,6})?(?-u:\b)"

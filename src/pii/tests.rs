@@ -28,6 +28,7 @@ const POSITIVES: &[(&str, &str)] = &[
     ("phone", "(415) 555-2671"),
     ("phone", "030 12345678"),
     ("phone", "+49 (0)30 1234567"),
+    ("phone", "(0117)4960211"),
     ("credit_card", "4111 1111 1111 1111"),
     ("credit_card", "378282246310005"),
     ("credit_card", "5555-5555-5555-4444"),
@@ -59,6 +60,7 @@ const NEGATIVES: &[&str] = &[
     "Card ending 1111 expires 12/27; number 4111111111111112 fails Luhn.",
     "SSN-like 000-12-3456 and 666-45-6789 and 123-00-6789 are invalid.",
     "The password field is required.",
+    "Solve f(01)=2345678 and g(0)12345678; see section (0.5)1234567.",
 ];
 
 fn found(ex: &mut PiiExchange, text: &str) -> Vec<(String, String)> {
