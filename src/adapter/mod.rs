@@ -374,8 +374,9 @@ struct Root {
     /// (one hostcall less per request; a level change shows within a tick).
     /// `None` until the first tick, or without a timer: then asked per exchange.
     debug_log: Rc<Cell<Option<bool>>>,
-    /// One list for the headers tollgate adds to a response, shared by the VM's
-    /// requests and cleared for each: no allocation per header value.
+    /// One list for the headers (and the filter-state values) tollgate adds to a
+    /// response, shared by the VM's requests and cleared for each use: no
+    /// allocation per value.
     headers: Rc<RefCell<HeaderList>>,
     /// The clock as the tick last read it, for admissions from credits.
     recent: Rc<Cell<RecentTime>>,
@@ -474,18 +475,14 @@ impl RootContext for Root {
                     routes
                 );
                 limits::init_store(&mut self.store.clone());
-                let any_route = |f: &dyn Fn(&crate::config::RouteSettings) -> bool| {
-                    f(&config.route(None))
-                        || config.route_names().any(|n| f(&config.route(Some(n))))
-                };
+                let any_route =
+                    |f: &dyn Fn(&crate::config::RouteSettings) -> bool| config.all_routes().any(f);
                 let any_limits = any_route(&|r| r.limits.active());
                 // New rules: the tick's reading is checked against them from the
                 // next tick on; until then admissions read the clock.
                 self.recent.set(RecentTime::default());
                 self.windows.clear();
-                for r in std::iter::once(config.route(None))
-                    .chain(config.route_names().map(|n| config.route(Some(n))))
-                {
+                for r in config.all_routes() {
                     for w in r.limits.rules.iter().map(|rule| rule.window()) {
                         if !self.windows.contains(&w) {
                             self.windows.push(w);
@@ -677,16 +674,20 @@ impl Http {
         if !ex.limits_active() {
             return None;
         }
-        let from_credits = take_recent_time(&self.recent)
-            .is_some_and(|t| ex.admit_from_credits(&mut self.store, t));
-        let reply = if from_credits {
+        let recent = take_recent_time(&self.recent);
+        let reply = if recent.is_some_and(|t| ex.admit_from_credits(&mut self.store, t)) {
             None
         } else {
             let Some(now_ms) = ffi::now_nanos().map(|n| n / 1_000_000) else {
                 warn!("tollgate: no host clock; limits skipped (fail open)");
                 return None;
             };
-            ex.admit(&mut self.store, now_ms)
+            if recent.is_some() {
+                // The credits were just tried (in the same windows): not again.
+                ex.admit_from_store(&mut self.store, now_ms)
+            } else {
+                ex.admit(&mut self.store, now_ms)
+            }
         };
         if let Some(a) = ex.admission() {
             let rule = a.state().map_or("none", |s| &*s.rule);
@@ -838,7 +839,7 @@ fn set_response_headers(ours: &HeaderList, stale: &[&str]) -> Result<(), Status>
 }
 
 /// Run `f` on the VM's header list, emptied (a fresh one should it be in use):
-/// a response's headers then need no allocation of their own.
+/// a response's headers or filter-state values then need no allocation of their own.
 fn with_list<R>(list: &RefCell<HeaderList>, f: impl FnOnce(&mut HeaderList) -> R) -> R {
     match list.try_borrow_mut() {
         Ok(mut l) => {

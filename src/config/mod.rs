@@ -871,6 +871,12 @@ impl Config {
     pub fn route_names(&self) -> impl Iterator<Item = &str> {
         self.routes.keys().map(String::as_str)
     }
+
+    /// The defaults and every route's own settings, for what configure derives
+    /// from all of them (the timer, the limit windows).
+    pub fn all_routes(&self) -> impl Iterator<Item = &RouteSettings> {
+        std::iter::once(&*self.defaults).chain(self.routes.values().map(|r| &**r))
+    }
 }
 
 fn settings_from_value(

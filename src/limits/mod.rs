@@ -870,10 +870,37 @@ fn pick_states(
 /// if the store will not hold them).
 fn restore_deferred(store: &mut dyn Store, plan: &[Planned]) {
     for p in plan.iter().filter(|p| p.deferred != 0) {
-        if !store.defer(&p.key, p.start, p.deferred) {
-            let _ = add(store, &p.key, p.start, i128::from(p.deferred), None, None);
-        }
+        hold_or_write(store, &p.key, p.start, p.deferred);
     }
+}
+
+/// Hold `delta` for `key` in window `ws` with this worker's refunds and credits
+/// ([`Store::defer`]); where the store will not hold it, write it to the counter
+/// now. `true`: held.
+fn hold_or_write(store: &mut dyn Store, key: &str, ws: u64, delta: i64) -> bool {
+    if store.defer(key, ws, delta) {
+        return true;
+    }
+    let _ = add(store, key, ws, i128::from(delta), None, None);
+    false
+}
+
+/// Whether admission may take and spend credits on this route with this store:
+/// enforcing, a store that leases, and neither clamp nor mid-stream cut-off (they
+/// need the counters' live room).
+fn takes_credits(cfg: &Limits, store: &dyn Store) -> bool {
+    cfg.mode == LimitMode::Enforce
+        && store.leases()
+        && !cfg.clamp_max_tokens
+        && cfg.stream_cutoff != StreamCutoff::Cut
+}
+
+/// The model's price for `usd` budgets (`None` when the route has none, or the
+/// model no price).
+fn price_for_usd(cfg: &Limits, s: &Subject) -> Option<Price> {
+    (cfg.rules.iter().any(|r| r.usd.is_some()))
+        .then(|| cfg.price_for(s.model).map(|p| p.nano_per_token()))
+        .flatten()
 }
 
 /// Admit a request: every budget of every rule must have room for prompt +
@@ -894,21 +921,35 @@ fn restore_deferred(store: &mut dyn Store, plan: &[Planned]) {
 /// admitted usage still never passes a limit by more than one request's overrun;
 /// what a worker holds unspent is returned with its refunds on the timer.
 pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> Admission {
+    let price = price_for_usd(cfg, s);
+    let from_credit = takes_credits(cfg, store)
+        .then(|| admit_from_credit(cfg, store, now_ms, s, price))
+        .flatten();
+    from_credit.unwrap_or_else(|| charge_store(cfg, store, now_ms, s, price))
+}
+
+/// [`admit`] against the shared counters, without first trying this worker's
+/// credits (for a caller that just tried them, see [`admit_from_credits`]).
+pub fn admit_from_store(
+    cfg: &Limits,
+    store: &mut dyn Store,
+    now_ms: u64,
+    s: &Subject,
+) -> Admission {
+    charge_store(cfg, store, now_ms, s, price_for_usd(cfg, s))
+}
+
+/// [`admit_from_store`] with the `usd` price already looked up.
+fn charge_store(
+    cfg: &Limits,
+    store: &mut dyn Store,
+    now_ms: u64,
+    s: &Subject,
+    price: Option<Price>,
+) -> Admission {
     let enforce = cfg.mode == LimitMode::Enforce;
     let mut store_errors = 0;
-    let price = (cfg.rules.iter().any(|r| r.usd.is_some()))
-        .then(|| cfg.price_for(s.model).map(|p| p.nano_per_token()))
-        .flatten();
-    // Clamp and cut-off need the counters' live room: no credits for them.
-    let lease = enforce
-        && store.leases()
-        && !cfg.clamp_max_tokens
-        && cfg.stream_cutoff != StreamCutoff::Cut;
-    if lease {
-        if let Some(a) = admit_from_credit(cfg, store, now_ms, s, price) {
-            return a;
-        }
-    }
+    let lease = takes_credits(cfg, store);
     // Phase 1: read every budget (no writes).
     let mut plan: Vec<Planned> = Vec::with_capacity(cfg.rules.len());
     for r in &cfg.rules {
@@ -1003,8 +1044,7 @@ pub fn admit(cfg: &Limits, store: &mut dyn Store, now_ms: u64, s: &Subject) -> A
                     // The credit is held like a refund (returned by the flush);
                     // should it not be held, it goes back at once.
                     let credit = i64::try_from(leased).unwrap_or(i64::MAX);
-                    if !store.defer(&p.key, p.start, -credit) {
-                        let _ = add(store, &p.key, p.start, -i128::from(leased), None, None);
+                    if !hold_or_write(store, &p.key, p.start, -credit) {
                         leased = 0;
                     }
                 }
@@ -1077,17 +1117,10 @@ pub fn admit_from_credits(
     now_ms: u64,
     s: &Subject,
 ) -> Option<Admission> {
-    let lease = cfg.mode == LimitMode::Enforce
-        && store.leases()
-        && !cfg.clamp_max_tokens
-        && cfg.stream_cutoff != StreamCutoff::Cut;
-    if !lease {
+    if !takes_credits(cfg, store) {
         return None;
     }
-    let price = (cfg.rules.iter().any(|r| r.usd.is_some()))
-        .then(|| cfg.price_for(s.model).map(|p| p.nano_per_token()))
-        .flatten();
-    admit_from_credit(cfg, store, now_ms, s, price)
+    admit_from_credit(cfg, store, now_ms, s, price_for_usd(cfg, s))
 }
 
 /// Admit from this worker's credits alone when every budget of every rule holds
@@ -1128,10 +1161,12 @@ fn admit_from_credit(
     if !enough || plan.is_empty() {
         // Give back what the budgets before the one short of credit took.
         for p in &plan {
-            let back = -i64::try_from(p.want).unwrap_or(i64::MAX);
-            if !store.defer(&p.key, p.start, back) {
-                let _ = add(store, &p.key, p.start, i128::from(back), None, None);
-            }
+            hold_or_write(
+                store,
+                &p.key,
+                p.start,
+                -i64::try_from(p.want).unwrap_or(i64::MAX),
+            );
         }
         return None;
     }

@@ -940,12 +940,27 @@ impl Exchange {
     /// Admission against the route's limits, after the body was counted. Returns
     /// the 429 to send when refused (the exchange is then over: no usage report).
     pub fn admit(&mut self, store: &mut dyn Store, now_ms: u64) -> Option<LocalReply> {
+        self.admit_with(store, now_ms, limits::admit)
+    }
+
+    /// [`Exchange::admit`] against the shared counters alone, for a caller that
+    /// has just tried this worker's credits ([`Exchange::admit_from_credits`]).
+    pub fn admit_from_store(&mut self, store: &mut dyn Store, now_ms: u64) -> Option<LocalReply> {
+        self.admit_with(store, now_ms, limits::admit_from_store)
+    }
+
+    fn admit_with(
+        &mut self,
+        store: &mut dyn Store,
+        now_ms: u64,
+        admit: fn(&crate::config::Limits, &mut dyn Store, u64, &Subject) -> Admission,
+    ) -> Option<LocalReply> {
         if !self.limits_active() {
             return None;
         }
         let subject = self.subject();
         let prompt = subject.prompt_tokens;
-        let a = limits::admit(&self.settings.limits, store, now_ms, &subject);
+        let a = admit(&self.settings.limits, store, now_ms, &subject);
         let reply = (!a.allowed).then(|| {
             let family = self
                 .api
@@ -984,7 +999,7 @@ impl Exchange {
     /// Admission from this worker's credits alone (no store call, never a refusal)
     /// at `now_ms`, which may be a recent reading of the clock (see
     /// [`limits::admit_from_credits`]). `false`: nothing was done; call
-    /// [`Exchange::admit`] with the clock.
+    /// [`Exchange::admit_from_store`] with the clock.
     pub fn admit_from_credits(&mut self, store: &mut dyn Store, now_ms: u64) -> bool {
         if !self.limits_active() {
             return false;
@@ -1091,18 +1106,13 @@ impl Exchange {
     /// has none or the request was not counted.
     pub fn global_subject(&self) -> Option<Subject<'_>> {
         let g = &self.settings.limits.global;
-        if !(self.settings.enabled && g.active() && self.api.is_some()) {
+        let counted = self.api.is_some() && self.prompt.is_some();
+        if !(self.settings.enabled && g.active() && counted) {
             return None;
         }
-        let prompt = self.prompt.as_ref()?;
         Some(Subject {
-            consumer: self.consumer.as_deref(),
-            route: &self.route,
-            model: self.model.as_deref().unwrap_or(""),
             provider: &self.settings.provider,
-            prompt_tokens: prompt.tokens,
-            reserve_tokens: self.reservation(),
-            choices: self.choices,
+            ..self.subject()
         })
     }
 

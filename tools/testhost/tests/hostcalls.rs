@@ -122,18 +122,20 @@ fn limits_hostcalls_per_request() {
 #[test]
 fn limits_from_credit_make_no_shared_data_calls() {
     let mut gw = Gateway::tollgate(Mode::Envoy, &config("tollgate-limits.json"), 1);
+    let send =
+        |gw: &mut Gateway, turn| gw.send(0, "r", &Request::post_json(CHAT, &body(turn)), &answer());
     // A tick first, so the refunds and credits are held (the timer runs).
     gw.vms[0].advance_ms(1000);
     gw.vms[0].tick().unwrap();
     // The first request creates the counter and charges it.
-    let first = gw.send(0, "r", &Request::post_json(CHAT, &body(0)), &answer());
+    let first = send(&mut gw, 0);
     assert!(count(&first, ":proxy_set_shared_data") >= 1);
     // The next requests of the same consumer on this worker are admitted from
     // the credit the first one took, on the clock reading the tick took: no clock
     // call, no shared data, the headers.
     let reset = |o: &testhost::Outcome| o.header("x-ratelimit-reset-tokens").map(str::to_string);
     for turn in 1..4 {
-        let o = gw.send(0, "r", &Request::post_json(CHAT, &body(turn)), &answer());
+        let o = send(&mut gw, turn);
         assert_eq!(o.status, 200, "{:?}", o.violations);
         assert!(o.header("x-ratelimit-remaining-tokens").is_some());
         assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 0);
@@ -148,9 +150,9 @@ fn limits_from_credit_make_no_shared_data_calls() {
     // reads the clock.
     gw.vms[0].advance_ms(37_500);
     gw.vms[0].tick().unwrap();
-    let o = gw.send(0, "r", &Request::post_json(CHAT, &body(4)), &answer());
+    let o = send(&mut gw, 4);
     assert_eq!(count(&o, ":proxy_get_shared_data"), 1);
-    let o = gw.send(0, "r", &Request::post_json(CHAT, &body(5)), &answer());
+    let o = send(&mut gw, 5);
     assert_eq!(o.status, 200, "{:?}", o.violations);
     assert_eq!(count(&o, ":proxy_get_shared_data"), 0);
     assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 1);
@@ -158,14 +160,14 @@ fn limits_from_credit_make_no_shared_data_calls() {
     // Half a second into the next window a tick's reading stands in again.
     gw.vms[0].advance_ms(2_000);
     gw.vms[0].tick().unwrap();
-    let o = gw.send(0, "r", &Request::post_json(CHAT, &body(6)), &answer());
+    let o = send(&mut gw, 6);
     assert_eq!(
         count(&o, ":proxy_get_shared_data"),
         1,
         "a new window's counter"
     );
     assert_eq!(reset(&o).as_deref(), Some("1m0s"));
-    let o = gw.send(0, "r", &Request::post_json(CHAT, &body(7)), &answer());
+    let o = send(&mut gw, 7);
     assert_eq!(count(&o, ":proxy_get_shared_data"), 0);
     assert_eq!(count(&o, ":proxy_get_current_time_nanoseconds"), 0);
     assert_eq!(reset(&o).as_deref(), Some("1m0s"));
